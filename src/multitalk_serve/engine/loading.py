@@ -1,0 +1,416 @@
+"""One entry point that loads the MultiTalk transformer from any published layout.
+
+``load_transformer(path, multitalk=...)`` accepts:
+
+- an original-layout directory (``Wan-AI/Wan2.1-I2V-14B-480P``; its index may already point at
+  ``multitalk.safetensors``, as MultiTalk's README instructs),
+- a diffusers-layout directory (``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`` or its ``transformer/`` folder),
+- a single ``.safetensors`` or ``.gguf`` transformer file with official key names (community repacks,
+  city96's GGUF quantizations); the architecture is read off the tensor shapes,
+
+plus the MultiTalk audio weights (``multitalk.safetensors`` or the ``MeiGen-MultiTalk`` directory) unless the
+source already holds them. Tensors are read one by one, cast straight to their final dtype and device, and never
+held twice: peak host memory stays near the size of the loaded model (see ``bench/bench_load.py``).
+GGUF-quantized linears stay quantized (diffusers' ``GGUFLinear``); the audio layers stay in ``dtype``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+from .checkpoints import (
+    CONFIG_NAME,
+    MODEL_INDEX_NAME,
+    MULTITALK_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    WanDims,
+    audio_dims_from_shapes,
+    is_audio_key,
+)
+from .errors import CheckpointError
+from .transformer import MultiTalkTransformer3DModel
+from .weights import TensorRef, read_gguf_header, read_safetensors_header
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED = 12  # keys named in an error message before "... and N more"
+SCRATCH_BYTES = 4 << 20  # per reading thread: the only memory loading needs beyond the model itself
+
+
+@dataclass
+class TransformerSource:
+    """A resolved set of tensor files: what layout they are in and which tensor each model key comes from."""
+
+    layout: str  # "original", "diffusers", "single-file", "gguf"
+    dims: WanDims
+    refs: dict[str, TensorRef] = field(default_factory=dict)  # keyed by the model's (diffusers) parameter names
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def quantized(self) -> bool:
+        return any(r.gguf_type is not None for r in self.refs.values())
+
+
+@dataclass
+class LoadReport:
+    layout: str
+    files: list[Path]
+    tensors: int
+    bytes_read: int
+    seconds: float
+
+
+def _fmt_keys(keys: list[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:MAX_LISTED])
+    return shown + (f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else "")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _sharded_refs(directory: Path) -> tuple[dict[str, TensorRef], list[Path]]:
+    """Tensors of ``diffusion_pytorch_model[-0000N-of-0000M].safetensors`` in ``directory``, via the index if any."""
+    index_path = directory / WEIGHTS_INDEX_NAME
+    if index_path.exists():
+        weight_map = _read_json(index_path).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index_path}: no weight_map")
+        by_file: dict[str, list[str]] = {}
+        for key, filename in weight_map.items():
+            by_file.setdefault(filename, []).append(key)
+        missing_files = [f for f in by_file if not (directory / f).is_file()]
+        if missing_files:
+            raise CheckpointError(
+                f"{directory}: missing shard files named in {index_path.name}: {_fmt_keys(missing_files)}"
+            )
+        refs: dict[str, TensorRef] = {}
+        files = []
+        for filename, keys in sorted(by_file.items()):
+            path = directory / filename
+            header = read_safetensors_header(path)
+            absent = [k for k in keys if k not in header]
+            if absent:
+                raise CheckpointError(
+                    f"{path}: the index places these tensors here but the file lacks them: {_fmt_keys(absent)}"
+                )
+            refs.update({k: header[k] for k in keys})
+            files.append(path)
+        return refs, files
+    single = directory / WEIGHTS_NAME
+    if single.is_file():
+        return read_safetensors_header(single), [single]
+    raise CheckpointError(f"{directory}: no {WEIGHTS_INDEX_NAME} and no {WEIGHTS_NAME}")
+
+
+def _to_model_names(refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
+    """Official key names -> the model's names (diffusers' converter for the Wan part; audio keys are shared)."""
+    audio = {k: v for k, v in refs.items() if is_audio_key(k)}
+    base = {k: v for k, v in refs.items() if not is_audio_key(k)}
+    for prefix in ("model.diffusion_model.", "diffusion_model."):
+        audio = {k.removeprefix(prefix): v for k, v in audio.items()}
+    return {**convert_wan_transformer_to_diffusers(base), **audio}
+
+
+def _dims_from_shapes(refs: dict[str, TensorRef], where: Path, num_heads: int | None = None) -> WanDims:
+    """Architecture from the tensor shapes (model names). Heads are not visible in shapes: every Wan2.1 model uses
+    128-wide heads, which is assumed when no config says otherwise."""
+    shapes = {k: r.shape for k, r in refs.items()}
+    try:
+        dim, in_dim = shapes["patch_embedding.weight"][:2]
+        blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+        dims = WanDims(
+            dim=dim,
+            in_dim=in_dim,
+            ffn_dim=shapes["blocks.0.ffn.net.0.proj.weight"][0],
+            freq_dim=shapes["condition_embedder.time_embedder.linear_1.weight"][1],
+            text_dim=shapes["condition_embedder.text_embedder.linear_1.weight"][1],
+            out_dim=shapes["proj_out.weight"][0] // 4,
+            num_heads=num_heads or dim // 128,
+            num_layers=len(blocks),
+            image_dim=shapes["condition_embedder.image_embedder.ff.net.0.proj.weight"][1],
+        )
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: not a Wan2.1 I2V transformer (no tensor {exc.args[0]!r})") from None
+    if dims.in_dim != 36:
+        raise CheckpointError(
+            f"{where}: patch_embedding takes {dims.in_dim} channels; MultiTalk needs the image-to-video model (36)"
+        )
+    return dims
+
+
+# Architecture numbers each config layout states (WanDims field -> config key), checked against the weights.
+ORIGINAL_CONFIG_KEYS = {f: f for f in ("dim", "ffn_dim", "freq_dim", "in_dim", "out_dim", "num_layers", "text_dim")}
+DIFFUSERS_CONFIG_KEYS = {
+    "ffn_dim": "ffn_dim",
+    "freq_dim": "freq_dim",
+    "in_dim": "in_channels",
+    "out_dim": "out_channels",
+    "num_layers": "num_layers",
+    "text_dim": "text_dim",
+    "image_dim": "image_dim",
+    "dim": "num_attention_heads x attention_head_dim",
+}
+
+
+def _dims_checked_against_config(
+    refs: dict[str, TensorRef], config_dims: WanDims, stated: dict[str, str], config: dict, where: Path
+) -> WanDims:
+    """Shape-derived dims, after checking that every architecture number the config states matches the weights."""
+    dims = _dims_from_shapes(refs, where, num_heads=config_dims.num_heads)
+    wrong = [
+        f"{key}={getattr(config_dims, name)} but the weights have {getattr(dims, name)}"
+        for name, key in stated.items()
+        if (key in config or " x " in key) and getattr(config_dims, name) != getattr(dims, name)
+    ]
+    if dims.dim % dims.num_heads:
+        wrong.append(f"{dims.num_heads} heads do not divide dim {dims.dim}")
+    if wrong:
+        raise CheckpointError(f"{where}: config does not match the weights: " + "; ".join(wrong))
+    return dims.replace(eps=config_dims.eps)
+
+
+def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
+    if path.is_dir():
+        path = path / MULTITALK_WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"missing MultiTalk weights: {path}")
+    refs = read_safetensors_header(path)
+    other = [k for k in refs if not is_audio_key(k.removeprefix("model.diffusion_model."))]
+    if other:
+        raise CheckpointError(f"{path}: holds non-audio tensors, is it multitalk.safetensors? ({_fmt_keys(other)})")
+    return refs, path
+
+
+def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -> TransformerSource:
+    """Find the layout of ``path`` and index every tensor the model needs (no tensor data is read)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model path does not exist: {path}")
+
+    if path.is_file() and path.suffix == ".gguf":
+        official, _ = read_gguf_header(path)
+        refs = _to_model_names(official)
+        source = TransformerSource("gguf", _dims_from_shapes(refs, path), refs, [path])
+    elif path.is_file() and path.suffix == ".safetensors":
+        refs = _to_model_names(read_safetensors_header(path))
+        source = TransformerSource("single-file", _dims_from_shapes(refs, path), refs, [path])
+    elif path.is_dir() and (path / MODEL_INDEX_NAME).is_file():
+        return resolve_transformer(path / "transformer", multitalk)
+    elif path.is_dir() and (path / CONFIG_NAME).is_file():
+        config = _read_json(path / CONFIG_NAME)
+        refs, files = _sharded_refs(path)
+        if config.get("_class_name") in ("WanTransformer3DModel", "MultiTalkTransformer3DModel"):
+            try:
+                config_dims = WanDims.from_diffusers_config(config)
+            except KeyError as exc:
+                raise CheckpointError(f"{path / CONFIG_NAME}: missing {exc.args[0]!r}") from None
+            dims = _dims_checked_against_config(refs, config_dims, DIFFUSERS_CONFIG_KEYS, config, path / CONFIG_NAME)
+            source = TransformerSource("diffusers", dims, refs, files)
+        elif config.get("_class_name") == "WanModel" or "dim" in config:
+            if config.get("model_type", "i2v") != "i2v":
+                raise CheckpointError(
+                    f"{path / CONFIG_NAME}: model_type {config.get('model_type')!r}; MultiTalk needs i2v"
+                )
+            refs = _to_model_names(refs)
+            config_dims = WanDims.from_original_config(config)
+            dims = _dims_checked_against_config(refs, config_dims, ORIGINAL_CONFIG_KEYS, config, path / CONFIG_NAME)
+            source = TransformerSource("original", dims, refs, files)
+        else:
+            raise CheckpointError(f"{path / CONFIG_NAME}: neither a WanModel nor a WanTransformer3DModel config")
+    else:
+        raise CheckpointError(
+            f"{path}: not a transformer checkpoint (expected a directory with config.json or model_index.json, "
+            "or a .safetensors / .gguf file)"
+        )
+
+    if multitalk is not None:
+        audio, audio_path = _multitalk_refs(Path(multitalk))
+        dropped = [k for k in source.refs if is_audio_key(k)]
+        if dropped:
+            logger.info("using audio weights from %s instead of the %d in %s", audio_path, len(dropped), path)
+        source.refs = {k: v for k, v in source.refs.items() if not is_audio_key(k)} | _to_model_names(audio)
+        source.files.append(audio_path)
+    elif not any(is_audio_key(k) for k in source.refs):
+        beside = (path if path.is_dir() else path.parent) / MULTITALK_WEIGHTS_NAME
+        if not beside.is_file():
+            raise CheckpointError(
+                f"{path} has no MultiTalk audio weights: pass multitalk= the path of multitalk.safetensors "
+                "(from MeiGen-AI/MeiGen-MultiTalk)"
+            )
+        return resolve_transformer(path, beside)
+
+    shapes = {k: r.shape for k, r in source.refs.items() if is_audio_key(k)}
+    source.dims = audio_dims_from_shapes(shapes, source.dims)
+    return source
+
+
+def _keep_fp32(name: str) -> bool:
+    parts = name.split(".")
+    return any(m in parts for m in MultiTalkTransformer3DModel._keep_in_fp32_modules)
+
+
+def _check_keys_and_shapes(model: torch.nn.Module, source: TransformerSource) -> None:
+    expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    missing = [k for k in expected if k not in source.refs]
+    unexpected = [k for k in source.refs if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors: {_fmt_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensors: {_fmt_keys(unexpected)}")
+    wrong = [
+        f"{k} {list(r.shape)} (model expects {list(expected[k])})"
+        for k, r in source.refs.items()
+        if k in expected and tuple(r.shape) != expected[k]
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} tensors have the wrong shape: {_fmt_keys(wrong)}")
+    if problems:
+        files = ", ".join(str(f) for f in source.files)
+        raise CheckpointError(f"{source.layout} checkpoint ({files}) does not match the model: " + "; ".join(problems))
+
+
+def build_empty_model(dims: WanDims) -> MultiTalkTransformer3DModel:
+    """The model with parameters on the meta device (buffers real), ready to receive weights."""
+    with init_empty_weights():
+        model = MultiTalkTransformer3DModel(**dims.model_kwargs())
+    return model.eval().requires_grad_(False)
+
+
+def _gguf_linear_plan(model: torch.nn.Module, source: TransformerSource, compute_dtype: torch.dtype) -> set[str]:
+    """Swap the linears whose weights stay GGUF-quantized for diffusers' ``GGUFLinear``; return those weight keys."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter, _replace_with_gguf_linear
+
+    keep = set()
+    markers = {}
+    for key, ref in source.refs.items():
+        if ref.gguf_type is None or not key.endswith(".weight") or _keep_fp32(key):
+            continue
+        logical = tuple(int(n) for n in ref.shape)
+        if len(logical) != 2 or logical != _quant_logical_shape(ref):
+            continue  # stored reshaped: dequantized at load time
+        markers[key] = GGUFParameter(
+            torch.empty(ref.byte_shape, dtype=torch.uint8, device="meta"), quant_type=ref.gguf_type
+        )
+        keep.add(key)
+    _replace_with_gguf_linear(model, compute_dtype, markers, modules_to_not_convert=[])
+    return keep
+
+
+def _quant_logical_shape(ref: TensorRef) -> tuple[int, ...]:
+    import gguf
+
+    return tuple(gguf.quant_shape_from_byte_shape(ref.byte_shape, gguf.GGMLQuantizationType(ref.gguf_type)))
+
+
+def _dequantize(ref: TensorRef, raw: torch.Tensor) -> torch.Tensor:
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    return dequantize_gguf_tensor(GGUFParameter(raw, quant_type=ref.gguf_type)).float().reshape(ref.shape)
+
+
+def load_transformer(
+    path: str | Path,
+    multitalk: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    workers: int = 4,
+) -> MultiTalkTransformer3DModel:
+    """Load the MultiTalk transformer from any supported layout (see module docstring).
+
+    Args:
+        path: checkpoint directory or file.
+        multitalk: ``multitalk.safetensors`` (or its directory) when ``path`` does not include the audio weights.
+        dtype: dtype of every parameter except the small fp32 ones (norms, modulation, time embedder) and
+            GGUF-quantized linears, which keep their quantized bytes and compute in ``dtype``.
+        device: where the parameters are created; tensors go there one by one.
+        workers: parallel tensor reads.
+
+    Raises:
+        CheckpointError: naming the missing file, missing/unexpected keys, wrong shapes or bad config.
+    """
+    model, _ = load_transformer_with_report(path, multitalk, dtype=dtype, device=device, workers=workers)
+    return model
+
+
+def load_transformer_with_report(
+    path: str | Path,
+    multitalk: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    workers: int = 4,
+) -> tuple[MultiTalkTransformer3DModel, LoadReport]:
+    start = time.perf_counter()
+    device = torch.device(device)
+    source = resolve_transformer(path, multitalk)
+    model = build_empty_model(source.dims)
+    _check_keys_and_shapes(model, source)
+    quantized_keys = _gguf_linear_plan(model, source, dtype) if source.quantized else set()
+
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    modules = dict(model.named_modules())
+    lock = threading.Lock()
+    local = threading.local()
+
+    def load_one(key: str) -> None:
+        ref = source.refs[key]
+        target = torch.float32 if _keep_fp32(key) else dtype
+        if key in quantized_keys:
+            value: torch.Tensor = GGUFParameter(ref.read().to(device), quant_type=ref.gguf_type)
+        elif ref.gguf_type is not None:
+            value = _dequantize(ref, ref.read()).to(device=device, dtype=target)
+        else:
+            if not hasattr(local, "scratch"):
+                local.scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
+            value = torch.empty(ref.shape, dtype=target, device=device)
+            ref.read_into(value, local.scratch)
+        module_name, _, attr = key.rpartition(".")
+        param = value if isinstance(value, GGUFParameter) else torch.nn.Parameter(value, requires_grad=False)
+        with lock:
+            modules[module_name]._parameters[attr] = param
+
+    keys = sorted(source.refs, key=lambda k: (str(source.refs[k].path), source.refs[k].offset))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for future in [pool.submit(load_one, k) for k in keys]:
+            future.result()
+    leftover = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if leftover:  # pragma: no cover - guarded by _check_keys_and_shapes
+        raise CheckpointError(f"parameters left unloaded: {_fmt_keys(leftover)}")
+    model.to(device)  # buffers (RoPE tables) follow the parameters
+    report = LoadReport(
+        layout=source.layout,
+        files=source.files,
+        tensors=len(keys),
+        bytes_read=sum(r.nbytes for r in source.refs.values()),
+        seconds=time.perf_counter() - start,
+    )
+    logger.info(
+        "loaded %s transformer: %d tensors, %.2f GB read in %.1f s",
+        report.layout,
+        report.tensors,
+        report.bytes_read / 1e9,
+        report.seconds,
+    )
+    return model, report

@@ -1,0 +1,388 @@
+"""Seeded random-weight models, tiny dimensions, written in the exact on-disk layouts of the published checkpoints.
+
+Model weights cannot be downloaded everywhere (CI, this repository's sandboxes), so every loader is exercised on
+these files instead: same file names, config keys, key names, shard indexes and GGUF tensor types as the real ones.
+A tiny random model generates noise, not faces: it tests plumbing and numerics, not quality.
+
+``write_tiny_models(root)`` produces::
+
+    root/
+      Wan2.1-I2V-14B-480P/             original layout (config.json, 3 shards + index; base weights only)
+      MeiGen-MultiTalk/                 multitalk.safetensors + its replacement index
+      Wan2.1-I2V-14B-480P-Diffusers/   diffusers layout: model_index.json, transformer/ vae/ text_encoder/
+                                        tokenizer/ image_encoder/ image_processor/ scheduler/
+      wan2.1-i2v-14b-480p-Q8_0.gguf     community GGUF layout (base weights), Q8_0
+      wan2.1-i2v-14b-480p-Q4_K_M.gguf   and a K-quant mix
+      chinese-wav2vec2-base/            config.json, preprocessor_config.json, model.safetensors
+      TINY.json                         what was written, with which dimensions and seed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .engine.checkpoints import (
+    MULTITALK_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WanDims,
+    multitalk_shapes,
+    original_base_shapes,
+    shard_name,
+)
+from .engine.gguf_quant import write_wan_gguf
+
+# Transformer dims of the tiny model: 256-wide with 128-wide heads (as the real model), so RoPE splits the
+# head exactly as at full size and K-quants have 256-long rows. Audio features: 12 wav2vec2 layers of 64.
+TINY_DIMS = WanDims(
+    dim=256,
+    ffn_dim=512,
+    freq_dim=256,
+    text_dim=64,
+    num_heads=2,
+    num_layers=2,
+    image_dim=64,
+    audio_channels=64,
+    audio_intermediate_dim=32,
+    audio_output_dim=32,
+    audio_context_tokens=4,
+)
+# The official code hard-codes 1280-wide CLIP features and 12 x 768 audio features: the parity fixtures use these.
+PARITY_DIMS = TINY_DIMS.replace(image_dim=1280, audio_channels=768)
+
+ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"
+DIFFUSERS_DIR = "Wan2.1-I2V-14B-480P-Diffusers"
+MULTITALK_DIR = "MeiGen-MultiTalk"
+WAV2VEC_DIR = "chinese-wav2vec2-base"
+GGUF_NAMES = {"Q8_0": "wan2.1-i2v-14b-480p-Q8_0.gguf", "Q4_K_M": "wan2.1-i2v-14b-480p-Q4_K_M.gguf"}
+TINY_TEXT_ENCODER = {"d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_heads": 2}
+TINY_WAV2VEC = {"hidden_size": 64, "num_hidden_layers": 12, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+def _seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
+
+
+def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """A deterministic float32 tensor for ``name``: independent of generation order and of other tensors.
+
+    Drawn from NumPy's legacy ``RandomState``, whose stream NumPy keeps stable across releases, so committed
+    fixtures made from these weights stay valid.
+    """
+    noise = torch.from_numpy(np.random.RandomState(_seed(seed, name)).standard_normal(shape).astype(np.float32))
+    leaf = name.rsplit(".", 1)[-1]
+    if "modulation" in name:
+        return noise / math.sqrt(shape[-1])
+    if leaf == "bias":
+        return noise * 0.02
+    if len(shape) == 1:  # norm weights
+        return 1.0 + 0.1 * noise
+    fan_in = math.prod(shape[1:])
+    return noise / math.sqrt(fan_in)
+
+
+def transformer_tensors(dims: WanDims, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(base, audio) state dicts with official key names, in float32."""
+    base = {k: random_tensor(k, s, seed) for k, s in original_base_shapes(dims).items()}
+    audio = {k: random_tensor(k, s, seed) for k, s in multitalk_shapes(dims).items()}
+    return base, audio
+
+
+def _write_sharded(directory: Path, tensors: dict[str, torch.Tensor], shards: int) -> dict[str, str]:
+    """Write ``tensors`` as ``diffusion_pytorch_model-0000N-of-0000M.safetensors`` + index; return the weight map."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = list(tensors)
+    per = math.ceil(len(keys) / shards)
+    weight_map = {}
+    for i in range(shards):
+        name = shard_name(i + 1, shards)
+        part = {k: tensors[k].contiguous() for k in keys[i * per : (i + 1) * per]}
+        save_file(part, directory / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    _write_json(directory / WEIGHTS_INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return weight_map
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_original_layout(root: Path, dims: WanDims, seed: int = 0, shards: int = 3) -> None:
+    """``Wan2.1-I2V-14B-480P`` (base only, as downloaded) and ``MeiGen-MultiTalk`` next to it."""
+    base, audio = transformer_tensors(dims, seed)
+    wan = root / ORIGINAL_DIR
+    base_map = _write_sharded(wan, base, shards)
+    _write_json(wan / "config.json", dims.original_config())
+    mt = root / MULTITALK_DIR
+    mt.mkdir(parents=True, exist_ok=True)
+    save_file(audio, mt / MULTITALK_WEIGHTS_NAME, metadata={"format": "pt"})
+    # MultiTalk's replacement index: base keys -> the base shards, audio keys -> multitalk.safetensors.
+    total = sum(t.numel() * t.element_size() for t in (*base.values(), *audio.values()))
+    weight_map = base_map | dict.fromkeys(audio, MULTITALK_WEIGHTS_NAME)
+    _write_json(mt / WEIGHTS_INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def link_multitalk_into_original(root: Path) -> Path:
+    """Apply MultiTalk README's "link" step: the base index is set aside, MultiTalk's index and weights linked in."""
+    wan, mt = root / ORIGINAL_DIR, root / MULTITALK_DIR
+    index = wan / WEIGHTS_INDEX_NAME
+    if not index.is_symlink():
+        index.rename(wan / (WEIGHTS_INDEX_NAME + "_old"))
+        index.symlink_to((mt / WEIGHTS_INDEX_NAME).resolve())
+    link = wan / MULTITALK_WEIGHTS_NAME
+    if not link.exists():
+        link.symlink_to((mt / MULTITALK_WEIGHTS_NAME).resolve())
+    return wan
+
+
+def write_gguf_layouts(root: Path, dims: WanDims, seed: int = 0) -> dict[str, Path]:
+    base, _ = transformer_tensors(dims, seed)
+    arrays = {k: v.numpy() for k, v in base.items()}
+    paths = {}
+    for file_type, name in GGUF_NAMES.items():
+        write_wan_gguf(root / name, arrays, file_type)
+        paths[file_type] = root / name
+    return paths
+
+
+def _tiny_tokenizer():
+    """A T5-style (Metaspace + Unigram) tokenizer over characters and a few hundred common pieces, built offline."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import T5TokenizerFast
+
+    words = [
+        "the",
+        "a",
+        "an",
+        "and",
+        "of",
+        "to",
+        "in",
+        "is",
+        "on",
+        "with",
+        "at",
+        "for",
+        "by",
+        "from",
+        "as",
+        "it",
+        "this",
+        "that",
+        "man",
+        "woman",
+        "person",
+        "people",
+        "talk",
+        "talking",
+        "speaks",
+        "speaking",
+        "smile",
+        "smiling",
+        "face",
+        "mouth",
+        "eyes",
+        "hair",
+        "camera",
+        "room",
+        "car",
+        "studio",
+        "light",
+        "natural",
+        "casual",
+        "conversation",
+        "close",
+        "up",
+        "video",
+        "frame",
+        "background",
+        "bright",
+        "gray",
+        "quality",
+        "low",
+        "high",
+        "static",
+        "blurred",
+        "details",
+    ]
+    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?;:'\"-()[]/&%$#@*+=")
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + w, -3.0 - 0.01 * i) for i, w in enumerate(words)]
+    vocab += [(c, -5.0) for c in chars] + [("▁" + c, -5.5) for c in chars]
+    tok = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+    fast.model_max_length = 512
+    return fast
+
+
+def write_diffusers_layout(root: Path, dims: WanDims, seed: int = 0) -> Path:
+    """``Wan2.1-I2V-14B-480P-Diffusers``: every component, tiny, with the published folder and file names."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    out = root / DIFFUSERS_DIR
+    base, _ = transformer_tensors(dims, seed)
+    converted = convert_wan_transformer_to_diffusers(dict(base))
+    _write_sharded(out / "transformer", converted, shards=2)
+    _write_json(out / "transformer" / "config.json", dims.diffusers_config())
+
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+    )
+    _randomize(vae, seed + 1)
+    vae.save_pretrained(out / "vae")
+
+    tokenizer = _tiny_tokenizer()
+    tokenizer.save_pretrained(out / "tokenizer")
+    te_config = UMT5Config(
+        vocab_size=len(tokenizer),
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        tie_word_embeddings=False,
+        **TINY_TEXT_ENCODER,
+    )
+    if te_config.d_model != dims.text_dim:
+        raise ValueError("tiny text encoder width must equal the transformer's text_dim")
+    torch.manual_seed(seed + 2)
+    text_encoder = UMT5EncoderModel(te_config)
+    _randomize(text_encoder, seed + 2)
+    text_encoder.save_pretrained(out / "text_encoder", max_shard_size="300KB")
+
+    clip_config = CLIPVisionConfig(
+        hidden_size=dims.image_dim,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=14,
+        projection_dim=32,
+    )
+    torch.manual_seed(seed + 3)
+    image_encoder = CLIPVisionModelWithProjection(clip_config)
+    _randomize(image_encoder, seed + 3)
+    image_encoder.save_pretrained(out / "image_encoder")
+    CLIPImageProcessor(
+        crop_size={"height": 224, "width": 224},
+        size={"shortest_edge": 224},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    ).save_pretrained(out / "image_processor")
+
+    UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
+    ).save_pretrained(out / "scheduler")
+    _write_json(
+        out / "model_index.json",
+        {
+            "_class_name": "WanImageToVideoPipeline",
+            "_diffusers_version": "0.33.0.dev0",
+            "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+            "image_processor": ["transformers", "CLIPImageProcessor"],
+            "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+            "text_encoder": ["transformers", "UMT5EncoderModel"],
+            "tokenizer": ["transformers", "T5TokenizerFast"],
+            "transformer": ["diffusers", "WanTransformer3DModel"],
+            "vae": ["diffusers", "AutoencoderKLWan"],
+        },
+    )
+    return out
+
+
+def write_wav2vec2_layout(root: Path, dims: WanDims, seed: int = 0) -> Path:
+    """``TencentGameMate/chinese-wav2vec2-base``: a Wav2Vec2ForPreTraining checkpoint (12 layers) + preprocessor."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+
+    if TINY_WAV2VEC["hidden_size"] != dims.audio_channels or TINY_WAV2VEC["num_hidden_layers"] != dims.audio_layers:
+        raise ValueError("tiny wav2vec2 must produce the audio features the tiny transformer expects")
+    out = root / WAV2VEC_DIR
+    config = Wav2Vec2Config(
+        conv_dim=(32,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=16,
+        num_codevectors_per_group=8,
+        num_codevector_groups=2,
+        codevector_dim=32,
+        proj_codevector_dim=32,
+        vocab_size=32,
+        architectures=["Wav2Vec2ForPreTraining"],
+        **TINY_WAV2VEC,
+    )
+    torch.manual_seed(seed + 4)
+    model = Wav2Vec2ForPreTraining(config)
+    _randomize(model, seed + 4)
+    model.save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    ).save_pretrained(out)
+    return out
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Replace library default inits (often zeros or ones) by deterministic non-trivial values."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(random_tensor(name, tuple(p.shape), seed).to(p.dtype))
+
+
+def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS) -> dict:
+    """Write every tiny layout under ``root`` (see module docstring) and return the manifest."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_original_layout(root, dims, seed)
+    write_diffusers_layout(root, dims, seed)
+    gguf = write_gguf_layouts(root, dims, seed)
+    write_wav2vec2_layout(root, dims, seed)
+    manifest = {
+        "what": "seeded random-weight MultiTalk models in the published layouts; they generate noise, not video",
+        "seed": seed,
+        "dims": asdict(dims),
+        "original": ORIGINAL_DIR,
+        "multitalk": f"{MULTITALK_DIR}/{MULTITALK_WEIGHTS_NAME}",
+        "diffusers": DIFFUSERS_DIR,
+        "gguf": {k: p.name for k, p in gguf.items()},
+        "wav2vec2": WAV2VEC_DIR,
+    }
+    _write_json(root / "TINY.json", manifest)
+    return manifest
+
+
+def fingerprint(tensors: dict[str, torch.Tensor]) -> float:
+    """A cheap checksum (sum of |values| in float64), to notice if seeded generation ever changes."""
+    return float(sum(t.double().abs().sum() for t in tensors.values()))
