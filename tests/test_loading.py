@@ -95,6 +95,30 @@ def test_single_file_with_comfy_prefix(tiny_root, tmp_path, reference):
     assert_same_weights(reference, model)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_single_file_in_other_storage_dtypes(tiny_root, tmp_path, dtype):
+    """Repacked checkpoints come in fp16, bf16 and fp8 (e4m3fn): cast on the way in, like the fp32 originals."""
+    base, _ = transformer_tensors(reference_dims(tiny_root))
+    stored = {k: v.to(dtype) for k, v in base.items()}
+    save_file(stored, tmp_path / "wan.safetensors")
+    model = load_transformer(tmp_path / "wan.safetensors", tiny_root / MULTITALK_DIR, dtype=torch.bfloat16)
+    params = dict(model.named_parameters())
+    expected = stored["blocks.0.ffn.0.weight"].to(torch.bfloat16)
+    assert torch.equal(params["blocks.0.ffn.net.0.proj.weight"], expected)
+    assert torch.isfinite(outputs_bf16(model)).all()
+
+
+def test_multitalk_weights_as_gguf(tiny_root, tmp_path, reference):
+    from multitalk_serve.engine.gguf_quant import write_wan_gguf
+
+    _, audio = transformer_tensors(reference_dims(tiny_root))
+    write_wan_gguf(tmp_path / "multitalk-Q8_0.gguf", {k: v.numpy() for k, v in audio.items()}, "Q8_0")
+    model = load_transformer(tiny_root / ORIGINAL_DIR, tmp_path / "multitalk-Q8_0.gguf", dtype=FP32)
+    assert isinstance(dict(model.named_modules())["blocks.0.audio_cross_attn.q_linear"], GGUFLinear)
+    rel = (outputs(model) - outputs(reference)).norm() / outputs(reference).norm()
+    assert rel < 0.06
+
+
 def reference_dims(tiny_root: Path) -> WanDims:
     return WanDims(**{**json.loads((tiny_root / "TINY.json").read_text())["dims"], "patch_size": (1, 2, 2)})
 

@@ -363,6 +363,10 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
 
 def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS) -> dict:
     """Write every tiny layout under ``root`` (see module docstring) and return the manifest."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # no progress bars or torchvision notices for tiny files
+    transformers.utils.logging.disable_progress_bar()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_original_layout(root, dims, seed)

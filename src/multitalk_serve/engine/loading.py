@@ -189,11 +189,12 @@ def _dims_checked_against_config(
 
 
 def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
+    """The audio tensors of ``multitalk.safetensors`` (or a GGUF of them), given the file or its directory."""
     if path.is_dir():
         path = path / MULTITALK_WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"missing MultiTalk weights: {path}")
-    refs = read_safetensors_header(path)
+    refs = read_gguf_header(path)[0] if path.suffix == ".gguf" else read_safetensors_header(path)
     other = [k for k in refs if not is_audio_key(k.removeprefix("model.diffusion_model."))]
     if other:
         raise CheckpointError(f"{path}: holds non-audio tensors, is it multitalk.safetensors? ({_fmt_keys(other)})")

@@ -279,7 +279,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         speakers = audio.shape[0]
         if not 1 <= speakers <= MAX_SPEAKERS:
             raise SpeakerCountError(f"MultiTalk routes 1 or {MAX_SPEAKERS} speakers, got {speakers}")
-        tokens = self.audio_proj(audio.to(self.audio_proj.proj1.weight.dtype))  # [P, T, M, C]
+        tokens = self.audio_proj(audio)  # [P, T, M, C]
         return tokens.permute(1, 0, 2, 3).flatten(1, 2).unsqueeze(0)
 
     @staticmethod
@@ -315,7 +315,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         p_t, p_h, p_w = self.config.patch_size
         frames, grid = num_frames // p_t, (height // p_h, width // p_w)
 
-        audio_tokens = self.audio_tokens(audio).to(hidden_states.dtype)
+        audio_tokens = self.audio_tokens(audio.to(hidden_states.dtype))  # the official runs it in activation dtype
         if audio_tokens.shape[1] != frames:
             raise ValueError(f"audio covers {audio_tokens.shape[1]} latent frames, latents have {frames}")
         audio_tokens = audio_tokens.expand(batch_size, -1, -1, -1)
