@@ -1,9 +1,10 @@
 """Command line: ``multitalk-serve <verb>``.
 
 Verbs:
+  generate           image + one or two voices + prompt -> talking MP4
   make-tiny DIR      write seeded random-weight models in every published layout (see ``multitalk_serve.tiny``)
   forward MODEL      load a transformer from any layout and time one forward pass on random inputs
-  demo [DIR]         make-tiny, then one forward from each layout, side by side
+  demo [DIR]         make-tiny, one forward from each layout, then a whole video on the tiny model
 """
 
 from __future__ import annotations
@@ -52,6 +53,79 @@ def _cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressBar:
+    """One status line on stderr: stage, clip, step, a bar, elapsed and remaining time."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.start, self.tty = stream, time.perf_counter(), stream.isatty()
+
+    def __call__(self, progress) -> None:
+        elapsed = time.perf_counter() - self.start
+        frac = progress.fraction
+        if progress.stage == "sampling":
+            eta = elapsed / frac * (1 - frac) if frac > 0 else 0.0
+            bar = "#" * int(frac * 24)
+            line = (f"clip {progress.clip}/{progress.total_clips} step {progress.step}/{progress.total_steps} "
+                    f"[{bar:<24}] {frac:5.1%}  {elapsed:6.1f}s elapsed, ~{eta:.0f}s left")  # fmt: skip
+        else:
+            line = f"{progress.stage} ... {elapsed:6.1f}s"
+        end = "\n" if progress.stage == "done" or not self.tty else ""
+        self.stream.write(("\r" if self.tty else "") + line.ljust(100)[:100] + end)
+        self.stream.flush()
+
+
+def _parse_box(text: str):
+    from .engine.conditioning import Box
+
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a box is X_MIN,Y_MIN,X_MAX,Y_MAX in image pixels, got {text!r}") from None
+    return Box(x0, y0, x1, y1)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size is HEIGHTxWIDTH, got {text!r}") from None
+    return h, w
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .engine.pipeline import GenerateOptions, MultiTalkPipeline
+
+    options = GenerateOptions(
+        resolution=args.resolution, mode=args.mode, steps=args.steps, shift=args.shift, text_scale=args.text_scale,
+        audio_scale=args.audio_scale, use_apg=args.apg, seed=args.seed, negative_prompt=args.negative_prompt,
+        audio_type=args.audio_type, color_correction=args.color_correction, max_duration_s=args.max_duration,
+        crf=args.crf, size=args.size,
+    )  # fmt: skip
+    options.validate()
+    audio = [None if a.lower() == "none" else a for a in args.audio]
+    start = time.perf_counter()
+    pipe = MultiTalkPipeline.from_pretrained(
+        args.model, transformer=args.transformer, multitalk=args.multitalk, wav2vec=args.wav2vec,
+        device=args.device, dtype=DTYPES[args.dtype],
+    )  # fmt: skip
+    print(f"loaded the models in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    result = pipe.generate(
+        args.image, audio, args.prompt, args.out, boxes=args.box, options=options,
+        callback=None if args.quiet else ProgressBar(), thumbnail=args.thumbnail, mask_preview_path=args.mask_preview,
+    )  # fmt: skip
+    summary = {
+        "video": str(result.video_path), "frames": result.frames, "seconds": result.seconds,
+        "size": f"{result.width}x{result.height}", "seed": result.seed, "clips": result.clips,
+        "timings": result.timings,
+    }  # fmt: skip
+    if result.mask_preview_path:
+        summary["mask_preview"] = str(result.mask_preview_path)
+    if result.thumbnail_path:
+        summary["thumbnail"] = str(result.thumbnail_path)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .engine.forward_check import compare_layouts
     from .tiny import write_tiny_models
@@ -70,9 +144,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{row['layout']:<22}{row['load_s']:>8.2f}{row['forward_s']:>11.3f}  {row['shape']!s:<22}"
             f"{row['max_abs_diff_vs_original']:>24.2e}"
         )
+    from .demo_media import portrait, voice
+    from .engine.pipeline import GenerateOptions, MultiTalkPipeline
+
+    print("\nnow a whole video on the tiny model: two synthetic voices, one after the other, on a drawn picture")
+    pipe = MultiTalkPipeline.from_pretrained(root, dtype=torch.float32)
+    out = Path(args.out)
+    result = pipe.generate(
+        portrait(), [voice(2.4, 120, seed=1), voice(2.0, 210, seed=2)], "two people talk to each other", out,
+        options=GenerateOptions(steps=4, seed=42, size=(128, 192), audio_type="add"), callback=ProgressBar(),
+        mask_preview_path=out.with_suffix(".masks.png"),
+    )  # fmt: skip
     print(
-        "\nThis was a tiny random model. For real output, fetch the published weights "
-        "(Wan-AI/Wan2.1-I2V-14B-480P[-Diffusers], MeiGen-AI/MeiGen-MultiTalk, TencentGameMate/chinese-wav2vec2-base)."
+        f"wrote {result.video_path}: {result.seconds:.2f} s, {result.frames} frames at 25 fps, "
+        f"{result.width}x{result.height}, H.264 + AAC, {result.clips} clips; person masks: {result.mask_preview_path}"
+    )
+    print("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+    print(
+        "\nThis was a tiny RANDOM model: the video is noise, not a talking face; the plumbing is what is real. "
+        "For real output, download the published weights (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, "
+        "MeiGen-AI/MeiGen-MultiTalk, TencentGameMate/chinese-wav2vec2-base) into one folder and run\n"
+        "  multitalk-serve generate --model FOLDER --image face.png --audio voice.wav --prompt '...' --out out.mp4"
     )
     return 0
 
@@ -81,6 +173,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multitalk-serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("generate", help="image + one or two voices + prompt -> talking MP4")
+    p.add_argument("--model", required=True, help="model folder (see README: Model folder)")
+    p.add_argument("--image", required=True, help="reference image with one or two people")
+    p.add_argument("--audio", required=True, action="append", help="a speaker's audio (twice for two; 'none' = silent)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--audio-type", choices=("add", "para"), default="add", help="two speakers: in turn or at once")
+    p.add_argument("--box", type=_parse_box, action="append", help="X_MIN,Y_MIN,X_MAX,Y_MAX of a person (twice)")
+    p.add_argument("--resolution", choices=("480p", "720p"), default="480p")
+    p.add_argument("--size", type=_parse_size, help="explicit HEIGHTxWIDTH (multiples of 16) instead of the bucket")
+    p.add_argument("--mode", choices=("streaming", "clip"), default="streaming")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--shift", type=float, help="default 7 (480p) / 11 (720p)")
+    p.add_argument("--text-scale", type=float, default=5.0)
+    p.add_argument("--audio-scale", type=float, default=4.0)
+    p.add_argument("--apg", action="store_true", help="adaptive projected guidance")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--color-correction", type=float, default=1.0)
+    p.add_argument("--max-duration", type=float, default=120.0, help="seconds of audio accepted")
+    p.add_argument("--crf", type=int, default=19)
+    p.add_argument("--thumbnail", help="save the first frame here")
+    p.add_argument("--mask-preview", help="save the person regions drawn over the reference image here")
+    p.add_argument("--transformer", help="transformer from elsewhere (original folder, .safetensors, .gguf)")
+    p.add_argument("--multitalk", help="multitalk.safetensors, if not in MODEL/MeiGen-MultiTalk")
+    p.add_argument("--wav2vec", help="chinese-wav2vec2-base folder, if not in MODEL")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("make-tiny", help="write seeded random-weight models in the published layouts")
     p.add_argument("dir")
@@ -100,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1)
     p.set_defaults(func=_cmd_forward)
 
-    p = sub.add_parser("demo", help="make-tiny + one forward from each layout")
+    p = sub.add_parser("demo", help="make-tiny, one forward from each layout, a whole video on the tiny model")
     p.add_argument("dir", nargs="?", default="tiny")
+    p.add_argument("--out", default="demo.mp4")
     p.add_argument("--speakers", type=int, default=2, choices=(1, 2))
     p.set_defaults(func=_cmd_demo)
     return parser

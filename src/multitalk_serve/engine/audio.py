@@ -1,0 +1,199 @@
+"""Audio front end: decode, normalise, arrange speakers, wav2vec2 features, per-frame windows.
+
+- Any container/codec FFmpeg (through PyAV) decodes: wav, mp3, m4a/aac, flac, ogg/opus, the audio track of
+  mp4/mov/webm. Mono, 16 kHz, float32.
+- Loudness normalised to -23 LUFS (ITU-R BS.1770 via pyloudnorm, as the official code), skipped when the loudness
+  cannot be measured (silence, or shorter than one 0.4 s gating block).
+- Two speakers: ``add`` (speaker 1 talks, then speaker 2) or ``para`` (simultaneous); a speaker may be silent.
+- wav2vec2: transformers' ``Wav2Vec2Model``; the CNN features are linearly interpolated to 25 fps *before* the
+  transformer encoder, and hidden states 1..N are stacked to ``[frames, layers, channels]`` (the official recipe).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import EngineError
+
+SAMPLE_RATE = 16000
+FPS = 25
+TARGET_LUFS = -23.0
+
+
+class AudioError(EngineError):
+    """An audio input cannot be used (unreadable, no audio track, empty, not finite, ...)."""
+
+
+def decode_audio(source: str | Path | bytes, name: str = "audio", rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of ``source`` (a path or the file's bytes) to mono float32 at ``rate`` Hz."""
+    import av
+
+    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source)
+    try:
+        container = av.open(handle)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise AudioError(f"{name}: cannot open as audio ({_first_line(exc)})") from exc
+    with container:
+        streams = container.streams.audio
+        if not streams:
+            raise AudioError(f"{name}: the file has no audio track")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = []
+        try:
+            for frame in container.decode(streams[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise AudioError(f"{name}: cannot decode the audio ({_first_line(exc)})") from exc
+    wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if wave.size == 0:
+        raise AudioError(f"{name}: the audio is empty")
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{name}: the audio contains NaN or infinite samples")
+    return wave
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def loudness_normalize(wave: np.ndarray, target_lufs: float = TARGET_LUFS) -> np.ndarray:
+    """Scale to ``target_lufs`` integrated loudness; unchanged when loudness is unmeasurable (|L| > 100, too short)."""
+    import pyloudnorm
+
+    meter = pyloudnorm.Meter(SAMPLE_RATE)
+    try:
+        loudness = meter.integrated_loudness(wave.astype(np.float64))
+    except ValueError:  # shorter than one gating block
+        return wave
+    if not math.isfinite(loudness) or abs(loudness) > 100:
+        return wave
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "possible clipped samples": features take float input as is
+        return pyloudnorm.normalize.loudness(wave.astype(np.float64), loudness, target_lufs).astype(np.float32)
+
+
+@dataclass
+class SpeakerAudio:
+    """Per-speaker waveforms of equal length (16 kHz) and the soundtrack a listener hears (their sum)."""
+
+    tracks: list[np.ndarray]
+    soundtrack: np.ndarray
+
+    @property
+    def seconds(self) -> float:
+        return len(self.soundtrack) / SAMPLE_RATE
+
+    @property
+    def frames(self) -> int:
+        """Video frames at 25 fps covered by the audio (the official ``int(seconds * 25)``)."""
+        return int(len(self.soundtrack) / SAMPLE_RATE * FPS)
+
+
+def arrange_speakers(waves: list[np.ndarray | None], mode: str = "add") -> SpeakerAudio:
+    """One or two speakers' waveforms (``None`` = silent speaker) -> equal-length tracks and their mix.
+
+    ``add``: speaker 1 speaks, then speaker 2 (each is silent while the other talks); ``para``: both at once,
+    the shorter padded with silence (the official code fails on unequal lengths there).
+    """
+    if not 1 <= len(waves) <= 2:
+        raise AudioError(f"MultiTalk takes 1 or 2 speakers, got {len(waves)}")
+    if all(w is None for w in waves):
+        raise AudioError("every speaker is silent: at least one audio track is needed")
+    if len(waves) == 1:
+        track = waves[0]
+        return SpeakerAudio([track], track.copy())
+    if mode not in ("add", "para"):
+        raise AudioError(f"audio_type must be 'add' or 'para', got {mode!r}")
+    a, b = waves
+    if mode == "add":
+        a = np.zeros(0, np.float32) if a is None else a
+        b = np.zeros(0, np.float32) if b is None else b
+        first = np.concatenate([a, np.zeros(len(b), np.float32)])
+        second = np.concatenate([np.zeros(len(a), np.float32), b])
+    else:
+        n = max(len(w) for w in waves if w is not None)
+        first, second = (np.zeros(n, np.float32) if w is None else np.pad(w, (0, n - len(w))) for w in (a, b))
+    return SpeakerAudio([first, second], first + second)
+
+
+class Wav2Vec2Features:
+    """wav2vec2 hidden states at 25 fps, ``[frames, layers, channels]`` per speaker (``chinese-wav2vec2-base``)."""
+
+    def __init__(self, model, feature_extractor, device: str | torch.device = "cpu"):
+        self.model = model.eval().requires_grad_(False)
+        self.feature_extractor = feature_extractor
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", attn_implementation: str = "sdpa"
+    ) -> Wav2Vec2Features:
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        from .components import quiet_transformers
+
+        with quiet_transformers():  # the checkpoint's pre-training heads are expected leftovers
+            model = Wav2Vec2Model.from_pretrained(path, attn_implementation=attn_implementation, local_files_only=True)
+            extractor = Wav2Vec2FeatureExtractor.from_pretrained(path, local_files_only=True)
+        return cls(model.to(device), extractor, device)
+
+    @property
+    def layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def channels(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def __call__(self, wave: np.ndarray, frames: int | None = None) -> torch.Tensor:
+        """``wave`` (16 kHz) -> ``[frames, layers, channels]`` float32 on CPU; ``frames`` defaults to the
+        official ``int(seconds * 25)``."""
+        frames = int(len(wave) / SAMPLE_RATE * FPS) if frames is None else frames
+        if frames < 1:
+            raise AudioError("the audio is shorter than one video frame (40 ms)")
+        values = self.feature_extractor(wave, sampling_rate=SAMPLE_RATE).input_values[0]
+        values = torch.as_tensor(np.asarray(values), dtype=torch.float32, device=self.device)[None]
+
+        def to_video_rate(module, args, cnn):  # [1, 512, T at 50 Hz] -> [1, 512, frames]
+            return F.interpolate(cnn, size=frames, mode="linear", align_corners=True)
+
+        hook = self.model.feature_extractor.register_forward_hook(to_video_rate)
+        try:
+            out = self.model(values, output_hidden_states=True, return_dict=True)
+        finally:
+            hook.remove()
+        return torch.stack(out.hidden_states[1:], dim=2)[0].float().cpu()  # [frames, layers, channels]
+
+
+def window_features(features: torch.Tensor, start: int, frames: int, window: int = 5) -> torch.Tensor:
+    """``[P, L, layers, C]`` -> ``[P, frames, window, layers, C]``: for each video frame ``f`` of the clip that
+    starts at ``start``, the features of frames ``f - window//2 .. f + window//2`` clamped to ``[0, L-1]``."""
+    half = window // 2
+    centre = torch.arange(start, start + frames)[:, None] + torch.arange(-half, half + 1)[None, :]
+    return features[:, centre.clamp(0, features.shape[1] - 1)]
+
+
+def mirror_pad(features: torch.Tensor, length: int) -> torch.Tensor:
+    """``[P, L, ...]`` -> ``[P, length, ...]``, continuing the time axis with its mirror image (``a b c | c b a``).
+
+    The official code pads the last clip with the reversed last frames; this is the same for any pad length."""
+    have = features.shape[1]
+    if length <= have:
+        return features[:, :length]
+    idx = np.arange(length)
+    period = 2 * have
+    idx = idx % period
+    idx = np.where(idx < have, idx, period - 1 - idx)
+    return features[:, torch.from_numpy(idx)]

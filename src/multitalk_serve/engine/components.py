@@ -1,0 +1,156 @@
+"""Small adapters around the library models the pipeline uses, each doing exactly what the official code does.
+
+- ``T5TextEncoder``: UMT5 encoder; prompts cleaned (ftfy, HTML entities, whitespace), tokenized to 512 with the
+  attention mask, outputs cut to each prompt's real length (the transformer pads them back with zeros).
+- ``ClipImageEncoder``: CLIP vision tower; the [-1, 1] frame is *squashed* to 224x224 (bicubic, no crop, no
+  antialias), mapped to [0, 1] and normalised; the penultimate hidden states ``[1, 257, C]`` are returned.
+- ``WanVideoVAE``: diffusers' ``AutoencoderKLWan``; encode gives the posterior mean normalised with the 16
+  latent means/stds, decode undoes that and clamps to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TEXT_LEN = 512
+CLIP_SIZE = 224
+NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+    "messy background, three legs, many people in the background, walking backwards"
+)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars for the duration (restored afterwards)."""
+    from transformers.utils import logging as tlog
+
+    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def clean_prompt(text: str) -> str:
+    """The official T5 text cleaning: ftfy, HTML entities (twice), whitespace collapsed."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class T5TextEncoder:
+    def __init__(self, tokenizer, model, device: str | torch.device = "cpu"):
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        tokenizer_dir: str | Path,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+    ) -> T5TextEncoder:
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+            model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+        return cls(tokenizer, model.to(device), device)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Each prompt -> ``[tokens, C]`` (float32, on the encoder's device), cut to its real length."""
+        ids = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=TEXT_LEN,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        mask = ids.attention_mask.to(self.device)
+        hidden = self.model(ids.input_ids.to(self.device), mask).last_hidden_state.float()
+        return [h[: int(n)] for h, n in zip(hidden, mask.sum(dim=1), strict=True)]
+
+
+class ClipImageEncoder:
+    def __init__(self, model, mean: list[float], std: list[float], device: str | torch.device = "cpu"):
+        self.model = model.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        processor_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+    ) -> ClipImageEncoder:
+        import json
+
+        from transformers import CLIPVisionModel
+
+        config = json.loads((Path(processor_dir) / "preprocessor_config.json").read_text())
+        with quiet_transformers():  # a CLIPVisionModelWithProjection checkpoint: its projection is not used
+            model = CLIPVisionModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+        return cls(model.to(device), config["image_mean"], config["image_std"], device)
+
+    @torch.no_grad()
+    def __call__(self, frame: torch.Tensor) -> torch.Tensor:
+        """``[3, H, W]`` in [-1, 1] -> ``[1, 257, C]`` penultimate hidden states (float32)."""
+        x = F.interpolate(
+            frame[None].float().to(self.device), size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=False
+        )
+        x = ((x * 0.5 + 0.5) - self.mean) / self.std
+        dtype = next(self.model.parameters()).dtype
+        return self.model(x.to(dtype), output_hidden_states=True).hidden_states[-2].float()
+
+
+class WanVideoVAE:
+    def __init__(self, vae, device: str | torch.device = "cpu"):
+        self.vae = vae.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        cfg = vae.config
+        self.mean = torch.tensor(cfg.latents_mean, device=self.device).view(-1, 1, 1, 1)
+        self.std = torch.tensor(cfg.latents_std, device=self.device).view(-1, 1, 1, 1)
+        self.dtype = next(vae.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(
+        cls, vae_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> WanVideoVAE:
+        from diffusers import AutoencoderKLWan
+
+        return cls(AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype).to(device), device)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """``[3, F, H, W]`` in [-1, 1] -> normalised latents ``[16, T, h, w]`` (float32)."""
+        z = self.vae.encode(video[None].to(self.device, self.dtype)).latent_dist.mode()[0].float()
+        return (z - self.mean) / self.std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[16, T, h, w]`` -> ``[3, F, H, W]`` in [-1, 1] (float32)."""
+        z = latents.to(self.device).float() * self.std + self.mean
+        return self.vae.decode(z[None].to(self.dtype)).sample[0].float().clamp(-1, 1)

@@ -1,0 +1,541 @@
+"""The MultiTalk generation pipeline: reference image + one or two voices + prompt -> talking MP4.
+
+Long videos stream clip by clip (the official algorithm): 81-frame clips; every clip after the first is conditioned
+on the last 25 generated frames, whose latents are re-noised to the current timestep at every step; each clip adds
+56 new frames; the last clip sees mirror-padded audio; every clip is colour-corrected towards the reference image.
+Frames go to the MP4 encoder as clips finish, so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .audio import (
+    FPS,
+    AudioError,
+    SpeakerAudio,
+    arrange_speakers,
+    decode_audio,
+    loudness_normalize,
+    mirror_pad,
+    window_features,
+)
+from .color import match_colors
+from .conditioning import (
+    Box,
+    ImageInputError,
+    choose_bucket,
+    crop_masks,
+    latent_masks,
+    mask_preview,
+    person_masks,
+    resize_and_center_crop,
+)
+from .errors import EngineError
+from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
+from .video import AUDIO_RATE, Mp4Writer, frames_to_uint8, save_thumbnail
+
+VAE_STRIDE = (4, 8, 8)
+MAX_IMAGE_PIXELS = 40_000_000  # larger inputs are refused before decoding (decompression bombs)
+MIN_IMAGE_SIDE = 32
+
+
+class GenerationCancelled(EngineError):
+    """Raised (by the progress callback, or the pipeline on its behalf) to stop between sampling steps."""
+
+
+@dataclass
+class GenerateOptions:
+    """Everything a caller may choose. Defaults are the official CLI's unless the README says otherwise."""
+
+    resolution: str = "480p"  # bucket table: 480p (multitalk-480) or 720p (multitalk-720)
+    mode: str = "streaming"  # "streaming": as long as the audio; "clip": one clip (at most 81 frames)
+    steps: int = 40
+    shift: float | None = None  # None: 7 at 480p, 11 at 720p (use 2 with a speed LoRA)
+    text_scale: float = 5.0
+    audio_scale: float = 4.0
+    use_apg: bool = False
+    apg_momentum: float = -0.75
+    apg_norm_threshold: float = 55.0
+    seed: int | None = None  # None: drawn at random, and reported
+    negative_prompt: str | None = None  # None: the official English negative prompt
+    audio_type: str = "add"  # two speakers: "add" (one after the other) or "para" (at the same time)
+    color_correction: float = 1.0
+    max_duration_s: float = 120.0
+    frames_per_clip: int = 81
+    motion_frames: int = 25
+    crf: int = 19
+    size: tuple[int, int] | None = None  # explicit (height, width), multiples of 16, instead of the bucket
+
+    def resolved(self) -> GenerateOptions:
+        """A copy with every ``None`` filled in (what was actually used)."""
+        out = GenerateOptions(**asdict(self))
+        if out.shift is None:
+            out.shift = DEFAULT_SHIFT.get(out.resolution, 7.0)
+        if out.seed is None:
+            out.seed = random.randrange(2**31)
+        return out
+
+    def validate(self) -> None:
+        checks = [
+            (self.resolution in DEFAULT_SHIFT, f"resolution must be 480p or 720p, got {self.resolution!r}"),
+            (self.mode in ("streaming", "clip"), f"mode must be 'streaming' or 'clip', got {self.mode!r}"),
+            (1 <= self.steps <= 200, f"steps must be 1..200, got {self.steps}"),
+            (self.audio_type in ("add", "para"), f"audio_type must be 'add' or 'para', got {self.audio_type!r}"),
+            (0.0 <= self.color_correction <= 1.0, f"color_correction must be 0..1, got {self.color_correction}"),
+            (self.frames_per_clip % 4 == 1 and self.frames_per_clip > 1, "frames_per_clip must be 4k+1"),
+            (self.motion_frames % 4 == 1 and 0 < self.motion_frames < self.frames_per_clip,
+             "motion_frames must be 4k+1 and shorter than a clip"),
+            (self.max_duration_s > 0, "max_duration_s must be positive"),
+            (0 <= self.crf <= 51, f"crf must be 0..51, got {self.crf}"),
+            (self.size is None or (len(self.size) == 2 and all(v >= 16 and v % 16 == 0 for v in self.size)),
+             f"size must be (height, width), multiples of 16, got {self.size}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise EngineError(message)
+        for name in ("text_scale", "audio_scale", "apg_norm_threshold"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise EngineError(f"{name} must be a finite number >= 0, got {value}")
+
+
+@dataclass
+class Progress:
+    stage: str  # "audio", "conditioning", "sampling", "decoding", "muxing", "done"
+    clip: int = 0
+    total_clips: int = 0
+    step: int = 0
+    total_steps: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Rough share of the whole job done (sampling dominates)."""
+        if self.stage == "done":
+            return 1.0
+        if self.total_clips == 0 or self.total_steps == 0:
+            return 0.0
+        return ((self.clip - 1) * self.total_steps + self.step) / (self.total_clips * self.total_steps)
+
+
+@dataclass
+class GenerationResult:
+    video_path: Path
+    frames: int
+    seconds: float
+    width: int
+    height: int
+    seed: int
+    speakers: int
+    clips: int
+    options: dict
+    timings: dict[str, float]
+    thumbnail_path: Path | None = None
+    mask_preview_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+STAGES = ("audio", "text_encoder", "image_encoders", "sampling", "vae_decode", "color_correction", "encode_mux")
+
+
+def _ignore(progress: Progress) -> None:
+    return None
+
+
+@dataclass
+class PreparedJob:
+    """Everything ``frames`` needs: encoded inputs, the clip plan, the resolved options, stage timings so far."""
+
+    options: GenerateOptions
+    speakers: int
+    features: torch.Tensor  # [P, L, layers, C] wav2vec2 features at 25 fps
+    soundtrack: np.ndarray  # 48 kHz mono, what the listener hears
+    clips: list[ClipPlan]
+    total_frames: int
+    reference: torch.Tensor  # [3, H, W] in [-1, 1]: the resized, cropped reference image
+    bucket_masks: torch.Tensor  # [3, H, W] person 1, person 2, background
+    masks: torch.Tensor  # [3, h, w] the same at latent resolution
+    context: torch.Tensor
+    context_null: torch.Tensor
+    timings: dict[str, float]
+
+
+@dataclass
+class ClipPlan:
+    """Which video frames each clip covers (``start``, ``start + frames_per_clip``) and which it keeps."""
+
+    index: int
+    start: int
+    end: int
+    keep_from: int  # first frame of this clip written to the output (0 for the first clip, motion frames after)
+    mirror_audio: bool  # the last clip sees the audio continued by its mirror image
+
+
+def plan_clips(
+    audio_frames: int, mode: str, frames_per_clip: int = 81, motion_frames: int = 25
+) -> tuple[list[ClipPlan], int]:
+    """The clips to generate and the output length in frames.
+
+    Streaming: as many clips as needed to cover the audio, output = the audio's length (the official code stops one
+    clip later than needed for short audio and drops the last 3 frames). Clip: one clip, output = min(audio, clip).
+    Audio shorter than a clip is padded by its mirror image and the video cut to the audio.
+    """
+    if audio_frames < 1:
+        raise AudioError("the audio is shorter than one video frame (40 ms)")
+    stride = frames_per_clip - motion_frames
+    if mode == "clip" or audio_frames <= frames_per_clip:
+        count = 1
+    else:
+        count = 1 + math.ceil((audio_frames - frames_per_clip) / stride)
+    clips = []
+    for k in range(count):
+        start = k * stride
+        last = k == count - 1
+        mirror = last and (audio_frames < frames_per_clip if mode == "clip" else True)
+        clips.append(ClipPlan(k, start, start + frames_per_clip, 0 if k == 0 else motion_frames, mirror))
+    total = min(audio_frames, frames_per_clip) if mode == "clip" else audio_frames
+    return clips, total
+
+
+def load_image(source: str | Path | bytes | Image.Image, name: str = "image") -> Image.Image:
+    """Open and check the reference image: decodable, not huge, not tiny; returns RGB (first frame if animated)."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+        try:
+            image = Image.open(handle)
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageInputError(
+                    f"{name}: {image.width}x{image.height} is over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit"
+                )
+            image.load()
+        except ImageInputError:
+            raise
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise ImageInputError(f"{name}: not a readable image ({exc})") from exc
+    if min(image.width, image.height) < MIN_IMAGE_SIDE:
+        raise ImageInputError(
+            f"{name}: {image.width}x{image.height} is too small ({MIN_IMAGE_SIDE} px a side at least)"
+        )
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray((array / top * 255).clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+class MultiTalkPipeline:
+    """Loads every component once; ``generate`` turns an image, one or two voices and a prompt into an MP4."""
+
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder,
+        image_encoder,
+        audio_encoder,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+    ):
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.audio_encoder = audio_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._negative_cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        transformer: str | Path | None = None,
+        multitalk: str | Path | None = None,
+        wav2vec: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        vae_dtype: torch.dtype = torch.float32,
+    ) -> MultiTalkPipeline:
+        """Load from a model root (see ``resolve_model_paths``); every component is loaded once."""
+        from .audio import Wav2Vec2Features
+        from .components import ClipImageEncoder, T5TextEncoder, WanVideoVAE
+        from .loading import load_transformer
+        from .model_paths import resolve_model_paths
+
+        paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
+        encoders = paths.diffusers
+        model = load_transformer(paths.transformer, paths.multitalk, dtype=dtype, device=device)
+        return cls(
+            transformer=model,
+            vae=WanVideoVAE.from_pretrained(encoders / "vae", device=device, dtype=vae_dtype),
+            text_encoder=T5TextEncoder.from_pretrained(
+                encoders / "tokenizer", encoders / "text_encoder", device=device, dtype=dtype
+            ),
+            image_encoder=ClipImageEncoder.from_pretrained(
+                encoders / "image_encoder", encoders / "image_processor", device=device, dtype=dtype
+            ),
+            audio_encoder=Wav2Vec2Features.from_pretrained(paths.wav2vec, device=device),
+            device=device,
+            dtype=dtype,
+        )
+
+    # --- inputs -------------------------------------------------------------------------------------------------
+    def prepare_audio(
+        self, audio: list[str | Path | bytes | np.ndarray | None], audio_type: str = "add"
+    ) -> tuple[SpeakerAudio, SpeakerAudio]:
+        """Decode each speaker at 16 kHz (features) and 48 kHz (the soundtrack), loudness-normalise with one gain
+        per speaker, arrange them. Returns (16 kHz audio, 48 kHz audio)."""
+        if not 1 <= len(audio) <= 2:
+            raise AudioError(f"MultiTalk takes 1 or 2 speakers, got {len(audio)}")
+        low, high = [], []
+        for i, source in enumerate(audio):
+            if source is None:
+                low.append(None)
+                high.append(None)
+                continue
+            name = f"audio of speaker {i + 1}"
+            if isinstance(source, np.ndarray):
+                wave16 = np.asarray(source, np.float32).reshape(-1)
+                if not np.isfinite(wave16).all() or wave16.size == 0:
+                    raise AudioError(f"{name}: empty or not finite")
+                wave48 = np.interp(np.arange(len(wave16) * 3) / 3, np.arange(len(wave16)), wave16).astype(np.float32)
+            else:
+                wave16 = decode_audio(source, name)
+                wave48 = decode_audio(source, name, rate=AUDIO_RATE)
+            normalised = loudness_normalize(wave16)
+            gain = float(np.dot(normalised, wave16) / max(float(np.dot(wave16, wave16)), 1e-20))
+            low.append(normalised)
+            high.append(wave48 * gain)
+        return arrange_speakers(low, audio_type), arrange_speakers(high, audio_type)
+
+    def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt, negative prompt) T5 features; the negative prompt's is computed once and cached."""
+        if negative_prompt not in self._negative_cache:
+            self._negative_cache[negative_prompt] = self.text_encoder([negative_prompt])[0]
+        return self.text_encoder([prompt])[0], self._negative_cache[negative_prompt]
+
+    # --- generation -------------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        image: str | Path | bytes | Image.Image,
+        audio: list[str | Path | bytes | np.ndarray | None],
+        prompt: str,
+        *,
+        boxes: list[Box] | None = None,
+        options: GenerateOptions | None = None,
+        callback: Callable[[Progress], None] | None = None,
+    ) -> PreparedJob:
+        """Validate and encode every input (audio features, image, masks, prompts) and plan the clips."""
+        opts = (options or GenerateOptions()).resolved()
+        opts.validate()
+        notify = callback or _ignore
+        timings = dict.fromkeys(STAGES, 0.0)
+
+        notify(Progress("audio"))
+        t = time.perf_counter()
+        speech16, speech48 = self.prepare_audio(audio, opts.audio_type)
+        if speech16.frames / FPS > opts.max_duration_s:
+            raise AudioError(f"the audio lasts {speech16.frames / FPS:.1f} s, over the {opts.max_duration_s:g} s limit")
+        clips, total_frames = plan_clips(speech16.frames, opts.mode, opts.frames_per_clip, opts.motion_frames)
+        features = torch.stack([self.audio_encoder(track) for track in speech16.tracks])  # [P, L, layers, C]
+        speakers = features.shape[0]
+        timings["audio"] = time.perf_counter() - t
+
+        notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
+        picture = load_image(image)
+        if boxes is not None and speakers != 2:
+            raise ImageInputError(f"boxes are for two speakers; got {len(boxes)} boxes and {speakers} speaker(s)")
+        target = tuple(opts.size) if opts.size else choose_bucket(picture.height, picture.width, opts.resolution)
+        reference = resize_and_center_crop(picture, target)  # [3, H, W] in [-1, 1]
+        bucket_masks = crop_masks(person_masks(picture.height, picture.width, boxes, speakers), target)
+        masks = latent_masks(bucket_masks, (target[0] // VAE_STRIDE[1], target[1] // VAE_STRIDE[2]))
+
+        t = time.perf_counter()
+        context, context_null = self.encode_prompts(prompt, opts.negative_prompt or _default_negative())
+        timings["text_encoder"] = time.perf_counter() - t
+        return PreparedJob(
+            options=opts,
+            speakers=speakers,
+            features=features,
+            soundtrack=speech48.soundtrack,
+            clips=clips,
+            total_frames=total_frames,
+            reference=reference,
+            bucket_masks=bucket_masks,
+            masks=masks.to(self.device),
+            context=context,
+            context_null=context_null,
+            timings=timings,
+        )
+
+    def frames(self, job: PreparedJob, callback: Callable[[Progress], None] | None = None) -> Iterator[torch.Tensor]:
+        """Denoise and decode clip after clip; yields each clip's new frames ``[3, n, H, W]`` in [-1, 1]
+        (colour-corrected, cut so that all yielded frames add up to ``job.total_frames``)."""
+        opts, notify, timings = job.options, callback or _ignore, job.timings
+        guidance = Guidance(opts.text_scale, opts.audio_scale, opts.use_apg, opts.apg_momentum, opts.apg_norm_threshold)
+        grid = timesteps(opts.steps, opts.shift).to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(opts.seed)
+        cond = job.reference[:, None].to(self.device)  # condition frames [3, n, H, W]
+        written = 0
+        for clip in job.clips:
+            features = mirror_pad(job.features, clip.end + 3) if clip.mirror_audio else job.features
+            windows = window_features(features, clip.start, opts.frames_per_clip).to(self.device)
+            latent = self._sample_clip(job, clip, cond, windows, guidance, grid, generator, notify)
+
+            notify(Progress("decoding", clip.index + 1, len(job.clips), opts.steps, opts.steps))
+            t = time.perf_counter()
+            decoded = self.vae.decode(latent)  # [3, F, H, W]
+            timings["vae_decode"] += time.perf_counter() - t
+            t = time.perf_counter()
+            decoded = match_colors(decoded, job.reference.to(decoded.device), opts.color_correction)
+            timings["color_correction"] += time.perf_counter() - t
+            new = decoded[:, clip.keep_from :][:, : job.total_frames - written]
+            written += new.shape[1]
+            yield new
+            cond = decoded[:, -opts.motion_frames :]
+
+    def generate(
+        self,
+        image: str | Path | bytes | Image.Image,
+        audio: list[str | Path | bytes | np.ndarray | None],
+        prompt: str,
+        output: str | Path,
+        *,
+        boxes: list[Box] | None = None,
+        options: GenerateOptions | None = None,
+        callback: Callable[[Progress], None] | None = None,
+        thumbnail: str | Path | None = None,
+        mask_preview_path: str | Path | None = None,
+    ) -> GenerationResult:
+        """Generate the talking video into ``output`` (MP4, H.264 + AAC, 25 fps).
+
+        ``audio``: one entry per speaker (a path, the file's bytes, a 16 kHz float array, or ``None`` for a silent
+        speaker). ``boxes``: two person boxes in source-image pixels (two speakers only; default: left/right halves).
+        ``callback`` receives a ``Progress`` after every stage and sampling step; raising ``GenerationCancelled`` in
+        it stops the job between steps (the partial MP4 is removed).
+        """
+        started = time.perf_counter()
+        job = self.prepare(image, audio, prompt, boxes=boxes, options=options, callback=callback)
+        opts, timings, notify = job.options, job.timings, callback or _ignore
+        preview = None
+        if mask_preview_path is not None:
+            preview = Path(mask_preview_path)
+            mask_preview(job.reference, job.bucket_masks).save(preview)
+        height, width = job.reference.shape[1:]
+        writer = Mp4Writer(output, width, height, crf=opts.crf)
+        written, first_frame = 0, None
+        try:
+            for chunk in self.frames(job, callback):
+                t = time.perf_counter()
+                pixels = frames_to_uint8(chunk)
+                writer.write(pixels)
+                first_frame = pixels[0] if first_frame is None else first_frame
+                written += len(pixels)
+                timings["encode_mux"] += time.perf_counter() - t
+            notify(Progress("muxing", len(job.clips), len(job.clips), opts.steps, opts.steps))
+            t = time.perf_counter()
+            writer.close(job.soundtrack, AUDIO_RATE)
+            timings["encode_mux"] += time.perf_counter() - t
+        except BaseException:
+            writer.abort()
+            raise
+        thumb = save_thumbnail(first_frame, thumbnail) if thumbnail is not None else None
+        timings["total"] = time.perf_counter() - started
+        notify(Progress("done", len(job.clips), len(job.clips), opts.steps, opts.steps))
+        return GenerationResult(
+            video_path=Path(output),
+            frames=written,
+            seconds=written / FPS,
+            width=width,
+            height=height,
+            seed=opts.seed,
+            speakers=job.speakers,
+            clips=len(job.clips),
+            options=asdict(opts),
+            timings={k: round(v, 4) for k, v in timings.items()},
+            thumbnail_path=thumb,
+            mask_preview_path=preview,
+        )
+
+    def _sample_clip(self, job, clip, cond, windows, guidance, grid, generator, notify) -> torch.Tensor:
+        """Denoise one clip; returns its latents ``[16, T, h, w]``."""
+        opts, timings = job.options, job.timings
+        t = time.perf_counter()
+        frames, n_cond = opts.frames_per_clip, cond.shape[1]
+        height, width = cond.shape[2], cond.shape[3]
+        lat_h, lat_w, lat_t = height // VAE_STRIDE[1], width // VAE_STRIDE[2], (frames - 1) // VAE_STRIDE[0] + 1
+        clip_features = self.image_encoder(cond[:, -1])  # CLIP of the last condition frame
+        video = torch.cat([cond, torch.zeros(3, frames - n_cond, height, width, device=cond.device)], dim=1)
+        y_latent = self.vae.encode(video)  # [16, T, h, w]
+        # 4 mask channels: 1 on the condition frames; frame 0 counts 4 times so the frames fold into latent frames.
+        mask = torch.ones(1, frames, lat_h, lat_w, device=self.device)
+        mask[:, n_cond:] = 0
+        mask = torch.cat([mask[:, :1].repeat(1, VAE_STRIDE[0], 1, 1), mask[:, 1:]], dim=1)
+        mask = mask.view(1, lat_t, VAE_STRIDE[0], lat_h, lat_w).transpose(1, 2)[0]  # [4, T, h, w]
+        y = torch.cat([mask, y_latent.to(self.device)]).to(self.dtype)
+        motion_latents = y[4 : 4 + 16, : 1 + (n_cond - 1) // VAE_STRIDE[0]].float() if clip.index else None
+        timings["image_encoders"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        null_audio = torch.zeros_like(windows[-1:])
+        passes = {
+            "cond": (job.context, windows),
+            "drop_text": (job.context_null, windows),
+            "uncond": (job.context_null, null_audio),
+            "drop_audio": (job.context, null_audio),
+        }
+        latent = torch.randn(16, lat_t, lat_h, lat_w, generator=generator, device=self.device, dtype=torch.float32)
+        if motion_latents is not None:
+            noisy = add_noise(motion_latents, self._randn_like(motion_latents, generator), grid[0])
+            latent[:, : motion_latents.shape[1]] = noisy
+        buffers = guidance.new_buffers()
+        for i in range(opts.steps):
+            preds = {
+                name: self._predict(latent, grid[i], y, clip_features, *passes[name], job.masks)
+                for name in guidance.passes()
+            }
+            latent = euler_step(latent, guidance.combine(preds, buffers), grid[i], grid[i + 1])
+            if motion_latents is not None:
+                noisy = add_noise(motion_latents, self._randn_like(motion_latents, generator), grid[i + 1])
+                latent[:, : motion_latents.shape[1]] = noisy
+            notify(Progress("sampling", clip.index + 1, len(job.clips), i + 1, opts.steps))
+        timings["sampling"] += time.perf_counter() - t
+        return latent
+
+    @staticmethod
+    def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+
+    def _predict(self, latent, t, y, clip_features, context, audio, masks) -> torch.Tensor:
+        """One transformer pass -> velocity ``[16, T, h, w]`` float32."""
+        dtype = self.dtype
+        hidden = torch.cat([latent.to(dtype), y.to(dtype)])[None]
+        with torch.inference_mode():
+            out = self.transformer(
+                hidden,
+                t.reshape(1).float(),
+                context[None].to(dtype),
+                clip_features.to(dtype),
+                audio.to(dtype),
+                masks if audio.shape[0] == 2 else None,
+            )
+        return (out.sample if hasattr(out, "sample") else out)[0].float()
+
+
+def _default_negative() -> str:
+    from .components import NEGATIVE_PROMPT
+
+    return NEGATIVE_PROMPT

@@ -1,0 +1,138 @@
+"""Deterministic stand-ins for T5, CLIP, the VAE and the transformer, used to compare *pipelines*.
+
+The official ``MultiTalkPipeline.generate`` and ours are run with the same stand-ins (only numpy and torch here, so
+the fixture maker can import this from the official implementation's environment). Everything else is real on
+both sides: audio arrangement, loudness normalisation, wav2vec2 (a tiny checkpoint), windows, buckets, resize and
+crop, person masks, the timestep grid, guidance, Euler steps, motion-frame re-noising, the random draws, the clip
+schedule, mirror padding and colour correction. The stand-in model's output depends on all of its inputs (audio
+per latent frame, masks, text, image, timestep), so a difference anywhere upstream shows in the frames.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TEXT_DIM = 8
+CLIP_DIM = 8
+_PROJ = torch.from_numpy(np.random.RandomState(12).standard_normal((16, 3)).astype(np.float32)) * 0.5
+_UNPROJ = torch.linalg.pinv(_PROJ)
+_CLIP_BASE = torch.from_numpy(np.random.RandomState(11).standard_normal((257, CLIP_DIM)).astype(np.float32))
+
+
+def text_features(prompt: str) -> torch.Tensor:
+    """[tokens, 8] for a prompt (length and values depend on the string)."""
+    n = 4 + len(prompt) % 5
+    rng = np.random.RandomState(zlib.crc32(prompt.encode()))
+    return torch.from_numpy(rng.standard_normal((n, TEXT_DIM)).astype(np.float32))
+
+
+def clip_features(frame: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] in [-1, 1] -> [1, 257, 8]."""
+    frame = frame.float()
+    return (_CLIP_BASE * frame.std() + frame.mean())[None]
+
+
+def vae_encode(video: torch.Tensor) -> torch.Tensor:
+    """[3, F, H, W] -> [16, T, H/8, W/8]: 8x8 average pooling, frame 0 alone then groups of 4, a fixed 3->16 map."""
+    pooled = F.avg_pool2d(video.float().transpose(0, 1), 8).transpose(0, 1)  # [3, F, h, w]
+    folded = torch.cat([pooled[:, :1], pooled[:, 1:].unflatten(1, (-1, 4)).mean(2)], dim=1)
+    return torch.einsum("oc,cthw->othw", _PROJ, folded)
+
+
+def vae_decode(latent: torch.Tensor) -> torch.Tensor:
+    """[16, T, h, w] -> [3, 4(T-1)+1, 8h, 8w] in [-1, 1]."""
+    rgb = torch.einsum("co,othw->cthw", _UNPROJ, latent.float())
+    frames = torch.cat([rgb[:, :1], rgb[:, 1:].repeat_interleave(4, dim=1)], dim=1)
+    up = F.interpolate(frames.transpose(0, 1), scale_factor=8, mode="nearest").transpose(0, 1)
+    return torch.tanh(up).clamp(-1, 1)
+
+
+def velocity(latent, y, t, context, clip, audio, masks) -> torch.Tensor:
+    """The stand-in transformer: [16, T, h, w] from every conditioning input."""
+    a = audio.float().mean(dim=(0, 2, 3, 4))  # per video frame
+    per_latent = torch.cat([a[:1], a[1:].unflatten(0, (-1, 4)).mean(1)])  # per latent frame
+    v = (
+        0.3 * latent.float()
+        - 0.2 * y[4:].float()
+        + 0.1 * y[:4].float().mean(0)
+        + 0.05 * (t.float().reshape(()) / 1000)
+        + 0.02 * context.float().mean()
+        + 0.02 * clip.float().mean()
+        + 0.5 * per_latent[None, :, None, None]
+    )
+    if audio.shape[0] == 2:
+        v = v + 0.1 * (masks[0].float() - masks[1].float())[None, None]
+    return v
+
+
+class CallLog:
+    """What the stand-in transformer was called with: per call the timestep, the audio's speakers and checksum,
+    and per clip (first call) the window means ``[P, F, window]`` and the masks."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def record(self, t, audio, masks, latent) -> None:
+        self.calls.append(
+            {
+                "t": float(t.float().reshape(())),
+                "speakers": int(audio.shape[0]),
+                "audio_sum": float(audio.double().sum()),
+                "latent_sum": float(latent.double().sum()),
+                "window_means": audio.float().mean(dim=(3, 4)),
+                "masks": None if masks is None else masks.float(),
+            }
+        )
+
+
+# --- scenarios replayed by the official pipeline (fixture maker) and ours (tests/test_pipeline_parity.py) --------
+# Bucket table patched into the official code so the frames stay small: {ratio: ([height, width], 1)}.
+SMALL_BUCKETS = {"0.50": ([48, 96], 1), "0.67": ([64, 96], 1), "1.00": ([64, 64], 1), "1.50": ([96, 64], 1)}
+IMAGE_SIZE = (300, 500)  # source image height, width -> ratio 0.6 -> the 64 x 96 bucket
+FRAME_NUM, MOTION_FRAMES = 21, 5  # shorter clips than the real 81 / 25, same algorithm
+
+SCENARIOS = {
+    # one speaker, clip mode, 3-pass guidance
+    "one_speaker_clip": {
+        "speakers": [1.2], "audio_type": None, "bbox": None, "mode": "clip", "steps": 3,
+        "text_scale": 5.0, "audio_scale": 4.0, "apg": False, "color": 1.0, "seed": 42,
+    },
+    # two speakers one after the other, person boxes, streaming over 4 clips with mirror padding at the end
+    "two_add_boxes_streaming": {
+        "speakers": [1.0, 1.3], "audio_type": "add",
+        "bbox": {"person1": [20, 30, 280, 240], "person2": [40, 260, 290, 480]},
+        "mode": "streaming", "steps": 2, "text_scale": 5.0, "audio_scale": 4.0, "apg": False, "color": 0.7,
+        "seed": 7,
+    },
+    # two speakers at once, default masks, 2-pass guidance (text scale 1) with APG, streaming over 2 clips
+    "two_para_default_masks_apg": {
+        "speakers": [1.5, 1.5], "audio_type": "para", "bbox": None, "mode": "streaming", "steps": 3,
+        "text_scale": 1.0, "audio_scale": 3.0, "apg": True, "color": 1.0, "seed": 3,
+    },
+}  # fmt: skip
+
+
+def speech_like(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    """A voiced, syllable-modulated signal (harmonics of a wandering pitch under a 4 Hz envelope) plus noise."""
+    rng = np.random.RandomState(seed)
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)), 0, None) ** 0.7
+    return (0.2 * voice * envelope + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+def scenario_image() -> np.ndarray:
+    """The source image, [H, W, 3] uint8: smooth gradients with two bright 'faces'."""
+    h, w = IMAGE_SIZE
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / w * 200 + 30, yy / h * 180 + 40, (xx + yy) / (h + w) * 150 + 60], axis=-1)
+    for cy, cx in ((140, 130), (160, 370)):
+        img += 60 * np.exp(-(((yy - cy) / 50) ** 2 + ((xx - cx) / 40) ** 2))[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
