@@ -12,4 +12,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # shellcheck disable=SC2086
   .venv/bin/pip install -q ${TORCH_SPEC:-torch==2.13.0}
 fi
-.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip install -q -e ".[worker,dev]"

@@ -4,7 +4,9 @@ Verbs:
   generate           image + one or two voices + prompt -> talking MP4
   make-tiny DIR      write seeded random-weight models in every published layout (see ``multitalk_serve.tiny``)
   forward MODEL      load a transformer from any layout and time one forward pass on random inputs
-  demo [DIR]         make-tiny, one forward from each layout, then a whole video on the tiny model
+  layouts [DIR]      make-tiny if needed, then one forward from each layout, side by side
+  demo [DIR]         layouts, then a whole video on the tiny model
+  demo-inputs DIR    write a drawn two-person picture and two synthetic voices (portrait.png, voice1/2.wav)
 """
 
 from __future__ import annotations
@@ -126,16 +128,41 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_demo_inputs(args: argparse.Namespace) -> int:
+    import wave
+
+    import numpy as np
+
+    from .demo_media import SAMPLE_RATE, portrait, voice
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    portrait().save(out / "portrait.png")
+    for i, (seconds, pitch) in enumerate(((2.4, 120), (2.0, 210)), start=1):
+        samples = (np.clip(voice(seconds, pitch, seed=i), -1, 1) * 32767).astype("<i2")
+        with wave.open(str(out / f"voice{i}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SAMPLE_RATE)
+            w.writeframes(samples.tobytes())
+    print(f"wrote {out}/portrait.png, voice1.wav, voice2.wav")
+    return 0
+
+
+def _cmd_layouts(args: argparse.Namespace) -> int:
+    _show_layouts(Path(args.dir), args.speakers)
+    return 0
+
+
+def _show_layouts(root: Path, speakers: int) -> None:
     from .engine.forward_check import compare_layouts
     from .tiny import write_tiny_models
 
-    root = Path(args.dir)
     if not (root / "TINY.json").exists():
         print(f"writing tiny models to {root} ...")
         write_tiny_models(root)
     print("one transformer forward from each layout (tiny random weights: the numbers are noise, the plumbing is real)")
-    rows = compare_layouts(root, speakers=args.speakers)
+    rows = compare_layouts(root, speakers=speakers)
     header = f"{'layout':<22}{'load s':>8}{'forward s':>11}  {'output shape':<22}{'max |diff| vs original':>24}"
     print(header)
     print("-" * len(header))
@@ -144,6 +171,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{row['layout']:<22}{row['load_s']:>8.2f}{row['forward_s']:>11.3f}  {row['shape']!s:<22}"
             f"{row['max_abs_diff_vs_original']:>24.2e}"
         )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    _show_layouts(root, args.speakers)
     from .demo_media import portrait, voice
     from .engine.pipeline import GenerateOptions, MultiTalkPipeline
 
@@ -222,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=1)
     p.set_defaults(func=_cmd_forward)
+
+    p = sub.add_parser("layouts", help="make-tiny if needed, then one forward from each layout")
+    p.add_argument("dir", nargs="?", default="tiny")
+    p.add_argument("--speakers", type=int, default=2, choices=(1, 2))
+    p.set_defaults(func=_cmd_layouts)
+
+    p = sub.add_parser("demo-inputs", help="write a drawn two-person picture and two synthetic voices")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_demo_inputs)
 
     p = sub.add_parser("demo", help="make-tiny, one forward from each layout, a whole video on the tiny model")
     p.add_argument("dir", nargs="?", default="tiny")

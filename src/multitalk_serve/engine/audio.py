@@ -99,6 +99,15 @@ class SpeakerAudio:
         """Video frames at 25 fps covered by the audio (the official ``int(seconds * 25)``)."""
         return int(len(self.soundtrack) / SAMPLE_RATE * FPS)
 
+    def fitted(self, frames: int, rate: int = SAMPLE_RATE) -> SpeakerAudio:
+        """Cut, or pad with silence, to exactly ``frames`` video frames (tracks sampled at ``rate``)."""
+        n = frames * rate // FPS
+
+        def fit(x: np.ndarray) -> np.ndarray:
+            return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+        return SpeakerAudio([fit(t) for t in self.tracks], fit(self.soundtrack))
+
 
 def arrange_speakers(waves: list[np.ndarray | None], mode: str = "add") -> SpeakerAudio:
     """One or two speakers' waveforms (``None`` = silent speaker) -> equal-length tracks and their mix.

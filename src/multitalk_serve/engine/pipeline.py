@@ -76,6 +76,7 @@ class GenerateOptions:
     motion_frames: int = 25
     crf: int = 19
     size: tuple[int, int] | None = None  # explicit (height, width), multiples of 16, instead of the bucket
+    num_frames: int | None = None  # exact length: the audio is cut or padded with silence to it
 
     def resolved(self) -> GenerateOptions:
         """A copy with every ``None`` filled in (what was actually used)."""
@@ -97,6 +98,7 @@ class GenerateOptions:
             (self.motion_frames % 4 == 1 and 0 < self.motion_frames < self.frames_per_clip,
              "motion_frames must be 4k+1 and shorter than a clip"),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
+            (self.num_frames is None or self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}"),
             (0 <= self.crf <= 51, f"crf must be 0..51, got {self.crf}"),
             (self.size is None or (len(self.size) == 2 and all(v >= 16 and v % 16 == 0 for v in self.size)),
              f"size must be (height, width), multiples of 16, got {self.size}"),
@@ -347,6 +349,8 @@ class MultiTalkPipeline:
         notify(Progress("audio"))
         t = time.perf_counter()
         speech16, speech48 = self.prepare_audio(audio, opts.audio_type)
+        if opts.num_frames is not None:
+            speech16, speech48 = speech16.fitted(opts.num_frames), speech48.fitted(opts.num_frames, AUDIO_RATE)
         if speech16.frames / FPS > opts.max_duration_s:
             raise AudioError(f"the audio lasts {speech16.frames / FPS:.1f} s, over the {opts.max_duration_s:g} s limit")
         clips, total_frames = plan_clips(speech16.frames, opts.mode, opts.frames_per_clip, opts.motion_frames)

@@ -1,0 +1,1 @@
+"""The RunPod serverless worker: a thin handler over ``multitalk_serve.engine``."""

@@ -1,0 +1,48 @@
+"""``python -m multitalk_serve.worker [--rp_serve_api | --test_input JSON]``: start the RunPod worker.
+
+Loads the pipeline from ``MODEL_PATH`` once, then hands the async handler to the RunPod SDK (production job loop,
+local API server with ``--rp_serve_api``, or one local job with ``--test_input`` / ``test_input.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def _log_level() -> int:
+    name = (os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL") or "INFO").upper()
+    return {"WARN": logging.WARNING}.get(name, getattr(logging, name, logging.INFO))
+
+
+def main() -> None:
+    # The SDK logs whole jobs at DEBUG (its default): INFO unless asked, and scrubbed at every level (logs.py).
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", os.environ.get("RUNPOD_DEBUG_LEVEL", "INFO"))
+    logging.basicConfig(level=_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import runpod
+
+    from .logs import install
+
+    install()
+
+    from ..engine.errors import EngineError
+    from .config import WorkerConfig
+    from .fitness import check_gpu_headroom, check_model_folder
+    from .handler import Worker
+
+    config = WorkerConfig()
+    try:
+        files = check_model_folder(config)
+        logging.getLogger("multitalk_serve.worker").info("model folder complete: %d transformer files", len(files))
+        worker = Worker.from_config(config)
+    except EngineError as exc:
+        logging.getLogger("multitalk_serve.worker").error("E_MODEL: %s", exc)
+        sys.exit(1)
+
+    runpod.serverless.register_fitness_check(lambda: check_gpu_headroom(worker.pipeline.device))
+    runpod.serverless.start({"handler": worker.handle, "concurrency_modifier": lambda current: 1})
+
+
+if __name__ == "__main__":
+    main()

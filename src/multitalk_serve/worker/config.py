@@ -1,0 +1,109 @@
+"""Worker settings from the environment (all optional; defaults in brackets in the README's table)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _float(name: str, default: float) -> float:
+    value = _env(name)
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where and how to upload: an S3-compatible endpoint, credentials and a bucket."""
+
+    endpoint_url: str | None
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str | None = None
+
+    @classmethod
+    def from_request(cls, config: dict) -> S3Settings:
+        """RunPod's per-request ``s3Config``: ``{endpointUrl, accessId, accessSecret, bucketName, region?}``."""
+        missing = [k for k in ("accessId", "accessSecret", "bucketName") if not config.get(k)]
+        if missing:
+            from .errors import WorkerError
+
+            raise WorkerError("E_INPUT", f"s3Config is missing {', '.join(missing)}")
+        return cls(config.get("endpointUrl"), config["accessId"], config["accessSecret"], config["bucketName"],
+                   config.get("region"))  # fmt: skip
+
+    @classmethod
+    def from_env(cls) -> S3Settings | None:
+        """RunPod's ``BUCKET_*`` variables, else ``S3_BUCKET`` + ``AWS_*``; ``None`` when neither is complete.
+
+        ``BUCKET_ENDPOINT_URL`` may name the bucket in its host (``https://<bucket>.s3.<region>.amazonaws.com``, as
+        RunPod's docs show) or be a bare endpoint with ``BUCKET_NAME`` (R2, MinIO, RunPod's S3 API, ...).
+        """
+        endpoint, key, secret = (
+            _env("BUCKET_ENDPOINT_URL"),
+            _env("BUCKET_ACCESS_KEY_ID"),
+            _env("BUCKET_SECRET_ACCESS_KEY"),
+        )
+        if endpoint and key and secret:
+            bucket = _env("BUCKET_NAME")
+            if bucket is None:
+                endpoint, bucket = _split_virtual_host(endpoint)
+            if bucket:
+                return cls(endpoint, key, secret, bucket, _env("BUCKET_REGION") or _region_of(endpoint))
+        bucket = _env("S3_BUCKET")
+        key, secret = _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY")
+        if bucket and key and secret:
+            region = _env("AWS_REGION") or _env("AWS_DEFAULT_REGION")
+            return cls(_env("S3_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL"), key, secret, bucket, region)
+        return None
+
+
+def _split_virtual_host(endpoint: str) -> tuple[str, str | None]:
+    """``https://bucket.s3.region.amazonaws.com`` -> (``https://s3.region.amazonaws.com``, ``bucket``)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or ""
+    marker = ".s3."
+    if marker in host and not host.startswith("s3."):
+        bucket, rest = host.split(marker, 1)
+        return f"{parsed.scheme}://s3.{rest}", bucket
+    return endpoint, None
+
+
+def _region_of(endpoint: str) -> str | None:
+    import re
+
+    match = re.search(r"\.s3[.-]([a-z0-9-]+)\.amazonaws\.com", endpoint) or re.search(r"//s3\.([a-z0-9-]+)\.", endpoint)
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_path: Path = field(default_factory=lambda: Path(_env("MODEL_PATH", "/runpod-volume/models")))
+    volume_path: Path = field(default_factory=lambda: Path(_env("VOLUME_PATH", "/runpod-volume")))
+    max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 120.0))
+    max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))
+    download_timeout_s: float = field(default_factory=lambda: _float("DOWNLOAD_TIMEOUT_SECONDS", 30.0))
+    download_retries: int = field(default_factory=lambda: int(_float("DOWNLOAD_RETRIES", 3)))
+    inline_max_bytes: int = field(default_factory=lambda: int(_float("INLINE_MAX_MB", 14) * 1_000_000))
+    output_prefix: str = field(default_factory=lambda: (_env("OUTPUT_PREFIX", "multitalk") or "").strip("/"))
+    presign_expiry_s: int = field(default_factory=lambda: int(_float("PRESIGN_EXPIRY_SECONDS", 7 * 24 * 3600)))
+    upload_retries: int = field(default_factory=lambda: int(_float("UPLOAD_RETRIES", 3)))
+    progress_interval_s: float = field(default_factory=lambda: _float("PROGRESS_INTERVAL_SECONDS", 2.0))
+    device: str | None = field(default_factory=lambda: _env("MULTITALK_DEVICE"))
+    dtype: str | None = field(default_factory=lambda: _env("MULTITALK_DTYPE"))
+    s3: S3Settings | None = field(default_factory=S3Settings.from_env)
+
+    @property
+    def volume_mounted(self) -> bool:
+        return self.volume_path.is_dir()

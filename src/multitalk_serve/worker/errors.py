@@ -1,0 +1,70 @@
+"""Stable error codes of the worker. Every failure a caller sees is ``"<CODE>: <message>"``.
+
+| code | meaning | retry? |
+|---|---|---|
+| E_INPUT | malformed request: unknown field, wrong type, out of range, conflicting fields | no, fix it |
+| E_DOWNLOAD | an input could not be fetched (HTTP error, timeout, too large, blocked, not on the volume) | maybe |
+| E_IMAGE | the image is unreadable, too small or too large, or a person box is wrong | no |
+| E_AUDIO | an audio input is unreadable, empty, not finite, has no audio track, or is too long | no |
+| E_OOM | the GPU ran out of memory; the message says which settings would fit | with smaller settings |
+| E_CUDA | a CUDA fault; the worker is recycled after this job | yes |
+| E_CANCELLED | the job was cancelled or timed out between sampling steps | - |
+| E_UPLOAD | the video could not be stored anywhere (upload failed and no fallback) | yes |
+| E_OUTPUT_TOO_LARGE | the video is too large to return inline and no storage is configured | configure S3 |
+| E_MODEL | the model files are missing or inconsistent | operator |
+| E_INTERNAL | anything else (a bug): the message names the exception | maybe |
+"""
+
+from __future__ import annotations
+
+CODES = (
+    "E_INPUT", "E_DOWNLOAD", "E_IMAGE", "E_AUDIO", "E_OOM", "E_CUDA", "E_CANCELLED", "E_UPLOAD",
+    "E_OUTPUT_TOO_LARGE", "E_MODEL", "E_INTERNAL",
+)  # fmt: skip
+
+
+class WorkerError(Exception):
+    """A failure with a stable code; ``refresh`` asks RunPod to recycle the worker after this job."""
+
+    def __init__(self, code: str, message: str, *, refresh: bool = False):
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code}")
+        super().__init__(message)
+        self.code, self.message, self.refresh = code, message, refresh
+
+    def payload(self) -> dict:
+        out = {"error": f"{self.code}: {self.message}"}
+        if self.refresh:
+            out["refresh_worker"] = True
+        return out
+
+
+def classify(exc: BaseException) -> WorkerError:
+    """Map an exception from the engine (or anywhere) to a WorkerError."""
+    import torch
+
+    from ..engine.audio import AudioError
+    from ..engine.conditioning import ImageInputError
+    from ..engine.errors import CheckpointError, EngineError
+    from ..engine.pipeline import GenerationCancelled
+    from ..engine.transformer import SpeakerCountError
+
+    if isinstance(exc, WorkerError):
+        return exc
+    if isinstance(exc, GenerationCancelled):
+        return WorkerError("E_CANCELLED", "the job was cancelled between sampling steps")
+    if isinstance(exc, AudioError):
+        return WorkerError("E_AUDIO", str(exc))
+    if isinstance(exc, ImageInputError):
+        return WorkerError("E_IMAGE", str(exc))
+    if isinstance(exc, CheckpointError):
+        return WorkerError("E_MODEL", str(exc))
+    if isinstance(exc, SpeakerCountError | EngineError):
+        return WorkerError("E_INPUT", str(exc))
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return WorkerError("E_OOM", "the GPU ran out of memory")
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("CUDA error" in text or "illegal memory access" in text or "CUBLAS" in text):
+        return WorkerError("E_CUDA", f"CUDA fault: {text.splitlines()[0]}", refresh=True)
+    first = text.splitlines()[0] if text else ""
+    return WorkerError("E_INTERNAL", f"{type(exc).__name__}: {first}")

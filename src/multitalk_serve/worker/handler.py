@@ -1,0 +1,299 @@
+"""The RunPod handler: validate -> fetch media -> ``MultiTalkPipeline.generate`` -> store -> result.
+
+The pipeline is loaded once per worker. Jobs run one at a time in a worker thread so the SDK's event loop keeps
+polling for stop signals; a cancelled or timed-out job stops between sampling steps, its temporary files are
+removed and its GPU memory released before the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from .. import __version__
+from ..engine.conditioning import Box
+from ..engine.pipeline import GenerateOptions, GenerationCancelled, MultiTalkPipeline, Progress
+from .config import S3Settings, WorkerConfig
+from .errors import WorkerError, classify
+from .logs import install as install_log_scrubbing
+from .media import MediaFetcher
+from .schema import JobInput, describe_errors
+from .storage import Storage
+
+log = logging.getLogger("multitalk_serve.worker")
+
+TURBO = {"sampling_steps": 16, "text_guide_scale": 1.0, "audio_guide_scale": 3.0}
+HEALTH_PROBES = ({"test": "health_check"}, {"healthcheck": True})
+
+
+def _device_and_dtype(config: WorkerConfig) -> tuple[str, torch.dtype]:
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if config.dtype is not None and config.dtype not in names:
+        raise ValueError(f"MULTITALK_DTYPE must be one of {sorted(names)}, got {config.dtype!r}")
+    dtype = names[config.dtype] if config.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    return device, dtype
+
+
+class ProgressReporter:
+    """Sends throttled ``progress_update``s (stage changes always; sampling steps at most every ``interval`` s)
+    and turns a set cancel flag into ``GenerationCancelled`` between steps."""
+
+    def __init__(self, job: dict, cancel: threading.Event, interval: float, send=None):
+        self.job, self.cancel, self.interval = job, cancel, interval
+        self.send = send if send is not None else _runpod_progress
+        self.start = time.monotonic()
+        self.last_sent = -1e9
+        self.last_stage = None
+        self.sent: list[dict] = []
+
+    def __call__(self, progress: Progress) -> None:
+        if self.cancel.is_set():
+            raise GenerationCancelled("cancelled")
+        now = time.monotonic()
+        changed = progress.stage != self.last_stage
+        if not changed and now - self.last_sent < self.interval:
+            return
+        elapsed = now - self.start
+        pct = round(100 * progress.fraction, 1)
+        body = {"stage": progress.stage, "pct": pct, "elapsed_s": round(elapsed, 1)}
+        if progress.total_steps:
+            body.update(step=progress.step, total_steps=progress.total_steps, clip=progress.clip,
+                        total_clips=progress.total_clips)  # fmt: skip
+        if progress.stage == "sampling" and 0 < progress.fraction < 1:
+            body["eta_s"] = round(elapsed / progress.fraction * (1 - progress.fraction), 1)
+        self.last_sent, self.last_stage = now, progress.stage
+        self.sent.append(body)
+        try:
+            self.send(self.job, body)
+        except Exception as exc:  # progress must never fail a job
+            log.debug("progress update failed: %s", type(exc).__name__)
+
+
+def _runpod_progress(job: dict, body: dict) -> None:
+    if not os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        return  # local modes have nowhere to send progress
+    import runpod
+
+    runpod.serverless.progress_update(job, body)
+
+
+class Worker:
+    """One per process: holds the loaded pipeline and turns RunPod jobs into results."""
+
+    def __init__(self, pipeline: MultiTalkPipeline, config: WorkerConfig, load_seconds: float = 0.0):
+        self.pipeline = pipeline
+        self.config = config
+        self.load_seconds = load_seconds
+        self.jobs_done = 0
+        self.gpu = torch.cuda.get_device_name(pipeline.device) if pipeline.device.type == "cuda" else "cpu"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="multitalk-job")
+        install_log_scrubbing()
+
+    @classmethod
+    def from_config(cls, config: WorkerConfig | None = None) -> Worker:
+        config = config or WorkerConfig()
+        device, dtype = _device_and_dtype(config)
+        start = time.perf_counter()
+        pipeline = MultiTalkPipeline.from_pretrained(config.model_path, device=device, dtype=dtype)
+        seconds = time.perf_counter() - start
+        log.info("pipeline loaded from %s on %s (%s) in %.1f s", config.model_path, device, dtype, seconds)
+        return cls(pipeline, config, seconds)
+
+    # --- RunPod entry point ------------------------------------------------------------------------------------
+    async def handle(self, job: dict) -> dict:
+        """The async handler given to ``runpod.serverless.start``."""
+        cancel = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self.run, job, cancel)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()  # stops between sampling steps; the job's files and GPU memory are released
+            log.info("job %s: stop requested", job.get("id"))
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(future), timeout=120)
+            raise
+
+    def run(self, job: dict, cancel: threading.Event | None = None) -> dict:
+        """Process one job synchronously; always returns a result dict (errors as ``{"error": "CODE: ..."}``)."""
+        cancel = cancel or threading.Event()
+        job_id = str(job.get("id") or "job")
+        started = time.perf_counter()
+        workdir = Path(tempfile.mkdtemp(prefix="multitalk-job-"))
+        try:
+            raw = job.get("input")
+            if not isinstance(raw, dict):
+                raise WorkerError("E_INPUT", "input must be a JSON object")
+            if raw in HEALTH_PROBES:
+                return self.health()
+            try:
+                request = JobInput.model_validate(raw)
+            except ValidationError as exc:
+                raise WorkerError("E_INPUT", describe_errors(exc)) from None
+            request_s3 = S3Settings.from_request(job["s3Config"]) if job.get("s3Config") else None
+            output = self._generate(job, job_id, request, request_s3, workdir, cancel, started)
+            self.jobs_done += 1
+            return output
+        except BaseException as exc:
+            error = classify(exc)
+            if error.code == "E_OOM":
+                error = WorkerError("E_OOM", self._oom_advice(job), refresh=False)
+            log.warning("job %s failed: %s: %s", job_id, error.code, error.message)
+            return error.payload()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if self.pipeline.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # --- one generation ---------------------------------------------------------------------------------------
+    def _generate(self, job, job_id, request: JobInput, request_s3, workdir: Path, cancel, started) -> dict:
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        cold = self.jobs_done == 0
+
+        t = time.perf_counter()
+        fetcher = MediaFetcher(self.config, request_s3 or self.config.s3)
+        image = fetcher.fetch(request.image, "image", "image")
+        audio = [None if a is None else fetcher.fetch(a, f"audio[{i}]", "audio") for i, a in enumerate(request.audio)]
+        timings["download"] = time.perf_counter() - t
+
+        options, params = self._options(request, warnings)
+        boxes = None
+        if request.boxes is not None:
+            boxes = [Box(*b) for b in request.boxes]
+        elif request.bbox is not None:
+            boxes = [Box.from_official(request.bbox["person1"]), Box.from_official(request.bbox["person2"])]
+
+        reporter = ProgressReporter(job, cancel, self.config.progress_interval_s)
+        video = workdir / "video.mp4"
+        thumbnail = workdir / "thumbnail.jpg" if request.output.thumbnail else None
+        result = self.pipeline.generate(
+            image, audio, request.prompt, video, boxes=boxes, options=options, callback=reporter, thumbnail=thumbnail
+        )
+        for stage, seconds in result.timings.items():
+            if stage != "total":
+                timings[stage] = seconds
+
+        t = time.perf_counter()
+        stored = Storage(self.config, request_s3).store(job_id, video, thumbnail, request.output)
+        timings["upload"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        warnings += stored.warnings
+        size = video.stat().st_size
+
+        out: dict[str, Any] = {}
+        if stored.url:
+            out["video_url"] = stored.url
+        if stored.key:
+            out["video_s3_key"] = stored.key
+        if stored.path:
+            out["video_path"] = stored.path
+        if stored.base64:
+            out["video_base64"] = stored.base64
+        out["video"] = {
+            "storage": stored.storage,
+            "url": stored.url,
+            "path": stored.path,
+            "content_type": "video/mp4",
+            "file_name": Path(stored.key or stored.path or f"{job_id}.mp4").name,
+            "bytes": size,
+            "duration_s": round(result.seconds, 3),
+            "frames": result.frames,
+            "fps": 25,
+            "width": result.width,
+            "height": result.height,
+            "has_audio": True,
+        }
+        if thumbnail is not None:
+            out["thumbnail_url"] = stored.thumbnail_url
+            if stored.thumbnail_path:
+                out["thumbnail_path"] = stored.thumbnail_path
+            if stored.thumbnail_base64:
+                out["thumbnail_base64"] = stored.thumbnail_base64
+        out["seed"] = result.seed
+        out["params"] = {**params, "seed": result.seed, "shift": result.options["shift"], "speakers": result.speakers,
+                         "clips": result.clips}  # fmt: skip
+        out["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        out["worker"] = {"gpu": self.gpu, "cold_start": cold, "model_load_s": round(self.load_seconds, 2),
+                         "version": __version__}  # fmt: skip
+        out["warnings"] = warnings
+        log.info(
+            "job %s done: %d frames %dx%d, %d speaker(s), %d clip(s), %.1f s, stored: %s",
+            job_id, result.frames, result.width, result.height, result.speakers, result.clips, timings["total"],
+            stored.storage,
+        )  # fmt: skip
+        return out
+
+    def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, dict]:
+        given = request.model_fields_set
+        steps, text_scale, audio_scale = request.sampling_steps, request.text_guide_scale, request.audio_guide_scale
+        if request.turbo:
+            aliases = {"sampling_steps": "sample_steps", "text_guide_scale": "sample_text_guide_scale",
+                       "audio_guide_scale": "sample_audio_guide_scale"}  # fmt: skip
+            explicit = {k for k, alias in aliases.items() if k in given or alias in given}
+            steps = steps if "sampling_steps" in explicit else TURBO["sampling_steps"]
+            text_scale = text_scale if "text_guide_scale" in explicit else TURBO["text_guide_scale"]
+            audio_scale = audio_scale if "audio_guide_scale" in explicit else TURBO["audio_guide_scale"]
+            warnings.append("turbo: fewer steps and 2-pass guidance on the base model (no speed LoRA is loaded)")
+        frames = request.num_frames
+        if request.duration is not None:
+            frames = max(1, round(request.duration * 25))
+        seed = None if request.seed in (None, -1) else request.seed
+        options = GenerateOptions(
+            resolution=request.resolution, mode=request.mode, steps=steps, shift=request.shift, text_scale=text_scale,
+            audio_scale=audio_scale, use_apg=request.use_apg, seed=seed, negative_prompt=request.negative_prompt,
+            audio_type=request.audio_type, color_correction=request.color_correction,
+            max_duration_s=self.config.max_duration_s, crf=request.output.crf,
+            size=(request.height, request.width) if request.width else None, num_frames=frames,
+        )  # fmt: skip
+        params = {
+            "resolution": request.resolution, "mode": request.mode, "sampling_steps": steps,
+            "text_guide_scale": text_scale, "audio_guide_scale": audio_scale, "use_apg": request.use_apg,
+            "audio_type": request.audio_type, "color_correction": request.color_correction,
+            "negative_prompt": "default" if request.negative_prompt is None else "custom", "turbo": request.turbo,
+            "num_frames": frames, "size": f"{request.width}x{request.height}" if request.width else "bucket",
+        }  # fmt: skip
+        return options, params
+
+    def _oom_advice(self, job: dict) -> str:
+        raw = job.get("input") if isinstance(job.get("input"), dict) else {}
+        total = (
+            torch.cuda.get_device_properties(self.pipeline.device).total_memory / 2**30
+            if torch.cuda.is_available()
+            else 0
+        )
+        hints = []
+        if raw.get("resolution") == "720p":
+            hints.append("resolution 480p")
+        if raw.get("width"):
+            hints.append("a smaller width/height")
+        hints.append("a GPU with more memory or a quantized (GGUF) model")
+        return f"the GPU ran out of memory ({total:.0f} GB card); settings that would fit: {', or '.join(hints)}"
+
+    def health(self) -> dict:
+        """Answer to the health probe: the worker is up and what it runs; no generation."""
+        info = {
+            "status": "healthy",
+            "model_path": str(self.config.model_path),
+            "gpu": self.gpu,
+            "model_load_s": round(self.load_seconds, 2),
+            "jobs_done": self.jobs_done,
+            "version": __version__,
+        }
+        if self.pipeline.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.pipeline.device)
+            info["gpu_memory_free_gb"] = round(free / 1e9, 2)
+            info["gpu_memory_total_gb"] = round(total / 1e9, 2)
+        return info

@@ -1,0 +1,252 @@
+"""The job input: one pydantic model, strict (unknown fields are errors), published as JSON Schema in the README.
+
+Besides our canonical fields it accepts the names other MultiTalk front ends use, so their clients keep working:
+the official JSON (``cond_image``, ``cond_audio{person1,person2}``, ``audio_type``, ``bbox``, ``sample_steps`` ...),
+hosted APIs (``image_url``, ``audio_url``, ``first_audio_url``/``second_audio_url``, ``left_audio``/``right_audio``)
+and the original RunPod worker (``condition_image``/``image_s3_key``, ``audio_1``/``audio_s3_key``,
+``output_format``, ``turbo``). A value may be given under one name only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._\-/]*$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
+
+
+class MediaObject(BaseModel):
+    """A media input given as an object: exactly one of ``url``, ``base64``, ``path``, ``s3_key``."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, description="http(s) URL (public addresses only)")
+    base64: str | None = Field(None, description="plain base64 or a data URI")
+    path: str | None = Field(None, description="path on the network volume (absolute, or relative to it)")
+    s3_key: str | None = Field(None, description="object key in the configured bucket")
+
+    @model_validator(mode="after")
+    def _one(self) -> MediaObject:
+        given = [k for k in ("url", "base64", "path", "s3_key") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of url, base64, path, s3_key (got {given or 'none'})")
+        return self
+
+
+Media = str | MediaObject
+MEDIA_DOC = "an http(s) URL, a data URI or plain base64, an absolute path under the network volume, or an object"
+
+
+class OutputOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["auto", "s3", "volume", "base64"] = Field(
+        "auto", description="auto: per-request s3Config, else the environment's bucket, else the volume, else inline"
+    )
+    prefix: str | None = Field(None, max_length=200, description="key prefix under the worker's OUTPUT_PREFIX")
+    filename: str | None = Field(None, max_length=120, description="file name (letters, digits, . _ -)")
+    thumbnail: bool = Field(False, description="also return the first frame as JPEG")
+    crf: int = Field(19, ge=0, le=51, description="H.264 quality (lower is better and bigger)")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not SAFE_PATH.match(v) or ".." in v.split("/") or v.startswith("/"):
+            raise ValueError("only letters, digits, '.', '_', '-' and '/' segments, no '..', not absolute")
+        return v.strip("/") or None
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, v: str | None) -> str | None:
+        if v is not None and (not SAFE_NAME.match(v) or v in (".", "..")):
+            raise ValueError("only letters, digits, '.', '_' and '-'")
+        return v
+
+
+class JobInput(BaseModel):
+    """What a job's ``input`` may contain. Only ``image`` and one or two audio tracks are required."""
+
+    model_config = ConfigDict(extra="forbid", title="MultiTalk job input")
+
+    prompt: str = Field(DEFAULT_PROMPT, min_length=1, max_length=4000, description="what happens in the video")
+    image: Media | None = Field(None, description=f"reference image with one or two people: {MEDIA_DOC}")
+    audio: list[Media | None] | Media | None = Field(
+        None, description=f"one track per speaker (1 or 2; null = silent speaker): {MEDIA_DOC}"
+    )
+    audio_type: Literal["add", "para"] = Field("add", description="two speakers: add = in turn, para = at once")
+    boxes: list[list[float]] | None = Field(
+        None, description="two speakers: [[x_min, y_min, x_max, y_max], ...] in source-image pixels (x = column)"
+    )
+    bbox: dict[str, list[float]] | None = Field(
+        None, description="official format: {person1: [y_min, x_min, y_max, x_max], person2: [...]}"
+    )
+    resolution: Literal["480p", "720p"] = Field("480p", description="resolution bucket")
+    mode: Literal["streaming", "clip"] = Field(
+        "streaming", description="streaming: as long as the audio; clip: one clip"
+    )
+    duration: float | None = Field(None, gt=0, le=3600, description="seconds of video (audio cut or silence-padded)")
+    num_frames: int | None = Field(None, ge=1, le=90000, description="frames of video at 25 fps (instead of duration)")
+    sampling_steps: int = Field(40, ge=1, le=100, description="denoising steps")
+    text_guide_scale: float = Field(5.0, ge=0, le=20, description="text guidance; 1 switches to 2-pass guidance")
+    audio_guide_scale: float = Field(4.0, ge=0, le=20, description="audio guidance")
+    shift: float | None = Field(None, gt=0, le=30, description="timestep shift (default 7 at 480p, 11 at 720p)")
+    seed: int | None = Field(None, ge=-1, le=2**31 - 1, description="-1 or null: random (always reported)")
+    negative_prompt: str | None = Field(None, max_length=4000, description="default: the official negative prompt")
+    color_correction: float = Field(1.0, ge=0, le=1, description="Lab colour correction towards the reference image")
+    use_apg: bool = Field(False, description="adaptive projected guidance")
+    turbo: bool = Field(False, description="faster, lower quality: 2-pass guidance, fewer steps (original worker)")
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=16, description="explicit width instead of the bucket")
+    height: int | None = Field(
+        None, ge=64, le=2048, multiple_of=16, description="explicit height instead of the bucket"
+    )
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+    # --- accepted names of other front ends -------------------------------------------------------------------
+    image_url: Media | None = Field(None, description="alias of image")
+    cond_image: Media | None = Field(None, description="alias of image (official JSON)")
+    condition_image: Media | None = Field(None, description="alias of image (original worker)")
+    image_s3_key: str | None = Field(None, description="image = this key in the configured bucket (original worker)")
+    audio_url: Media | None = Field(None, description="alias of audio, one speaker")
+    audio_1: Media | None = Field(None, description="speaker 1 (original worker)")
+    audio_2: Media | None = Field(None, description="speaker 2")
+    audio_s3_key: str | None = Field(
+        None, description="speaker 1 = this key in the configured bucket (original worker)"
+    )
+    first_audio_url: Media | None = Field(None, description="speaker 1 (fal, Replicate)")
+    second_audio_url: Media | None = Field(None, description="speaker 2 (fal, Replicate)")
+    left_audio: Media | None = Field(None, description="speaker 1 (WaveSpeed)")
+    right_audio: Media | None = Field(None, description="speaker 2 (WaveSpeed)")
+    cond_audio: dict[str, Media | None] | None = Field(
+        None, description="official JSON: {person1, person2}; 'None' = silent"
+    )
+    sample_steps: int | None = Field(None, ge=1, le=100, description="alias of sampling_steps")
+    sample_text_guide_scale: float | None = Field(None, ge=0, le=20, description="alias of text_guide_scale")
+    sample_audio_guide_scale: float | None = Field(None, ge=0, le=20, description="alias of audio_guide_scale")
+    sample_shift: float | None = Field(None, gt=0, le=30, description="alias of shift")
+    color_correction_strength: float | None = Field(None, ge=0, le=1, description="alias of color_correction")
+    base_seed: int | None = Field(None, ge=-1, le=2**31 - 1, description="alias of seed")
+    output_format: Literal["s3", "base64", "volume"] | None = Field(None, description="alias of output.format")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> JobInput:
+        fields_set = self.model_fields_set
+        simple = {
+            "sampling_steps": ["sample_steps"],
+            "text_guide_scale": ["sample_text_guide_scale"],
+            "audio_guide_scale": ["sample_audio_guide_scale"],
+            "shift": ["sample_shift"],
+            "color_correction": ["color_correction_strength"],
+            "seed": ["base_seed"],
+        }
+        for canonical, aliases in simple.items():
+            given = [n for n in (canonical, *aliases) if n in fields_set and getattr(self, n) is not None]
+            if len(given) > 1:
+                raise ValueError(f"{' and '.join(given)} mean the same thing: give one")
+            if given and given[0] != canonical:
+                setattr(self, canonical, getattr(self, given[0]))
+
+        images = [
+            n
+            for n in ("image", "image_url", "cond_image", "condition_image", "image_s3_key")
+            if getattr(self, n) is not None
+        ]
+        if len(images) > 1:
+            raise ValueError(f"{' and '.join(images)} all give the image: give one")
+        if not images:
+            raise ValueError("image is required (or image_url / cond_image / condition_image / image_s3_key)")
+        if images[0] == "image_s3_key":
+            self.image = MediaObject(s3_key=self.image_s3_key)
+        else:
+            self.image = getattr(self, images[0])
+
+        self.audio = self._resolve_audio()
+        if self.output_format is not None:
+            if "output" in fields_set and self.output.format != "auto":
+                raise ValueError("output_format and output.format mean the same thing: give one")
+            self.output = self.output.model_copy(update={"format": self.output_format})
+        if self.duration is not None and self.num_frames is not None:
+            raise ValueError("duration and num_frames both set the length: give one")
+        if self.boxes is not None and self.bbox is not None:
+            raise ValueError("boxes and bbox both give the person boxes: give one")
+        if (self.boxes is not None or self.bbox is not None) and len(self.audio) != 2:
+            raise ValueError("person boxes are for two speakers; this job has one audio track")
+        if self.boxes is not None and (len(self.boxes) != 2 or any(len(b) != 4 for b in self.boxes)):
+            raise ValueError("boxes must be two [x_min, y_min, x_max, y_max] lists")
+        if self.bbox is not None and (
+            set(self.bbox) != {"person1", "person2"} or any(len(b) != 4 for b in self.bbox.values())
+        ):
+            raise ValueError("bbox must be {person1: [4 numbers], person2: [4 numbers]}")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together")
+        return self
+
+    def _resolve_audio(self) -> list[Media | None]:
+        forms: dict[str, list[Media | None]] = {}
+        if self.audio is not None:
+            forms["audio"] = list(self.audio) if isinstance(self.audio, list) else [self.audio]
+        if self.audio_url is not None:
+            forms["audio_url"] = [self.audio_url]
+        if self.audio_s3_key is not None:
+            forms["audio_s3_key"] = [MediaObject(s3_key=self.audio_s3_key)]
+        for first, second in (
+            ("audio_1", "audio_2"),
+            ("first_audio_url", "second_audio_url"),
+            ("left_audio", "right_audio"),
+        ):
+            a, b = getattr(self, first), getattr(self, second)
+            if a is not None or b is not None:
+                forms[first] = [a] if b is None else [a, b]
+        if self.cond_audio is not None:
+            unknown = set(self.cond_audio) - {"person1", "person2"}
+            if unknown or "person1" not in self.cond_audio:
+                raise ValueError("cond_audio must be {person1: ..., person2?: ...}")
+            people = (
+                [self.cond_audio.get("person1"), self.cond_audio.get("person2")]
+                if "person2" in self.cond_audio
+                else [self.cond_audio["person1"]]
+            )
+            forms["cond_audio"] = [None if isinstance(v, str) and v == "None" else v for v in people]
+        if len(forms) > 1:
+            raise ValueError(f"{' and '.join(forms)} all give the audio: give one")
+        if not forms:
+            raise ValueError("audio is required: one track per speaker (or audio_url / cond_audio / audio_1 ...)")
+        tracks = next(iter(forms.values()))
+        if not 1 <= len(tracks) <= 2:
+            raise ValueError(f"MultiTalk takes 1 or 2 speakers, got {len(tracks)} audio tracks")
+        if all(t is None for t in tracks):
+            raise ValueError("every speaker is silent: at least one audio track is needed")
+        return tracks
+
+
+MEDIA_FIELDS = {"image", "audio", "image_url", "cond_image", "condition_image", "audio_url", "audio_1", "audio_2",
+                "first_audio_url", "second_audio_url", "left_audio", "right_audio", "cond_audio"}  # fmt: skip
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A one-line summary naming each bad field; never echoes media values (they may be megabytes of base64)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "input"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown field")
+            continue
+        if (
+            (err["loc"] and err["loc"][0] in MEDIA_FIELDS)
+            or not isinstance(value, int | float | bool | str)
+            or err["loc"] == ()
+        ):
+            parts.append(f"{loc}: {msg}")
+        else:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            parts.append(f"{loc}: {msg} (got {shown})")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def json_schema() -> dict[str, Any]:
+    return JobInput.model_json_schema()

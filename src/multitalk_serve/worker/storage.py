@@ -1,0 +1,181 @@
+"""Where a finished video goes: S3 (per-request ``s3Config`` or the worker's bucket), the network volume, or inline.
+
+A finished video is never dropped because one destination failed: an upload that still fails after retries falls
+back to the volume, then to inline base64 when small enough, and the result says where the video is and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import S3Settings, WorkerConfig
+from .errors import WorkerError
+from .schema import OutputOptions
+
+
+def s3_client(settings: S3Settings):
+    """A boto3 S3 client; checksum settings that S3-compatible stores (R2, GCS, MinIO) accept."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        retries={"max_attempts": 3, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        region_name=settings.region or "us-east-1",
+        config=config,
+    )
+
+
+@dataclass
+class Stored:
+    """Where the video (and thumbnail) ended up; becomes part of the job's output."""
+
+    storage: str  # "s3", "volume", "inline"
+    url: str | None = None
+    key: str | None = None
+    path: str | None = None
+    base64: str | None = None
+    thumbnail_url: str | None = None
+    thumbnail_path: str | None = None
+    thumbnail_base64: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _safe_segment(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)[:120] or "job"
+
+
+class Storage:
+    def __init__(self, config: WorkerConfig, request_s3: S3Settings | None = None):
+        self.config = config
+        self.request_s3 = request_s3
+
+    @property
+    def s3(self) -> S3Settings | None:
+        return self.request_s3 or self.config.s3
+
+    def key_for(self, job_id: str, name: str, options: OutputOptions) -> str:
+        """``OUTPUT_PREFIX / request prefix / job id / name``: a request cannot leave the configured prefix."""
+        parts = [self.config.output_prefix, options.prefix or "", _safe_segment(job_id), _safe_segment(name)]
+        return "/".join(p.strip("/") for p in parts if p)
+
+    def store(self, job_id: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
+        name = options.filename or f"{_safe_segment(job_id)}.mp4"
+        if not name.endswith(".mp4"):
+            name += ".mp4"
+        order = self._order(options.format)
+        warnings: list[str] = []
+        for target in order:
+            try:
+                if target == "s3":
+                    stored = self._to_s3(job_id, name, video, thumbnail, options)
+                elif target == "volume":
+                    stored = self._to_volume(job_id, name, video, thumbnail, options)
+                else:
+                    stored = self._inline(video, thumbnail)
+                stored.warnings = warnings + stored.warnings
+                return stored
+            except WorkerError as exc:
+                if target == order[-1]:
+                    if warnings:
+                        raise WorkerError(exc.code, "; ".join([*warnings, exc.message])) from None
+                    raise
+                warnings.append(f"{target}: {exc.message}; stored elsewhere instead")
+        raise WorkerError("E_UPLOAD", "no storage destination")  # pragma: no cover
+
+    def _order(self, wanted: str) -> list[str]:
+        volume = ["volume"] if self.config.volume_mounted else []
+        s3 = ["s3"] if self.s3 is not None else []
+        if wanted == "s3":
+            if not s3:
+                raise WorkerError("E_INPUT", "output.format is s3 but no bucket is configured (s3Config or BUCKET_*)")
+            return ["s3", *volume, "inline"]
+        if wanted == "volume":
+            if not volume:
+                raise WorkerError(
+                    "E_INPUT", f"output.format is volume but no network volume is mounted at {self.config.volume_path}"
+                )
+            return ["volume", *s3, "inline"]
+        if wanted == "base64":
+            return ["inline", *s3, *volume]
+        return [*s3, *volume, "inline"]
+
+    def _to_s3(self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
+        settings = self.s3
+        client = s3_client(settings)
+        key = self.key_for(job_id, name, options)
+        self._upload(client, settings.bucket, key, video, "video/mp4")
+        stored = Stored("s3", key=key, url=self._presign(client, settings.bucket, key))
+        if thumbnail is not None:
+            thumb_key = key.removesuffix(".mp4") + ".jpg"
+            try:
+                self._upload(client, settings.bucket, thumb_key, thumbnail, "image/jpeg")
+                stored.thumbnail_url = self._presign(client, settings.bucket, thumb_key)
+            except WorkerError as exc:
+                stored.warnings.append(f"thumbnail not uploaded: {exc.message}")
+        return stored
+
+    def _upload(self, client, bucket: str, key: str, path: Path, content_type: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        transfer = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, use_threads=True)
+        error = ""
+        for attempt in range(max(1, self.config.upload_retries)):
+            if attempt:
+                time.sleep(min(2**attempt, 16) * 0.5)
+            try:
+                client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type}, Config=transfer)
+                return
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+                error = code or type(exc).__name__
+        raise WorkerError(
+            "E_UPLOAD", f"upload to s3://{bucket}/{key} failed after {self.config.upload_retries} tries ({error})"
+        )
+
+    def _presign(self, client, bucket: str, key: str) -> str:
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.config.presign_expiry_s
+        )
+
+    def _to_volume(self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
+        rel = self.key_for(job_id, name, options)
+        target = self.config.volume_path / "outputs" / rel
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(video, target)
+            stored = Stored("volume", path=str(target))
+            if thumbnail is not None:
+                thumb = target.with_suffix(".jpg")
+                shutil.copyfile(thumbnail, thumb)
+                stored.thumbnail_path = str(thumb)
+            return stored
+        except OSError as exc:
+            raise WorkerError("E_UPLOAD", f"cannot write {target} ({exc.strerror or exc})") from None
+
+    def _inline(self, video: Path, thumbnail: Path | None) -> Stored:
+        size = video.stat().st_size
+        if size > self.config.inline_max_bytes:
+            raise WorkerError(
+                "E_OUTPUT_TOO_LARGE",
+                f"the video is {size / 1e6:.1f} MB, over the {self.config.inline_max_bytes / 1e6:.0f} MB that fit in a "
+                "job result; configure s3Config / BUCKET_* or mount a network volume",
+            )
+        stored = Stored("inline", base64=base64.b64encode(video.read_bytes()).decode("ascii"))
+        if thumbnail is not None:
+            stored.thumbnail_base64 = base64.b64encode(thumbnail.read_bytes()).decode("ascii")
+        return stored
