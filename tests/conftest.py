@@ -59,8 +59,13 @@ def bucket(s3_server):
     from multitalk_serve.worker.config import S3Settings
 
     name = f"test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=name)
     return S3Settings(s3_server, "testing", "testing", name, "us-east-1")
 

@@ -121,5 +121,6 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """``python -m multitalk_serve.worker`` in production mode, output to ``log_path``."""
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process by the caller
-    return subprocess.Popen([sys.executable, "-m", "multitalk_serve.worker"], env=full, stdout=log,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "multitalk_serve.worker"], env=full, stdout=log, stderr=subprocess.STDOUT
+    )

@@ -98,22 +98,44 @@ FRAME_NUM, MOTION_FRAMES = 21, 5  # shorter clips than the real 81 / 25, same al
 SCENARIOS = {
     # one speaker, clip mode, 3-pass guidance
     "one_speaker_clip": {
-        "speakers": [1.2], "audio_type": None, "bbox": None, "mode": "clip", "steps": 3,
-        "text_scale": 5.0, "audio_scale": 4.0, "apg": False, "color": 1.0, "seed": 42,
+        "speakers": [1.2],
+        "audio_type": None,
+        "bbox": None,
+        "mode": "clip",
+        "steps": 3,
+        "text_scale": 5.0,
+        "audio_scale": 4.0,
+        "apg": False,
+        "color": 1.0,
+        "seed": 42,
     },
     # two speakers one after the other, person boxes, streaming over 4 clips with mirror padding at the end
     "two_add_boxes_streaming": {
-        "speakers": [1.0, 1.3], "audio_type": "add",
+        "speakers": [1.0, 1.3],
+        "audio_type": "add",
         "bbox": {"person1": [20, 30, 280, 240], "person2": [40, 260, 290, 480]},
-        "mode": "streaming", "steps": 2, "text_scale": 5.0, "audio_scale": 4.0, "apg": False, "color": 0.7,
+        "mode": "streaming",
+        "steps": 2,
+        "text_scale": 5.0,
+        "audio_scale": 4.0,
+        "apg": False,
+        "color": 0.7,
         "seed": 7,
     },
     # two speakers at once, default masks, 2-pass guidance (text scale 1) with APG, streaming over 2 clips
     "two_para_default_masks_apg": {
-        "speakers": [1.5, 1.5], "audio_type": "para", "bbox": None, "mode": "streaming", "steps": 3,
-        "text_scale": 1.0, "audio_scale": 3.0, "apg": True, "color": 1.0, "seed": 3,
+        "speakers": [1.5, 1.5],
+        "audio_type": "para",
+        "bbox": None,
+        "mode": "streaming",
+        "steps": 3,
+        "text_scale": 1.0,
+        "audio_scale": 3.0,
+        "apg": True,
+        "color": 1.0,
+        "seed": 3,
     },
-}  # fmt: skip
+}
 
 
 def speech_like(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:

@@ -16,12 +16,36 @@ def test_generate_command(tiny_root, tmp_path, capsys):
     image = tmp_path / "face.png"
     Image.fromarray((np.random.RandomState(0).rand(120, 180, 3) * 255).astype(np.uint8)).save(image)
     a, b = write_audio(tmp_path / "a.wav", 1.0), write_audio(tmp_path / "b.ogg", 1.0)
-    code = main([
-        "generate", "--model", str(tiny_root), "--image", str(image), "--audio", str(a), "--audio", str(b),
-        "--prompt", "two people", "--out", str(tmp_path / "o.mp4"), "--size", "64x96", "--steps", "1",
-        "--seed", "5", "--box", "0,0,90,120", "--box", "90,0,180,120", "--mask-preview", str(tmp_path / "m.png"),
-        "--quiet",
-    ])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_root),
+            "--image",
+            str(image),
+            "--audio",
+            str(a),
+            "--audio",
+            str(b),
+            "--prompt",
+            "two people",
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--size",
+            "64x96",
+            "--steps",
+            "1",
+            "--seed",
+            "5",
+            "--box",
+            "0,0,90,120",
+            "--box",
+            "90,0,180,120",
+            "--mask-preview",
+            str(tmp_path / "m.png"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["seed"] == 5 and summary["size"] == "96x64" and (tmp_path / "m.png").exists()
@@ -31,7 +55,23 @@ def test_generate_command(tiny_root, tmp_path, capsys):
 def test_errors_are_one_line(tiny_root, tmp_path, capsys):
     bad = tmp_path / "x.wav"
     bad.write_text("not audio")
-    code = main(["generate", "--model", str(tiny_root), "--image", "nope.png", "--audio", str(bad), "--prompt", "x",
-                 "--out", str(tmp_path / "o.mp4"), "--size", "64x96", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_root),
+            "--image",
+            "nope.png",
+            "--audio",
+            str(bad),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--size",
+            "64x96",
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "error: audio of speaker 1: cannot open as audio" in capsys.readouterr().err

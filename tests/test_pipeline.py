@@ -42,9 +42,15 @@ def test_one_speaker_wav(pipe, image_path, tmp_path):
     audio = write_audio(tmp_path / "a.wav", 2.0)
     events = []
     result = pipe.generate(
-        image_path, [audio], "a woman talks", tmp_path / "out.mp4", options=GenerateOptions(**SMALL),
-        callback=events.append, thumbnail=tmp_path / "thumb.jpg", mask_preview_path=tmp_path / "masks.png",
-    )  # fmt: skip
+        image_path,
+        [audio],
+        "a woman talks",
+        tmp_path / "out.mp4",
+        options=GenerateOptions(**SMALL),
+        callback=events.append,
+        thumbnail=tmp_path / "thumb.jpg",
+        mask_preview_path=tmp_path / "masks.png",
+    )
     assert (result.frames, result.clips, result.speakers, result.seed) == (50, 1, 1, 11)
     check_mp4(result.video_path, 50, 2.0)
     assert Image.open(tmp_path / "thumb.jpg").size == (96, 64)
@@ -57,17 +63,23 @@ def test_one_speaker_wav(pipe, image_path, tmp_path):
 
 def test_two_speakers_add_from_mp3_and_m4a(pipe, image_path, tmp_path):
     a, b = write_audio(tmp_path / "a.mp3", 1.0), write_audio(tmp_path / "b.m4a", 1.5)
-    result = pipe.generate(image_path, [a, b], "two people talk", tmp_path / "out.mp4",
-                           options=GenerateOptions(**SMALL, audio_type="add"))  # fmt: skip
+    result = pipe.generate(
+        image_path, [a, b], "two people talk", tmp_path / "out.mp4", options=GenerateOptions(**SMALL, audio_type="add")
+    )
     assert result.speakers == 2 and 61 <= result.frames <= 64  # 2.5 s (+ codec padding)
     check_mp4(result.video_path, result.frames, result.frames / 25)
 
 
 def test_two_speakers_para_with_boxes_and_a_silent_speaker(pipe, image_path, tmp_path):
     a = write_audio(tmp_path / "a.flac", 2.0)
-    result = pipe.generate(image_path, [a, None], "two people", tmp_path / "out.mp4",
-                           boxes=[Box(20, 20, 240, 280), Box(260, 40, 480, 290)],
-                           options=GenerateOptions(**SMALL, audio_type="para"))  # fmt: skip
+    result = pipe.generate(
+        image_path,
+        [a, None],
+        "two people",
+        tmp_path / "out.mp4",
+        boxes=[Box(20, 20, 240, 280), Box(260, 40, 480, 290)],
+        options=GenerateOptions(**SMALL, audio_type="para"),
+    )
     assert result.speakers == 2 and result.frames == 50
     check_mp4(result.video_path, 50, 2.0)
 
@@ -80,15 +92,17 @@ def test_long_audio_streams_over_three_clips(pipe, image_path, tmp_path):
 
 
 def test_audio_shorter_than_a_clip_works(pipe, image_path, tmp_path):
-    result = pipe.generate(image_path, [stubs.speech_like(0.5, 1)], "hi", tmp_path / "s.mp4",
-                           options=GenerateOptions(**SMALL, mode="clip"))  # fmt: skip
+    result = pipe.generate(
+        image_path, [stubs.speech_like(0.5, 1)], "hi", tmp_path / "s.mp4", options=GenerateOptions(**SMALL, mode="clip")
+    )
     assert result.frames == 12
     check_mp4(result.video_path, 12, 0.48)
 
 
 def test_clip_mode_makes_one_clip(pipe, image_path, tmp_path):
-    result = pipe.generate(image_path, [stubs.speech_like(5.0, 1)], "hi", tmp_path / "c.mp4",
-                           options=GenerateOptions(**SMALL, mode="clip"))  # fmt: skip
+    result = pipe.generate(
+        image_path, [stubs.speech_like(5.0, 1)], "hi", tmp_path / "c.mp4", options=GenerateOptions(**SMALL, mode="clip")
+    )
     assert (result.frames, result.clips) == (81, 1)
 
 
@@ -104,8 +118,11 @@ def test_same_seed_same_frames(pipe, image_path):
 def test_plan_clips_schedule():
     clips, total = plan_clips(200, "streaming")
     assert [(c.start, c.end, c.keep_from, c.mirror_audio) for c in clips] == [
-        (0, 81, 0, False), (56, 137, 25, False), (112, 193, 25, False), (168, 249, 25, True),
-    ]  # fmt: skip
+        (0, 81, 0, False),
+        (56, 137, 25, False),
+        (112, 193, 25, False),
+        (168, 249, 25, True),
+    ]
     assert total == 200
     assert [len(plan_clips(n, "streaming")[0]) for n in (1, 81, 82, 137, 138)] == [1, 1, 2, 2, 3]
     assert plan_clips(300, "clip")[1] == 81 and plan_clips(40, "clip")[0][0].mirror_audio
@@ -117,8 +134,14 @@ def test_cancel_between_steps_removes_the_partial_file(pipe, image_path, tmp_pat
             raise GenerationCancelled("stop")
 
     with pytest.raises(GenerationCancelled):
-        pipe.generate(image_path, [stubs.speech_like(1.0, 1)], "x", tmp_path / "x.mp4",
-                      options=GenerateOptions(**SMALL), callback=cancel)  # fmt: skip
+        pipe.generate(
+            image_path,
+            [stubs.speech_like(1.0, 1)],
+            "x",
+            tmp_path / "x.mp4",
+            options=GenerateOptions(**SMALL),
+            callback=cancel,
+        )
     assert not (tmp_path / "x.mp4").exists()
 
 

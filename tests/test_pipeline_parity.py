@@ -71,11 +71,20 @@ def run_ours(name: str, audio_encoder, target):
     waves = [stubs.speech_like(s, seed=100 + i) for i, s in enumerate(spec["speakers"])]
     boxes = [Box.from_official(spec["bbox"][f"person{i}"]) for i in (1, 2)] if spec["bbox"] else None
     options = GenerateOptions(
-        mode=spec["mode"], steps=spec["steps"], shift=7.0, text_scale=spec["text_scale"],
-        audio_scale=spec["audio_scale"], use_apg=spec["apg"], seed=spec["seed"], color_correction=spec["color"],
-        negative_prompt=NEGATIVE, audio_type=spec["audio_type"] or "add", frames_per_clip=stubs.FRAME_NUM,
-        motion_frames=stubs.MOTION_FRAMES, size=target,
-    )  # fmt: skip
+        mode=spec["mode"],
+        steps=spec["steps"],
+        shift=7.0,
+        text_scale=spec["text_scale"],
+        audio_scale=spec["audio_scale"],
+        use_apg=spec["apg"],
+        seed=spec["seed"],
+        color_correction=spec["color"],
+        negative_prompt=NEGATIVE,
+        audio_type=spec["audio_type"] or "add",
+        frames_per_clip=stubs.FRAME_NUM,
+        motion_frames=stubs.MOTION_FRAMES,
+        size=target,
+    )
     image = Image.fromarray(stubs.scenario_image())
     job = pipe.prepare(image, waves, "two people talk in a car", boxes=boxes, options=options)
     frames = torch.cat(list(pipe.frames(job)), dim=1)
@@ -130,8 +139,9 @@ def test_pipeline_matches_official(fixture, audio_encoder, name):
     assert [c["audio_sum"] for c in log.calls] == pytest.approx([c["audio_sum"] for c in m["calls"]], rel=1e-4)
     starts = [i for i, c in enumerate(log.calls) if i == 0 or c["t"] > log.calls[i - 1]["t"]]
     for k, idx in enumerate(starts):
-        torch.testing.assert_close(log.calls[idx]["window_means"], tensors[f"{prefix}clip{k}.window_means"],
-                                   atol=2e-5, rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            log.calls[idx]["window_means"], tensors[f"{prefix}clip{k}.window_means"], atol=2e-5, rtol=1e-4
+        )
         if f"{prefix}clip{k}.masks" in tensors:
             assert torch.equal(log.calls[idx]["masks"], tensors[f"{prefix}clip{k}.masks"])
 
@@ -163,5 +173,6 @@ def test_arrangement_and_loudness_match(fixture, audio_encoder):
             assert float(np.asarray(track, np.float64).sum()) == pytest.approx(
                 m["track_sums"][i - 1], rel=1e-4, abs=1e-3
             )
-            torch.testing.assert_close(torch.from_numpy(track[::16]).float(), tensors[f"{name}.track{i}.every16"],
-                                       atol=1e-5, rtol=1e-4)  # fmt: skip
+            torch.testing.assert_close(
+                torch.from_numpy(track[::16]).float(), tensors[f"{name}.track{i}.every16"], atol=1e-5, rtol=1e-4
+            )

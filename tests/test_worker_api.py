@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_runpod import FakeRunPod, start_worker
 from fastapi.testclient import TestClient
-from media import write_audio
 from PIL import Image
 from runpod.serverless.modules.rp_fastapi import WorkerAPI
 
 import pipeline_stubs as stubs
+from fake_runpod import FakeRunPod, start_worker
+from media import write_audio
 from multitalk_serve.engine.video import probe
 from multitalk_serve.worker.config import WorkerConfig
 from multitalk_serve.worker.handler import Worker
@@ -56,18 +56,34 @@ def decode_video(output: dict, tmp_path: Path) -> Path:
 
 
 def test_runsync_generates_a_video(client, tmp_path):
-    body = {"input": {"image": png_b64(), "audio": [wav_b64(tmp_path)], "prompt": "a person talks",
-                      "output": {"thumbnail": True}, **FAST}}  # fmt: skip
+    body = {
+        "input": {
+            "image": png_b64(),
+            "audio": [wav_b64(tmp_path)],
+            "prompt": "a person talks",
+            "output": {"thumbnail": True},
+            **FAST,
+        }
+    }
     reply = client.post("/runsync", json=body).json()
     assert reply["status"] == "COMPLETED", reply
     out = reply["output"]
     info = probe(decode_video(out, tmp_path))
     assert (info.frames, info.width, info.height, info.audio_codec) == (25, 96, 64, "aac")
     assert out["video"] == {
-        "storage": "inline", "url": None, "path": None, "content_type": "video/mp4", "file_name": out["video"]["file_name"],
-        "bytes": len(base64.b64decode(out["video_base64"])), "duration_s": 1.0, "frames": 25, "fps": 25, "width": 96,
-        "height": 64, "has_audio": True,
-    }  # fmt: skip
+        "storage": "inline",
+        "url": None,
+        "path": None,
+        "content_type": "video/mp4",
+        "file_name": out["video"]["file_name"],
+        "bytes": len(base64.b64decode(out["video_base64"])),
+        "duration_s": 1.0,
+        "frames": 25,
+        "fps": 25,
+        "width": 96,
+        "height": 64,
+        "has_audio": True,
+    }
     assert out["seed"] == 3 and out["params"]["sampling_steps"] == 2 and out["params"]["speakers"] == 1
     assert out["worker"]["gpu"] == "cpu" and out["worker"]["model_load_s"] == 1.5
     assert {"download", "audio", "sampling", "vae_decode", "encode_mux", "upload", "total"} <= set(out["timings"])
@@ -75,8 +91,15 @@ def test_runsync_generates_a_video(client, tmp_path):
 
 
 def test_run_then_status(client, tmp_path):
-    body = {"input": {"cond_image": png_b64(), "cond_audio": {"person1": wav_b64(tmp_path), "person2": "None"},
-                      "audio_type": "para", "bbox": {"person1": [0, 0, 300, 250], "person2": [0, 250, 300, 500]}, **FAST}}  # fmt: skip
+    body = {
+        "input": {
+            "cond_image": png_b64(),
+            "cond_audio": {"person1": wav_b64(tmp_path), "person2": "None"},
+            "audio_type": "para",
+            "bbox": {"person1": [0, 0, 300, 250], "person2": [0, 250, 300, 500]},
+            **FAST,
+        }
+    }
     queued = client.post("/run", json=body).json()
     assert queued["status"] == "IN_PROGRESS"
     done = client.post(f"/status/{queued['id']}").json()
@@ -100,11 +123,14 @@ def test_errors_come_back_coded(client, input_, error):
 
 
 def test_bad_image_and_over_long_audio(client, worker, tmp_path):
-    reply = client.post("/runsync", json={"input": {"image": base64.b64encode(b"not an image").decode(),
-                                                    "audio": wav_b64(tmp_path), **FAST}}).json()  # fmt: skip
+    reply = client.post(
+        "/runsync",
+        json={"input": {"image": base64.b64encode(b"not an image").decode(), "audio": wav_b64(tmp_path), **FAST}},
+    ).json()
     assert reply["error"].startswith("E_IMAGE: image: not a readable image"), reply
-    reply = client.post("/runsync", json={"input": {"image": png_b64(), "audio": wav_b64(tmp_path), "duration": 500,
-                                                    **FAST}}).json()  # fmt: skip
+    reply = client.post(
+        "/runsync", json={"input": {"image": png_b64(), "audio": wav_b64(tmp_path), "duration": 500, **FAST}}
+    ).json()
     assert reply["error"].startswith("E_AUDIO: the audio lasts 500.0 s, over the 120 s limit"), reply
 
 
@@ -120,12 +146,24 @@ def test_test_input_mode(tiny_root, tmp_path):
     (volume / "in").mkdir(parents=True)
     Image.fromarray(stubs.scenario_image()).save(volume / "in" / "face.png")
     write_audio(volume / "in" / "voice.wav", 1.0)
-    job = {"input": {"image": str(volume / "in" / "face.png"), "audio": str(volume / "in" / "voice.wav"),
-                     "output": {"format": "volume"}, **FAST}}  # fmt: skip
+    job = {
+        "input": {
+            "image": str(volume / "in" / "face.png"),
+            "audio": str(volume / "in" / "voice.wav"),
+            "output": {"format": "volume"},
+            **FAST,
+        }
+    }
     (tmp_path / "test_input.json").write_text(json.dumps(job))
     env = {**os.environ, "MODEL_PATH": str(tiny_root), "VOLUME_PATH": str(volume), "MULTITALK_DTYPE": "fp32"}
-    result = subprocess.run([sys.executable, "-m", "multitalk_serve.worker"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "multitalk_serve.worker"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     videos = list((volume / "outputs").rglob("*.mp4"))
     assert len(videos) == 1 and probe(videos[0]).frames == 25
@@ -138,8 +176,14 @@ def production(tiny_root, tmp_path_factory):
     volume = tmp / "volume"
     volume.mkdir()
     fake = FakeRunPod()
-    env = {**fake.env(), "MODEL_PATH": str(tiny_root), "VOLUME_PATH": str(volume), "MULTITALK_DTYPE": "fp32",
-           "PROGRESS_INTERVAL_SECONDS": "0", "RUNPOD_LOG_LEVEL": "DEBUG"}  # fmt: skip
+    env = {
+        **fake.env(),
+        "MODEL_PATH": str(tiny_root),
+        "VOLUME_PATH": str(volume),
+        "MULTITALK_DTYPE": "fp32",
+        "PROGRESS_INTERVAL_SECONDS": "0",
+        "RUNPOD_LOG_LEVEL": "DEBUG",
+    }
     process = start_worker(env, tmp / "worker.log")
     yield fake, process, tmp
     process.send_signal(signal.SIGTERM)
@@ -151,7 +195,7 @@ def production(tiny_root, tmp_path_factory):
 
 
 def test_production_loop_progress_and_result(production, tmp_path):
-    fake, process, tmp = production
+    fake, _, _ = production
     fake.jobs.put({"id": "job-ok", "input": {"image": png_b64(), "audio": [wav_b64(tmp_path)], **FAST}})
     final = fake.wait_for(lambda: fake.final("job-ok"), 180, "the job's result")
     out = final["output"]
@@ -165,27 +209,31 @@ def test_production_loop_progress_and_result(production, tmp_path):
 
 
 def test_production_loop_error_payload(production):
-    fake, process, tmp = production
+    fake, _, _ = production
     fake.jobs.put({"id": "job-bad", "input": {"image": "x", "audio": "y", "sampling_steps": 0}})
     final = fake.wait_for(lambda: fake.final("job-bad"), 60, "the error result")
     assert final["error"].startswith("E_INPUT: sampling_steps: Input should be greater than or equal to 1")
 
 
 def test_production_loop_cancel_then_next_job(production, tmp_path):
-    fake, process, tmp = production
+    fake, _, tmp = production
     long_job = {"image": png_b64(), "audio": [wav_b64(tmp_path, 6.0)], **FAST, "sampling_steps": 20}
     fake.jobs.put({"id": "job-cancel", "input": long_job})
     fake.wait_for(
         lambda: any(p["body"].get("output", {}).get("stage") == "sampling" for p in fake.posts_for("job-cancel")),
-        120, "sampling to start",
-    )  # fmt: skip
+        120,
+        "sampling to start",
+    )
     fake.stops.put("job-cancel")
     fake.jobs.put({"id": "job-after", "input": {"image": png_b64(), "audio": [wav_b64(tmp_path)], **FAST}})
     final = fake.wait_for(lambda: fake.final("job-after"), 180, "the next job's result")
     assert final["output"]["video"]["frames"] == 25
     assert fake.final("job-cancel") is None  # a stopped job posts no result: the platform marks it cancelled
-    steps = [p["body"]["output"]["step"] for p in fake.posts_for("job-cancel")
-             if p["body"].get("output", {}).get("stage") == "sampling"]  # fmt: skip
+    steps = [
+        p["body"]["output"]["step"]
+        for p in fake.posts_for("job-cancel")
+        if p["body"].get("output", {}).get("stage") == "sampling"
+    ]
     assert max(steps) < 20 * 3  # stopped early (3 clips x 20 steps otherwise)
     log = (tmp / "worker.log").read_text()
     assert "job-cancel: stop requested" in log

@@ -18,8 +18,13 @@ from multitalk_serve.worker.schema import MediaObject
 def fetcher(tmp_path: Path, s3=None, **kw) -> MediaFetcher:
     volume = tmp_path / "volume"
     volume.mkdir(exist_ok=True)
-    defaults = {"model_path": tmp_path, "volume_path": volume, "s3": None, "download_retries": 2,
-                "download_timeout_s": 1.0}  # fmt: skip
+    defaults = {
+        "model_path": tmp_path,
+        "volume_path": volume,
+        "s3": None,
+        "download_retries": 2,
+        "download_timeout_s": 1.0,
+    }
     return MediaFetcher(WorkerConfig(**{**defaults, **kw}), s3)
 
 
@@ -49,8 +54,14 @@ def test_bad_base64_and_wrong_data_uri_type(tmp_path):
     fails(
         "E_INPUT", "image: not a URL, a volume path or valid base64", f.fetch, "this is not base64!!", "image", "image"
     )
-    fails("E_INPUT", "audio[0]: a data URI of type image/png where audio was expected", f.fetch,
-          "data:image/png;base64,aGVsbG8=", "audio[0]", "audio")  # fmt: skip
+    fails(
+        "E_INPUT",
+        "audio[0]: a data URI of type image/png where audio was expected",
+        f.fetch,
+        "data:image/png;base64,aGVsbG8=",
+        "audio[0]",
+        "audio",
+    )
     fails("E_INPUT", "must be data:<type>;base64", f.fetch, "data:image/png,hello", "image", "image")
 
 
@@ -62,8 +73,14 @@ def test_volume_paths_stay_inside_the_volume(tmp_path):
     (tmp_path / "secret.txt").write_text("nope")
     os.symlink(tmp_path / "secret.txt", volume / "in" / "link.wav")
     assert f.fetch(str(volume / "in" / "a.wav"), "audio[0]", "audio") == b"abc"
-    fails("E_DOWNLOAD", "outside the network volume", f.fetch, str(volume / "in" / ".." / ".." / "secret.txt"),
-          "audio[0]", "audio")  # fmt: skip
+    fails(
+        "E_DOWNLOAD",
+        "outside the network volume",
+        f.fetch,
+        str(volume / "in" / ".." / ".." / "secret.txt"),
+        "audio[0]",
+        "audio",
+    )
     fails("E_DOWNLOAD", "outside the network volume", f.fetch, str(volume / "in" / "link.wav"), "audio[0]", "audio")
     fails("E_DOWNLOAD", "no such file on the volume", f.fetch, str(volume / "missing.wav"), "audio[0]", "audio")
     fails("E_DOWNLOAD", "is not a file", f.fetch, str(volume / "in"), "audio[0]", "audio")
@@ -93,8 +110,13 @@ def test_private_addresses_are_refused(tmp_path, http_server, monkeypatch):
     base, files = http_server
     files["x.png"] = b"x"
     f = fetcher(tmp_path)
-    for url in (f"{base}/files/x.png", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/a.png",
-                "http://localhost/a.png", "http://[::1]/a.png"):  # fmt: skip
+    for url in (
+        f"{base}/files/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/a.png",
+        "http://localhost/a.png",
+        "http://[::1]/a.png",
+    ):
         fails("E_DOWNLOAD", "refused to fetch", f.fetch, url, "image", "image")
 
 
@@ -105,8 +127,13 @@ def test_messages_hide_url_secrets():
 
 
 def test_s3_keys_from_the_configured_bucket(tmp_path, bucket):
-    client = boto3.client("s3", endpoint_url=bucket.endpoint_url, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.put_object(Bucket=bucket.bucket, Key="in/a.wav", Body=b"wave")
     f = fetcher(tmp_path, s3=bucket)
     assert f.fetch(MediaObject(s3_key="in/a.wav"), "audio[0]", "audio") == b"wave"

@@ -24,8 +24,12 @@ def test_minimal_and_defaults():
     job = parse(image=IMG, audio=A1)
     assert job.audio == [A1] and job.image == IMG
     assert (job.resolution, job.mode, job.sampling_steps, job.text_guide_scale, job.audio_guide_scale) == (
-        "480p", "streaming", 40, 5.0, 4.0,
-    )  # fmt: skip
+        "480p",
+        "streaming",
+        40,
+        5.0,
+        4.0,
+    )
     assert job.output.format == "auto" and job.prompt
 
 
@@ -38,18 +42,31 @@ def test_minimal_and_defaults():
         ({"image_url": IMG, "first_audio_url": A1, "second_audio_url": A2}, IMG, [A1, A2]),
         ({"image": IMG, "left_audio": A1, "right_audio": A2}, IMG, [A1, A2]),
         ({"condition_image": IMG, "audio_1": A1}, IMG, [A1]),
-        ({"image_s3_key": "in/face.png", "audio_s3_key": "in/a.wav"}, MediaObject(s3_key="in/face.png"),
-         [MediaObject(s3_key="in/a.wav")]),
+        (
+            {"image_s3_key": "in/face.png", "audio_s3_key": "in/a.wav"},
+            MediaObject(s3_key="in/face.png"),
+            [MediaObject(s3_key="in/a.wav")],
+        ),
     ],
-)  # fmt: skip
+)
 def test_other_front_ends_names(given, image, audio):
     job = parse(**given)
     assert job.image == image and job.audio == audio
 
 
 def test_official_knobs_and_original_worker_fields():
-    job = parse(image=IMG, audio=A1, sample_steps=8, sample_text_guide_scale=1.0, sample_audio_guide_scale=2.0,
-                sample_shift=2.0, color_correction_strength=0.5, base_seed=7, output_format="base64", turbo=True)  # fmt: skip
+    job = parse(
+        image=IMG,
+        audio=A1,
+        sample_steps=8,
+        sample_text_guide_scale=1.0,
+        sample_audio_guide_scale=2.0,
+        sample_shift=2.0,
+        color_correction_strength=0.5,
+        base_seed=7,
+        output_format="base64",
+        turbo=True,
+    )
     assert (job.sampling_steps, job.text_guide_scale, job.audio_guide_scale, job.shift) == (8, 1.0, 2.0, 2.0)
     assert (job.color_correction, job.seed, job.output.format, job.turbo) == (0.5, 7, "base64", True)
 
@@ -58,7 +75,10 @@ def test_official_knobs_and_original_worker_fields():
     ("given", "message"),
     [
         ({"image": IMG, "audio": A1, "steps": 4}, "steps: unknown field"),
-        ({"image": IMG, "audio": A1, "sampling_steps": 500}, "sampling_steps: Input should be less than or equal to 100 (got 500)"),
+        (
+            {"image": IMG, "audio": A1, "sampling_steps": 500},
+            "sampling_steps: Input should be less than or equal to 100 (got 500)",
+        ),
         ({"image": IMG, "audio": A1, "sampling_steps": "many"}, "sampling_steps: Input should be a valid integer"),
         ({"image": IMG, "audio": A1, "resolution": "1080p"}, "resolution: Input should be '480p' or '720p'"),
         ({"image": IMG, "audio": A1, "mode": "loop"}, "mode: Input should be 'streaming' or 'clip'"),
@@ -68,7 +88,10 @@ def test_official_knobs_and_original_worker_fields():
         ({"image": IMG, "audio": A1, "audio_url": A2}, "audio and audio_url all give the audio"),
         ({"image": IMG, "audio": [A1, A2, A1]}, "1 or 2 speakers, got 3"),
         ({"image": IMG, "audio": [None, None]}, "every speaker is silent"),
-        ({"image": IMG, "audio": A1, "sampling_steps": 4, "sample_steps": 8}, "sampling_steps and sample_steps mean the same"),
+        (
+            {"image": IMG, "audio": A1, "sampling_steps": 4, "sample_steps": 8},
+            "sampling_steps and sample_steps mean the same",
+        ),
         ({"image": IMG, "audio": A1, "boxes": [[0, 0, 1, 1], [1, 1, 2, 2]]}, "person boxes are for two speakers"),
         ({"image": IMG, "audio": [A1, A2], "boxes": [[0, 0, 1]]}, "boxes must be two"),
         ({"image": IMG, "audio": [A1, A2], "bbox": {"left": [0, 0, 1, 1]}}, "bbox must be {person1"),
@@ -84,7 +107,7 @@ def test_official_knobs_and_original_worker_fields():
         ({"image": IMG, "audio": A1, "seed": 2**40}, "seed: Input should be less than or equal to"),
         ({"image": IMG, "audio": A1, "use_apg": "maybe"}, "use_apg: Input should be a valid boolean"),
     ],
-)  # fmt: skip
+)
 def test_errors_name_the_field(given, message):
     assert message in error(**given)
 
@@ -101,3 +124,14 @@ def test_json_schema_is_published():
     assert {"image", "audio", "prompt", "output", "cond_audio", "image_url", "first_audio_url"} <= set(
         schema["properties"]
     )
+
+
+def test_readme_publishes_the_current_schema():
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"<summary>Job input as JSON Schema.*?```json\n(.*?)\n```", readme, re.DOTALL)
+    assert block, "README lost its JSON Schema block"
+    assert json.loads(block.group(1)) == json_schema(), "README schema is stale: regenerate it from json_schema()"

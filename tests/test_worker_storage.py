@@ -57,8 +57,16 @@ def test_s3_config_from_a_request_names_what_is_missing():
 
 
 def test_env_variants(monkeypatch):
-    for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME", "S3_BUCKET",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):  # fmt: skip
+    for name in (
+        "BUCKET_ENDPOINT_URL",
+        "BUCKET_ACCESS_KEY_ID",
+        "BUCKET_SECRET_ACCESS_KEY",
+        "BUCKET_NAME",
+        "S3_BUCKET",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert S3Settings.from_env() is None
     monkeypatch.setenv("BUCKET_ENDPOINT_URL", "https://videos.s3.eu-west-1.amazonaws.com")
@@ -106,9 +114,9 @@ def test_inline_size_guard(tmp_path, video):
 
 
 def test_formats_that_cannot_be_honoured(tmp_path, video):
-    with pytest.raises(WorkerError, match="output.format is s3 but no bucket is configured"):
+    with pytest.raises(WorkerError, match=r"output.format is s3 but no bucket is configured"):
         Storage(config(tmp_path)).store("j", video, None, OutputOptions(format="s3"))
-    with pytest.raises(WorkerError, match="output.format is volume but no network volume is mounted"):
+    with pytest.raises(WorkerError, match=r"output.format is volume but no network volume is mounted"):
         Storage(config(tmp_path / "elsewhere", volume=False)).store("j", video, None, OutputOptions(format="volume"))
 
 

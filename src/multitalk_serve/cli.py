@@ -67,8 +67,10 @@ class ProgressBar:
         if progress.stage == "sampling":
             eta = elapsed / frac * (1 - frac) if frac > 0 else 0.0
             bar = "#" * int(frac * 24)
-            line = (f"clip {progress.clip}/{progress.total_clips} step {progress.step}/{progress.total_steps} "
-                    f"[{bar:<24}] {frac:5.1%}  {elapsed:6.1f}s elapsed, ~{eta:.0f}s left")  # fmt: skip
+            line = (
+                f"clip {progress.clip}/{progress.total_clips} step {progress.step}/{progress.total_steps} "
+                f"[{bar:<24}] {frac:5.1%}  {elapsed:6.1f}s elapsed, ~{eta:.0f}s left"
+            )
         else:
             line = f"{progress.stage} ... {elapsed:6.1f}s"
         end = "\n" if progress.stage == "done" or not self.tty else ""
@@ -98,28 +100,53 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .engine.pipeline import GenerateOptions, MultiTalkPipeline
 
     options = GenerateOptions(
-        resolution=args.resolution, mode=args.mode, steps=args.steps, shift=args.shift, text_scale=args.text_scale,
-        audio_scale=args.audio_scale, use_apg=args.apg, seed=args.seed, negative_prompt=args.negative_prompt,
-        audio_type=args.audio_type, color_correction=args.color_correction, max_duration_s=args.max_duration,
-        crf=args.crf, size=args.size,
-    )  # fmt: skip
+        resolution=args.resolution,
+        mode=args.mode,
+        steps=args.steps,
+        shift=args.shift,
+        text_scale=args.text_scale,
+        audio_scale=args.audio_scale,
+        use_apg=args.apg,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt,
+        audio_type=args.audio_type,
+        color_correction=args.color_correction,
+        max_duration_s=args.max_duration,
+        crf=args.crf,
+        size=args.size,
+    )
     options.validate()
     audio = [None if a.lower() == "none" else a for a in args.audio]
     start = time.perf_counter()
     pipe = MultiTalkPipeline.from_pretrained(
-        args.model, transformer=args.transformer, multitalk=args.multitalk, wav2vec=args.wav2vec,
-        device=args.device, dtype=DTYPES[args.dtype],
-    )  # fmt: skip
+        args.model,
+        transformer=args.transformer,
+        multitalk=args.multitalk,
+        wav2vec=args.wav2vec,
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+    )
     print(f"loaded the models in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     result = pipe.generate(
-        args.image, audio, args.prompt, args.out, boxes=args.box, options=options,
-        callback=None if args.quiet else ProgressBar(), thumbnail=args.thumbnail, mask_preview_path=args.mask_preview,
-    )  # fmt: skip
+        args.image,
+        audio,
+        args.prompt,
+        args.out,
+        boxes=args.box,
+        options=options,
+        callback=None if args.quiet else ProgressBar(),
+        thumbnail=args.thumbnail,
+        mask_preview_path=args.mask_preview,
+    )
     summary = {
-        "video": str(result.video_path), "frames": result.frames, "seconds": result.seconds,
-        "size": f"{result.width}x{result.height}", "seed": result.seed, "clips": result.clips,
+        "video": str(result.video_path),
+        "frames": result.frames,
+        "seconds": result.seconds,
+        "size": f"{result.width}x{result.height}",
+        "seed": result.seed,
+        "clips": result.clips,
         "timings": result.timings,
-    }  # fmt: skip
+    }
     if result.mask_preview_path:
         summary["mask_preview"] = str(result.mask_preview_path)
     if result.thumbnail_path:
@@ -183,10 +210,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     pipe = MultiTalkPipeline.from_pretrained(root, dtype=torch.float32)
     out = Path(args.out)
     result = pipe.generate(
-        portrait(), [voice(2.4, 120, seed=1), voice(2.0, 210, seed=2)], "two people talk to each other", out,
-        options=GenerateOptions(steps=4, seed=42, size=(128, 192), audio_type="add"), callback=ProgressBar(),
+        portrait(),
+        [voice(2.4, 120, seed=1), voice(2.0, 210, seed=2)],
+        "two people talk to each other",
+        out,
+        options=GenerateOptions(steps=4, seed=42, size=(128, 192), audio_type="add"),
+        callback=ProgressBar(),
         mask_preview_path=out.with_suffix(".masks.png"),
-    )  # fmt: skip
+    )
     print(
         f"wrote {result.video_path}: {result.seconds:.2f} s, {result.frames} frames at 25 fps, "
         f"{result.width}x{result.height}, H.264 + AAC, {result.clips} clips; person masks: {result.mask_preview_path}"

@@ -95,14 +95,18 @@ class GenerateOptions:
             (self.audio_type in ("add", "para"), f"audio_type must be 'add' or 'para', got {self.audio_type!r}"),
             (0.0 <= self.color_correction <= 1.0, f"color_correction must be 0..1, got {self.color_correction}"),
             (self.frames_per_clip % 4 == 1 and self.frames_per_clip > 1, "frames_per_clip must be 4k+1"),
-            (self.motion_frames % 4 == 1 and 0 < self.motion_frames < self.frames_per_clip,
-             "motion_frames must be 4k+1 and shorter than a clip"),
+            (
+                self.motion_frames % 4 == 1 and 0 < self.motion_frames < self.frames_per_clip,
+                "motion_frames must be 4k+1 and shorter than a clip",
+            ),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
             (self.num_frames is None or self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}"),
             (0 <= self.crf <= 51, f"crf must be 0..51, got {self.crf}"),
-            (self.size is None or (len(self.size) == 2 and all(v >= 16 and v % 16 == 0 for v in self.size)),
-             f"size must be (height, width), multiples of 16, got {self.size}"),
-        ]  # fmt: skip
+            (
+                self.size is None or (len(self.size) == 2 and all(v >= 16 and v % 16 == 0 for v in self.size)),
+                f"size must be (height, width), multiples of 16, got {self.size}",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise EngineError(message)

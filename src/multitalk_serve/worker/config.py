@@ -38,8 +38,13 @@ class S3Settings:
             from .errors import WorkerError
 
             raise WorkerError("E_INPUT", f"s3Config is missing {', '.join(missing)}")
-        return cls(config.get("endpointUrl"), config["accessId"], config["accessSecret"], config["bucketName"],
-                   config.get("region"))  # fmt: skip
+        return cls(
+            config.get("endpointUrl"),
+            config["accessId"],
+            config["accessSecret"],
+            config["bucketName"],
+            config.get("region"),
+        )
 
     @classmethod
     def from_env(cls) -> S3Settings | None:

@@ -18,9 +18,18 @@
 from __future__ import annotations
 
 CODES = (
-    "E_INPUT", "E_DOWNLOAD", "E_IMAGE", "E_AUDIO", "E_OOM", "E_CUDA", "E_CANCELLED", "E_UPLOAD",
-    "E_OUTPUT_TOO_LARGE", "E_MODEL", "E_INTERNAL",
-)  # fmt: skip
+    "E_INPUT",
+    "E_DOWNLOAD",
+    "E_IMAGE",
+    "E_AUDIO",
+    "E_OOM",
+    "E_CUDA",
+    "E_CANCELLED",
+    "E_UPLOAD",
+    "E_OUTPUT_TOO_LARGE",
+    "E_MODEL",
+    "E_INTERNAL",
+)
 
 
 class WorkerError(Exception):

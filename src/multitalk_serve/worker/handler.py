@@ -70,8 +70,12 @@ class ProgressReporter:
         pct = round(100 * progress.fraction, 1)
         body = {"stage": progress.stage, "pct": pct, "elapsed_s": round(elapsed, 1)}
         if progress.total_steps:
-            body.update(step=progress.step, total_steps=progress.total_steps, clip=progress.clip,
-                        total_clips=progress.total_clips)  # fmt: skip
+            body.update(
+                step=progress.step,
+                total_steps=progress.total_steps,
+                clip=progress.clip,
+                total_clips=progress.total_clips,
+            )
         if progress.stage == "sampling" and 0 < progress.fraction < 1:
             body["eta_s"] = round(elapsed / progress.fraction * (1 - progress.fraction), 1)
         self.last_sent, self.last_stage = now, progress.stage
@@ -223,25 +227,43 @@ class Worker:
             if stored.thumbnail_base64:
                 out["thumbnail_base64"] = stored.thumbnail_base64
         out["seed"] = result.seed
-        out["params"] = {**params, "seed": result.seed, "shift": result.options["shift"], "speakers": result.speakers,
-                         "clips": result.clips}  # fmt: skip
+        out["params"] = {
+            **params,
+            "seed": result.seed,
+            "shift": result.options["shift"],
+            "speakers": result.speakers,
+            "clips": result.clips,
+        }
         out["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        out["worker"] = {"gpu": self.gpu, "cold_start": cold, "model_load_s": round(self.load_seconds, 2),
-                         "version": __version__}  # fmt: skip
+        out["worker"] = {
+            "gpu": self.gpu,
+            "cold_start": cold,
+            "model_load_s": round(self.load_seconds, 2),
+            "version": __version__,
+        }
         out["warnings"] = warnings
         log.info(
             "job %s done: %d frames %dx%d, %d speaker(s), %d clip(s), %.1f s, stored: %s",
-            job_id, result.frames, result.width, result.height, result.speakers, result.clips, timings["total"],
+            job_id,
+            result.frames,
+            result.width,
+            result.height,
+            result.speakers,
+            result.clips,
+            timings["total"],
             stored.storage,
-        )  # fmt: skip
+        )
         return out
 
     def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, dict]:
         given = request.model_fields_set
         steps, text_scale, audio_scale = request.sampling_steps, request.text_guide_scale, request.audio_guide_scale
         if request.turbo:
-            aliases = {"sampling_steps": "sample_steps", "text_guide_scale": "sample_text_guide_scale",
-                       "audio_guide_scale": "sample_audio_guide_scale"}  # fmt: skip
+            aliases = {
+                "sampling_steps": "sample_steps",
+                "text_guide_scale": "sample_text_guide_scale",
+                "audio_guide_scale": "sample_audio_guide_scale",
+            }
             explicit = {k for k, alias in aliases.items() if k in given or alias in given}
             steps = steps if "sampling_steps" in explicit else TURBO["sampling_steps"]
             text_scale = text_scale if "text_guide_scale" in explicit else TURBO["text_guide_scale"]
@@ -252,19 +274,36 @@ class Worker:
             frames = max(1, round(request.duration * 25))
         seed = None if request.seed in (None, -1) else request.seed
         options = GenerateOptions(
-            resolution=request.resolution, mode=request.mode, steps=steps, shift=request.shift, text_scale=text_scale,
-            audio_scale=audio_scale, use_apg=request.use_apg, seed=seed, negative_prompt=request.negative_prompt,
-            audio_type=request.audio_type, color_correction=request.color_correction,
-            max_duration_s=self.config.max_duration_s, crf=request.output.crf,
-            size=(request.height, request.width) if request.width else None, num_frames=frames,
-        )  # fmt: skip
+            resolution=request.resolution,
+            mode=request.mode,
+            steps=steps,
+            shift=request.shift,
+            text_scale=text_scale,
+            audio_scale=audio_scale,
+            use_apg=request.use_apg,
+            seed=seed,
+            negative_prompt=request.negative_prompt,
+            audio_type=request.audio_type,
+            color_correction=request.color_correction,
+            max_duration_s=self.config.max_duration_s,
+            crf=request.output.crf,
+            size=(request.height, request.width) if request.width else None,
+            num_frames=frames,
+        )
         params = {
-            "resolution": request.resolution, "mode": request.mode, "sampling_steps": steps,
-            "text_guide_scale": text_scale, "audio_guide_scale": audio_scale, "use_apg": request.use_apg,
-            "audio_type": request.audio_type, "color_correction": request.color_correction,
-            "negative_prompt": "default" if request.negative_prompt is None else "custom", "turbo": request.turbo,
-            "num_frames": frames, "size": f"{request.width}x{request.height}" if request.width else "bucket",
-        }  # fmt: skip
+            "resolution": request.resolution,
+            "mode": request.mode,
+            "sampling_steps": steps,
+            "text_guide_scale": text_scale,
+            "audio_guide_scale": audio_scale,
+            "use_apg": request.use_apg,
+            "audio_type": request.audio_type,
+            "color_correction": request.color_correction,
+            "negative_prompt": "default" if request.negative_prompt is None else "custom",
+            "turbo": request.turbo,
+            "num_frames": frames,
+            "size": f"{request.width}x{request.height}" if request.width else "bucket",
+        }
         return options, params
 
     def _oom_advice(self, job: dict) -> str:

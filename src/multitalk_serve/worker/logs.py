@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import re
 
-SECRET_KEYS = r"(?:accessSecret|accessId|secret[_a-z]*|password|token|api[_-]?key|aws_secret_access_key|aws_access_key_id|credential[s]?|authorization)"
+SECRET_KEYS = (
+    r"(?:accessSecret|accessId|secret[_a-z]*|password|token|api[_-]?key|aws_secret_access_key|aws_access_key_id"
+    r"|credentials?|authorization)"
+)
 _PATTERNS = [
     (re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=\s]+"), "<data-uri redacted>"),
     (re.compile(r"[A-Za-z0-9+/]{120,}={0,2}"), lambda m: f"<{len(m.group(0))} base64 characters redacted>"),

@@ -222,8 +222,21 @@ class JobInput(BaseModel):
         return tracks
 
 
-MEDIA_FIELDS = {"image", "audio", "image_url", "cond_image", "condition_image", "audio_url", "audio_1", "audio_2",
-                "first_audio_url", "second_audio_url", "left_audio", "right_audio", "cond_audio"}  # fmt: skip
+MEDIA_FIELDS = {
+    "image",
+    "audio",
+    "image_url",
+    "cond_image",
+    "condition_image",
+    "audio_url",
+    "audio_1",
+    "audio_2",
+    "first_audio_url",
+    "second_audio_url",
+    "left_audio",
+    "right_audio",
+    "cond_audio",
+}
 
 
 def describe_errors(exc: ValidationError) -> str:
