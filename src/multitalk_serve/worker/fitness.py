@@ -7,13 +7,14 @@ unhealthy at start instead of failing its first job.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
 
 from ..engine.errors import CheckpointError
-from ..engine.loading import resolve_transformer
-from ..engine.model_paths import resolve_model_paths
+from ..engine.loading import _check_keys_and_shapes, build_empty_model, resolve_transformer
+from ..engine.model_paths import ENCODER_FOLDERS, resolve_model_paths
 from .config import WorkerConfig
 
 # GPU memory a 480p / 720p job needs beyond the loaded weights (activations, VAE decode of a clip), in GB.
@@ -24,6 +25,22 @@ def check_model_folder(config: WorkerConfig) -> list[str]:
     """Raise ``CheckpointError`` naming what is missing; return the files that make up the transformer."""
     paths = resolve_model_paths(config.model_path)
     source = resolve_transformer(paths.transformer, paths.multitalk)
+    _check_keys_and_shapes(build_empty_model(source.dims), source)  # every tensor present, right shape (meta: no RAM)
+    for folder in ENCODER_FOLDERS:
+        if folder in ("tokenizer", "image_processor"):
+            continue
+        weights = list((paths.diffusers / folder).glob("*.safetensors")) + list(
+            (paths.diffusers / folder).glob("*.bin")
+        )
+        if not weights:
+            raise CheckpointError(f"{paths.diffusers / folder}: no weight files")
+        for index in (paths.diffusers / folder).glob("*.index.json"):
+            named = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            missing = sorted(f for f in named if not (index.parent / f).is_file())
+            if missing:
+                raise CheckpointError(
+                    f"{index.parent}: missing shard files named in {index.name}: {', '.join(missing)}"
+                )
     for name in ("config.json", "preprocessor_config.json"):
         if not (paths.wav2vec / name).is_file():
             raise CheckpointError(f"{paths.wav2vec}: missing {name}")

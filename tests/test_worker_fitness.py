@@ -1,0 +1,52 @@
+"""Start-up checks name what is missing before anything loads."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from multitalk_serve.engine.errors import CheckpointError
+from multitalk_serve.worker.config import WorkerConfig
+from multitalk_serve.worker.fitness import check_gpu_headroom, check_model_folder
+
+
+def config_for(path) -> WorkerConfig:
+    return WorkerConfig(model_path=path, volume_path=path, s3=None)
+
+
+def test_complete_tiny_folder(tiny_root):
+    files = check_model_folder(config_for(tiny_root))
+    assert any(f.endswith("multitalk.safetensors") for f in files)
+
+
+@pytest.mark.parametrize(
+    ("remove", "message"),
+    [
+        ("MeiGen-MultiTalk", "no MultiTalk audio weights"),
+        ("chinese-wav2vec2-base", "no chinese-wav2vec2-base folder"),
+        ("Wan2.1-I2V-14B-480P-Diffusers/vae", "missing component folders: vae"),
+        (
+            "Wan2.1-I2V-14B-480P-Diffusers/transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+            "missing shard files",
+        ),
+        (
+            "Wan2.1-I2V-14B-480P-Diffusers/text_encoder/model-00001-of-00002.safetensors",
+            "missing shard files named in model.safetensors.index.json",
+        ),
+        ("chinese-wav2vec2-base/model.safetensors", "no model.safetensors"),
+    ],
+)
+def test_missing_pieces_are_named(tiny_root, tmp_path, remove, message):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_root, root)
+    target = root / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(CheckpointError, match=message):
+        check_model_folder(config_for(root))
+
+
+def test_gpu_headroom_is_skipped_on_cpu():
+    import torch
+
+    check_gpu_headroom(torch.device("cpu"))
