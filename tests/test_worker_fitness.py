@@ -24,8 +24,7 @@ def test_complete_tiny_folder(tiny_root):
     ("remove", "message"),
     [
         ("MeiGen-MultiTalk", "no MultiTalk audio weights"),
-        ("chinese-wav2vec2-base", "no chinese-wav2vec2-base folder"),
-        ("Wan2.1-I2V-14B-480P-Diffusers/vae", "missing component folders: vae"),
+        ("chinese-wav2vec2-base", "wav2vec: not found, expected chinese-wav2vec2-base"),
         (
             "Wan2.1-I2V-14B-480P-Diffusers/transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
             "missing shard files",
@@ -44,6 +43,19 @@ def test_missing_pieces_are_named(tiny_root, tmp_path, remove, message):
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     with pytest.raises(CheckpointError, match=message):
         check_model_folder(config_for(root))
+
+
+def test_every_problem_is_reported_at_once(tiny_root, tmp_path):
+    """A diffusers-only folder missing its VAE and a text-encoder shard: both named in one message."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("Wan2.1-I2V-14B-480P", "*.gguf"))
+    shutil.rmtree(root / "Wan2.1-I2V-14B-480P-Diffusers/vae")
+    (root / "Wan2.1-I2V-14B-480P-Diffusers/text_encoder/model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError) as info:
+        check_model_folder(config_for(root))
+    message = str(info.value)
+    assert "vae: not found, expected the VAE (vae/ or Wan2.1_VAE.pth)" in message
+    assert "text_encoder:" in message and "model-00002-of-00002.safetensors" in message
 
 
 def test_gpu_headroom_is_skipped_on_cpu():

@@ -7,7 +7,10 @@ A tiny random model generates noise, not faces: it tests plumbing and numerics, 
 ``write_tiny_models(root)`` produces::
 
     root/
-      Wan2.1-I2V-14B-480P/             original layout (config.json, 3 shards + index; base weights only)
+      Wan2.1-I2V-14B-480P/             original layout (config.json, 3 shards + index; base weights only) and
+                                        its encoders: models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/,
+                                        models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth, Wan2.1_VAE.pth
+                                        (the diffusers-layout encoders below, renamed back to the official names)
       MeiGen-MultiTalk/                 multitalk.safetensors + its replacement index
       Wan2.1-I2V-14B-480P-Diffusers/   diffusers layout: model_index.json, transformer/ vae/ text_encoder/
                                         tokenizer/ image_encoder/ image_processor/ scheduler/
@@ -38,6 +41,18 @@ from .engine.checkpoints import (
     shard_name,
 )
 from .engine.gguf_quant import write_wan_gguf
+from .engine.model_paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
+from .engine.original_layout import (
+    CLIP_BLOCK_NAMES,
+    CLIP_CHECKPOINT,
+    RESBLOCK_NAMES,
+    T5_BLOCK_NAMES,
+    T5_CHECKPOINT,
+    T5_TOKENIZER,
+    VAE_CHECKPOINT,
+    vae_config,
+    vae_prefixes,
+)
 
 # Transformer dims of the tiny model: 256-wide with 128-wide heads (as the real model), so RoPE splits the
 # head exactly as at full size and K-quants have 256-long rows. Audio features: 12 wav2vec2 layers of 64.
@@ -57,10 +72,6 @@ TINY_DIMS = WanDims(
 # The official code hard-codes 1280-wide CLIP features and 12 x 768 audio features: the parity fixtures use these.
 PARITY_DIMS = TINY_DIMS.replace(image_dim=1280, audio_channels=768)
 
-ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"
-DIFFUSERS_DIR = "Wan2.1-I2V-14B-480P-Diffusers"
-MULTITALK_DIR = "MeiGen-MultiTalk"
-WAV2VEC_DIR = "chinese-wav2vec2-base"
 GGUF_NAMES = {"Q8_0": "wan2.1-i2v-14b-480p-Q8_0.gguf", "Q4_K_M": "wan2.1-i2v-14b-480p-Q4_K_M.gguf"}
 TINY_TEXT_ENCODER = {"d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_heads": 2}
 TINY_WAV2VEC = {"hidden_size": 64, "num_hidden_layers": 12, "num_attention_heads": 2, "intermediate_size": 128}
@@ -288,6 +299,7 @@ def write_diffusers_layout(root: Path, dims: WanDims, seed: int = 0) -> Path:
         image_size=224,
         patch_size=14,
         projection_dim=32,
+        hidden_act="gelu",  # as the published image_encoder/config.json (open-clip ViT-H/14 uses exact GELU)
     )
     torch.manual_seed(seed + 3)
     image_encoder = CLIPVisionModelWithProjection(clip_config)
@@ -354,6 +366,96 @@ def write_wav2vec2_layout(root: Path, dims: WanDims, seed: int = 0) -> Path:
     return out
 
 
+def _load_folder(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def _original_t5(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``UMT5EncoderModel`` names -> Wan ``T5Encoder`` names, in bf16 (as ``models_t5_umt5-xxl-enc-bf16.pth``)."""
+    back = {v: k for k, v in T5_BLOCK_NAMES.items()}
+    out = {"token_embedding.weight": tensors["shared.weight"]}
+    blocks = sorted({int(k.split(".")[2]) for k in tensors if k.startswith("encoder.block.")})
+    for i in blocks:
+        for hf, wan in back.items():
+            out[f"blocks.{i}.{wan}"] = tensors[f"encoder.block.{i}.{hf}"]
+    out["norm.weight"] = tensors["encoder.final_layer_norm.weight"]
+    return {k: v.to(torch.bfloat16).contiguous() for k, v in out.items()}
+
+
+def _original_clip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``CLIPVisionModelWithProjection`` names -> the ``visual.*`` part of Wan's ``XLMRobertaCLIP`` (fp32); the
+    text tower is left out (MultiTalk never loads it), ``log_scale`` kept."""
+    v = {k.removeprefix("vision_model."): t for k, t in tensors.items()}
+    out = {
+        "visual.patch_embedding.weight": v["embeddings.patch_embedding.weight"],
+        "visual.cls_embedding": v["embeddings.class_embedding"].reshape(1, 1, -1),
+        "visual.pos_embedding": v["embeddings.position_embedding.weight"][None],
+        "visual.pre_norm.weight": v["pre_layrnorm.weight"],
+        "visual.pre_norm.bias": v["pre_layrnorm.bias"],
+    }
+    back = {hf: wan for wan, hf in CLIP_BLOCK_NAMES.items()}
+    layers = sorted({int(k.split(".")[2]) for k in v if k.startswith("encoder.layers.")})
+    for i in layers:
+        pre = f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [v[f"{pre}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            out[f"visual.transformer.{i}.attn.to_qkv.{kind}"] = torch.cat(qkv)
+            for hf, wan in back.items():
+                out[f"visual.transformer.{i}.{wan}.{kind}"] = v[f"{pre}{hf}.{kind}"]
+    out["visual.post_norm.weight"] = v["post_layernorm.weight"]
+    out["visual.post_norm.bias"] = v["post_layernorm.bias"]
+    out["visual.head"] = tensors["visual_projection.weight"].t()
+    out["log_scale"] = torch.tensor(math.log(1 / 0.07))
+    return {k: t.float().contiguous() for k, t in out.items()}
+
+
+def _original_vae(tensors: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """``AutoencoderKLWan`` names -> Wan ``WanVAE_`` names (fp32)."""
+    back = {new: old for old, new in vae_prefixes(config)}
+    inner = {new: old for old, new in (*RESBLOCK_NAMES.items(), ("shortcut", "conv_shortcut"))}
+    out = {}
+    for key, value in tensors.items():
+        module, _, leaf = key.rpartition(".")
+        parts = module.split(".")
+        for cut in range(len(parts), 0, -1):
+            head = ".".join(parts[:cut])
+            if head in back:
+                rest = ".".join(parts[cut:])
+                out[".".join(p for p in (back[head], inner.get(rest, rest), leaf) if p)] = value.float().contiguous()
+                break
+        else:
+            raise ValueError(f"no original name for VAE tensor {key}")
+    return out
+
+
+def write_original_encoders(root: Path) -> Path:
+    """The original layout's encoder checkpoints, made from the diffusers-layout tiny encoders (same weights)."""
+    from collections import OrderedDict
+
+    from transformers import AutoTokenizer
+
+    src, out = root / DIFFUSERS_DIR, root / ORIGINAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(OrderedDict(_original_t5(_load_folder(src / "text_encoder"))), out / T5_CHECKPOINT)
+    torch.save(OrderedDict(_original_clip(_load_folder(src / "image_encoder"))), out / CLIP_CHECKPOINT)
+    vae = _load_folder(src / "vae")
+    config = {k: v for k, v in json.loads((src / "vae" / "config.json").read_text()).items() if not k.startswith("_")}
+    original = _original_vae(vae, config)
+    from .engine.weights import TensorRef
+
+    shapes = {k: TensorRef(out, k, 0, 0, v.dtype, tuple(v.shape)) for k, v in original.items()}
+    if any(vae_config(shapes)[k] != config[k] for k in ("base_dim", "z_dim", "dim_mult", "num_res_blocks")):
+        raise ValueError("the tiny VAE does not round-trip through the original layout")
+    torch.save(OrderedDict(original), out / VAE_CHECKPOINT)
+    AutoTokenizer.from_pretrained(src / "tokenizer").save_pretrained(out / T5_TOKENIZER)
+    return out
+
+
 def _randomize(module: torch.nn.Module, seed: int) -> None:
     """Replace library default inits (often zeros or ones) by deterministic non-trivial values."""
     with torch.no_grad():
@@ -371,6 +473,7 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
     root.mkdir(parents=True, exist_ok=True)
     write_original_layout(root, dims, seed)
     write_diffusers_layout(root, dims, seed)
+    write_original_encoders(root)
     gguf = write_gguf_layouts(root, dims, seed)
     write_wav2vec2_layout(root, dims, seed)
     manifest = {

@@ -151,8 +151,9 @@ class Wav2Vec2Features:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         from .components import quiet_transformers
+        from .weights import building
 
-        with quiet_transformers():  # the checkpoint's pre-training heads are expected leftovers
+        with building(), quiet_transformers():  # the checkpoint's pre-training heads are expected leftovers
             model = Wav2Vec2Model.from_pretrained(path, attn_implementation=attn_implementation, local_files_only=True)
             extractor = Wav2Vec2FeatureExtractor.from_pretrained(path, local_files_only=True)
         return cls(model.to(device), extractor, device)

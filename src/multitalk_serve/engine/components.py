@@ -63,16 +63,18 @@ class T5TextEncoder:
     def from_pretrained(
         cls,
         tokenizer_dir: str | Path,
-        model_dir: str | Path,
+        model_path: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.bfloat16,
     ) -> T5TextEncoder:
-        from transformers import AutoTokenizer, UMT5EncoderModel
+        """``model_path``: a diffusers ``text_encoder`` folder or the original ``models_t5_*.pth``."""
+        from transformers import AutoTokenizer
+
+        from .encoders import build, text_encoder_source
 
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-            model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
-        return cls(tokenizer, model.to(device), device)
+        return cls(tokenizer, build(text_encoder_source(model_path), dtype, device), device)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -101,19 +103,23 @@ class ClipImageEncoder:
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: str | Path,
-        processor_dir: str | Path,
+        model_path: str | Path,
+        processor_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.bfloat16,
     ) -> ClipImageEncoder:
+        """``model_path``: a diffusers ``image_encoder`` folder or the original open-clip ``.pth``; the
+        normalisation comes from ``processor_dir``'s ``preprocessor_config.json``, else the official constants."""
         import json
 
-        from transformers import CLIPVisionModel
+        from .encoders import build, image_encoder_source
+        from .original_layout import CLIP_MEAN, CLIP_STD
 
-        config = json.loads((Path(processor_dir) / "preprocessor_config.json").read_text())
-        with quiet_transformers():  # a CLIPVisionModelWithProjection checkpoint: its projection is not used
-            model = CLIPVisionModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
-        return cls(model.to(device), config["image_mean"], config["image_std"], device)
+        mean, std = CLIP_MEAN, CLIP_STD
+        if processor_dir is not None:
+            config = json.loads((Path(processor_dir) / "preprocessor_config.json").read_text())
+            mean, std = config["image_mean"], config["image_std"]
+        return cls(build(image_encoder_source(model_path), dtype, device), mean, std, device)
 
     @torch.no_grad()
     def __call__(self, frame: torch.Tensor) -> torch.Tensor:
@@ -137,11 +143,12 @@ class WanVideoVAE:
 
     @classmethod
     def from_pretrained(
-        cls, vae_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls, vae_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> WanVideoVAE:
-        from diffusers import AutoencoderKLWan
+        """``vae_path``: a diffusers ``vae`` folder or the original ``Wan2.1_VAE.pth``."""
+        from .encoders import build, vae_source
 
-        return cls(AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype).to(device), device)
+        return cls(build(vae_source(vae_path), dtype, device), device)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
 from .checkpoints import (
@@ -41,7 +40,7 @@ from .checkpoints import (
 )
 from .errors import CheckpointError
 from .transformer import MultiTalkTransformer3DModel
-from .weights import TensorRef, read_gguf_header, read_safetensors_header
+from .weights import TensorRef, building, empty_weights, read_gguf_header, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ def _check_keys_and_shapes(model: torch.nn.Module, source: TransformerSource) ->
 
 def build_empty_model(dims: WanDims) -> MultiTalkTransformer3DModel:
     """The model with parameters on the meta device (buffers real), ready to receive weights."""
-    with init_empty_weights():
+    with empty_weights():
         model = MultiTalkTransformer3DModel(**dims.model_kwargs())
     return model.eval().requires_grad_(False)
 
@@ -367,7 +366,8 @@ def load_transformer_with_report(
     source = resolve_transformer(path, multitalk)
     model = build_empty_model(source.dims)
     _check_keys_and_shapes(model, source)
-    quantized_keys = _gguf_linear_plan(model, source, dtype) if source.quantized else set()
+    with building():  # swapping in GGUF layers constructs modules too
+        quantized_keys = _gguf_linear_plan(model, source, dtype) if source.quantized else set()
 
     from diffusers.quantizers.gguf.utils import GGUFParameter
 

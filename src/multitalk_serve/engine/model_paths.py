@@ -1,40 +1,149 @@
-"""Where each component lives in a model directory.
+"""Where each component lives: a model root, its provisioning manifest, and Hugging Face caches.
 
-A model root may be laid out like the tiny models and the provisioning profiles::
+A model root may hold any mix of the published layouts (``multitalk-serve download`` writes them like this)::
 
-    ROOT/Wan2.1-I2V-14B-480P-Diffusers/   text encoder, tokenizer, CLIP, VAE (and a transformer)
-    ROOT/Wan2.1-I2V-14B-480P/             original-layout transformer (optional)
-    ROOT/*.gguf                           a GGUF transformer (optional)
+    ROOT/Wan2.1-I2V-14B-480P-Diffusers/   diffusers layout: text_encoder/ tokenizer/ image_encoder/ vae/ (transformer/)
+    ROOT/Wan2.1-I2V-14B-480P/             original layout: transformer shards, models_t5_*.pth, models_clip_*.pth,
+                                          Wan2.1_VAE.pth, google/umt5-xxl/
+    ROOT/*.gguf                           a GGUF transformer
     ROOT/MeiGen-MultiTalk/multitalk.safetensors
     ROOT/chinese-wav2vec2-base/
+    ROOT/.multitalk/manifest.json         written by ``download``: which profile, and which file is which component
 
-or ROOT may itself be the ``-Diffusers`` folder. Explicit paths override what is found.
+ROOT may also itself be a ``-Diffusers`` or original folder. A component not found under ROOT is looked up in the
+Hugging Face caches (``HF_HUB_CACHE``, ``HF_HOME/hub`` and RunPod's cached models under
+``/runpod-volume/huggingface-cache/hub``), in place: nothing is copied. Order for each component: an explicit
+argument, the manifest, then discovery (diffusers layout before the original one; for the transformer the
+diffusers ``transformer/`` if it holds weights, then the original shards, then a GGUF file if there is one only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .checkpoints import MODEL_INDEX_NAME, MULTITALK_WEIGHTS_NAME
+from .checkpoints import CONFIG_NAME, MODEL_INDEX_NAME, MULTITALK_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from .errors import CheckpointError
+from .original_layout import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
 
-ENCODER_FOLDERS = ("text_encoder", "tokenizer", "image_encoder", "image_processor", "vae")
+DIFFUSERS_DIR = "Wan2.1-I2V-14B-480P-Diffusers"
+ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"
+MULTITALK_DIR = "MeiGen-MultiTalk"
+WAV2VEC_DIR = "chinese-wav2vec2-base"
+MANIFEST = Path(".multitalk") / "manifest.json"
+RUNPOD_HF_CACHE = Path("/runpod-volume/huggingface-cache/hub")
+
+# Hugging Face repositories each folder comes from (for cache lookups).
+REPOS = {
+    "diffusers": ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
+    "original": ("Wan-AI/Wan2.1-I2V-14B-480P", "Wan-AI/Wan2.1-I2V-14B-720P"),
+    "multitalk": ("MeiGen-AI/MeiGen-MultiTalk",),
+    "wav2vec": ("TencentGameMate/chinese-wav2vec2-base",),
+}
 
 
 @dataclass(frozen=True)
 class ModelPaths:
-    diffusers: Path  # folder with model_index.json: the encoders and the VAE
     transformer: Path  # any layout load_transformer accepts
-    multitalk: Path | None
+    multitalk: Path | None  # None: the transformer source holds the audio weights (or they sit beside it)
+    text_encoder: Path  # diffusers folder or the original .pth
+    tokenizer: Path
+    image_encoder: Path  # diffusers folder or the original .pth
+    image_processor: Path | None  # None: the official CLIP normalisation
+    vae: Path  # diffusers folder or the original .pth
     wav2vec: Path
 
+    def as_dict(self) -> dict[str, str | None]:
+        return {f.name: (str(getattr(self, f.name)) if getattr(self, f.name) else None) for f in fields(self)}
 
-def _find_diffusers(root: Path) -> Path | None:
-    if (root / MODEL_INDEX_NAME).is_file():
+
+def hf_cache_dirs() -> list[Path]:
+    """Hugging Face hub caches to search, existing ones only: ``HF_HUB_CACHE``, ``HF_HOME/hub``, RunPod's."""
+    candidates = []
+    if os.environ.get("HF_HUB_CACHE"):
+        candidates.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        candidates.append(Path(os.environ["HF_HOME"]) / "hub")
+    candidates.append(RUNPOD_HF_CACHE)
+    return [p for p in dict.fromkeys(candidates) if p.is_dir()]
+
+
+def cached_snapshot(repo_id: str, cache_dirs: list[Path], revision: str = "main") -> Path | None:
+    """``<cache>/models--org--name/snapshots/<commit>`` for ``revision`` (via ``refs/``), or the only snapshot."""
+    for cache in cache_dirs:
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        snapshots = repo / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        ref = repo / "refs" / revision
+        if ref.is_file():
+            commit = ref.read_text().strip()
+            if (snapshots / commit).is_dir():
+                return snapshots / commit
+        found = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+    return None
+
+
+def read_manifest(root: Path) -> dict | None:
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable manifest ({exc}); rerun `download` to rewrite it") from exc
+
+
+def _is_diffusers(folder: Path) -> bool:
+    return (folder / MODEL_INDEX_NAME).is_file()
+
+
+def _is_original(folder: Path) -> bool:
+    return (folder / T5_CHECKPOINT).is_file() or (folder / VAE_CHECKPOINT).is_file()
+
+
+def _has_transformer(folder: Path) -> bool:
+    weights = (folder / WEIGHTS_INDEX_NAME).is_file() or (folder / WEIGHTS_NAME).is_file()
+    return (folder / CONFIG_NAME).is_file() and weights
+
+
+def _find_folder(root: Path, kind: str, cache_dirs: list[Path]) -> Path | None:
+    test = _is_diffusers if kind == "diffusers" else _is_original
+    if test(root):
         return root
-    found = sorted(p.parent for p in root.glob(f"*/{MODEL_INDEX_NAME}"))
-    return found[0] if found else None
+    preferred = root / (DIFFUSERS_DIR if kind == "diffusers" else ORIGINAL_DIR)
+    if test(preferred):
+        return preferred
+    found = sorted(p for p in root.iterdir() if p.is_dir() and test(p)) if root.is_dir() else []
+    if found:
+        return found[0]
+    for repo in REPOS[kind]:
+        snapshot = cached_snapshot(repo, cache_dirs)
+        if snapshot is not None and test(snapshot):
+            return snapshot
+    return None
+
+
+def _find_named(root: Path, folder: str, kind: str, cache_dirs: list[Path], check) -> Path | None:
+    if check(root / folder):
+        return root / folder
+    for repo in REPOS[kind]:
+        for revision in ("main", "refs/pr/1"):
+            snapshot = cached_snapshot(repo, cache_dirs, revision)
+            if snapshot is not None and check(snapshot):
+                return snapshot
+    return None
+
+
+def _from_manifest(root: Path, manifest: dict | None) -> dict[str, Path | None]:
+    out: dict[str, Path | None] = {}
+    for name, value in ((manifest or {}).get("components") or {}).items():
+        out[name] = None if value is None else (Path(value) if Path(value).is_absolute() else root / value)
+    return out
 
 
 def resolve_model_paths(
@@ -43,29 +152,102 @@ def resolve_model_paths(
     transformer: str | Path | None = None,
     multitalk: str | Path | None = None,
     wav2vec: str | Path | None = None,
+    cache_dirs: list[Path] | None = None,
 ) -> ModelPaths:
+    """Every component's path (see module docstring); ``CheckpointError`` lists everything that is missing."""
+    found, problems = find_components(
+        root, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec, cache_dirs=cache_dirs
+    )
+    if problems:
+        raise CheckpointError(f"incomplete model directory {root}: " + "; ".join(problems))
+    return ModelPaths(**found)
+
+
+def find_components(
+    root: str | Path,
+    *,
+    transformer: str | Path | None = None,
+    multitalk: str | Path | None = None,
+    wav2vec: str | Path | None = None,
+    cache_dirs: list[Path] | None = None,
+) -> tuple[dict[str, Path | None], list[str]]:
+    """What ``resolve_model_paths`` finds, without raising: (component -> path or None, problems)."""
     root = Path(root)
     if not root.is_dir():
-        raise CheckpointError(f"model directory does not exist: {root}")
-    diffusers = _find_diffusers(root)
-    if diffusers is None:
-        raise CheckpointError(
-            f"{root}: no diffusers-layout folder (model_index.json) for the text encoder, CLIP and VAE "
-            "(Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); the original layout's .pth encoders are not supported yet"
-        )
-    missing = [name for name in ENCODER_FOLDERS if not (diffusers / name).is_dir()]
-    if missing:
-        raise CheckpointError(f"{diffusers}: missing component folders: {', '.join(missing)}")
-    if multitalk is None:
-        candidate = root / "MeiGen-MultiTalk" / MULTITALK_WEIGHTS_NAME
-        multitalk = candidate if candidate.is_file() else None
-    if wav2vec is None:
-        wav2vec = root / "chinese-wav2vec2-base"
-        if not (wav2vec / "config.json").is_file():
-            raise CheckpointError(f"{root}: no chinese-wav2vec2-base folder (TencentGameMate/chinese-wav2vec2-base)")
-    return ModelPaths(
-        diffusers=diffusers,
-        transformer=Path(transformer) if transformer is not None else diffusers,
-        multitalk=Path(multitalk) if multitalk is not None else None,
-        wav2vec=Path(wav2vec),
+        return dict.fromkeys(f.name for f in fields(ModelPaths)), [f"model directory does not exist: {root}"]
+    caches = hf_cache_dirs() if cache_dirs is None else cache_dirs
+    listed = _from_manifest(root, read_manifest(root))
+    diffusers = _find_folder(root, "diffusers", caches)
+    original = _find_folder(root, "original", caches)
+    problems = []
+
+    def pick(name: str, explicit, *candidates: Path | None) -> Path | None:
+        if explicit is not None:
+            return Path(explicit)
+        if name in listed:
+            return listed[name]
+        return next((c for c in candidates if c is not None and c.exists()), None)
+
+    def sub(folder: Path | None, name: str) -> Path | None:
+        return folder / name if folder is not None and (folder / name).exists() else None
+
+    text_encoder = pick("text_encoder", None, sub(diffusers, "text_encoder"), sub(original, T5_CHECKPOINT))
+    tokenizer = pick("tokenizer", None, sub(diffusers, "tokenizer"), sub(original, T5_TOKENIZER))
+    image_encoder = pick("image_encoder", None, sub(diffusers, "image_encoder"), sub(original, CLIP_CHECKPOINT))
+    image_processor = pick("image_processor", None, sub(diffusers, "image_processor"))
+    vae = pick("vae", None, sub(diffusers, "vae"), sub(original, VAE_CHECKPOINT))
+    diffusers_transformer = sub(diffusers, "transformer")
+    if diffusers_transformer is not None and not _has_transformer(diffusers_transformer):
+        diffusers_transformer = None  # encoders-only download (a GGUF profile)
+    original_transformer = original if original is not None and _has_transformer(original) else None
+    ggufs = sorted(root.glob("*.gguf"))
+    chosen = pick(
+        "transformer", transformer, diffusers_transformer, original_transformer, ggufs[0] if len(ggufs) == 1 else None
     )
+    if chosen is None and len(ggufs) > 1:
+        problems.append(
+            f"{root}: several GGUF transformers ({', '.join(p.name for p in ggufs)}); name one with "
+            "--transformer (MULTITALK_TRANSFORMER for the worker) or keep one"
+        )
+    audio = pick(
+        "multitalk",
+        multitalk,
+        _find_named(root, MULTITALK_DIR, "multitalk", caches, lambda p: (p / MULTITALK_WEIGHTS_NAME).is_file()),
+    )
+    if audio is not None and audio.is_dir():
+        audio = audio / MULTITALK_WEIGHTS_NAME
+    speech = pick(
+        "wav2vec",
+        wav2vec,
+        _find_named(root, WAV2VEC_DIR, "wav2vec", caches, lambda p: (p / CONFIG_NAME).is_file()),
+    )
+
+    wanted = {
+        "transformer": (chosen, "a transformer (Wan2.1-I2V-14B-480P[-Diffusers] or a GGUF file)"),
+        "text_encoder": (text_encoder, f"the T5 text encoder (text_encoder/ or {T5_CHECKPOINT})"),
+        "tokenizer": (tokenizer, f"the T5 tokenizer (tokenizer/ or {T5_TOKENIZER}/)"),
+        "image_encoder": (image_encoder, f"the CLIP image encoder (image_encoder/ or {CLIP_CHECKPOINT})"),
+        "vae": (vae, f"the VAE (vae/ or {VAE_CHECKPOINT})"),
+        "wav2vec": (speech, f"{WAV2VEC_DIR} (TencentGameMate/chinese-wav2vec2-base)"),
+    }
+    searched = ", ".join(str(p) for p in [root, *caches])
+    for name, (path, what) in wanted.items():
+        if path is None and name == "transformer" and len(ggufs) > 1:
+            continue  # reported above
+        if path is None:
+            problems.append(f"{name}: not found, expected {what} (searched {searched})")
+        elif not path.exists():
+            problems.append(f"{name}: {path} does not exist")
+    if audio is not None and not audio.exists():
+        problems.append(f"multitalk: {audio} does not exist")
+    found = {
+        "transformer": chosen,
+        "multitalk": audio,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "image_encoder": image_encoder,
+        "image_processor": image_processor,
+        "vae": vae,
+        "wav2vec": speech,
+    }
+    return {k: (v if v is None or v.exists() else None) for k, v in found.items()}, problems

@@ -111,7 +111,9 @@ class Worker:
         config = config or WorkerConfig()
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
-        pipeline = MultiTalkPipeline.from_pretrained(config.model_path, device=device, dtype=dtype)
+        pipeline = MultiTalkPipeline.from_pretrained(
+            config.model_path, transformer=config.transformer, device=device, dtype=dtype
+        )
         seconds = time.perf_counter() - start
         log.info("pipeline loaded from %s on %s (%s) in %.1f s", config.model_path, device, dtype, seconds)
         return cls(pipeline, config, seconds)

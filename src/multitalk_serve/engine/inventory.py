@@ -1,0 +1,197 @@
+"""Is a model directory complete and consistent? Checked from file headers and configs only.
+
+``inspect_model_dir`` resolves every component (``model_paths``), then for each one checks, without reading any
+tensor data: the files its index names exist and are long enough; every tensor the model needs is there with its
+shape (the model is built on the meta device); configs parse; and the components fit together (the transformer's
+text / image / audio widths against the T5, CLIP and wav2vec2 it will be fed, the VAE's latent channels). Every
+problem is collected, so one run says everything that is missing. ``verify`` and the worker's start-up check use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CheckpointError
+from .model_paths import ModelPaths, find_components
+
+COMPONENTS = ("transformer", "text_encoder", "tokenizer", "image_encoder", "image_processor", "vae", "wav2vec")
+
+
+@dataclass
+class ComponentReport:
+    name: str
+    path: str | None
+    layout: str = ""
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    problem: str | None = None
+
+
+@dataclass
+class Inventory:
+    root: str
+    paths: ModelPaths | None  # None when a component could not be found
+    components: list[ComponentReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({f for c in self.components for f in c.files})
+
+    def as_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "paths": self.paths.as_dict() if self.paths else None,
+            "components": [asdict(c) for c in self.components],
+            "problems": self.problems,
+        }
+
+    def raise_if_incomplete(self) -> None:
+        if self.problems:
+            raise CheckpointError(f"{self.root}: " + "; ".join(self.problems))
+
+
+def _transformer(located: dict, report: ComponentReport) -> dict:
+    from .loading import _check_keys_and_shapes, build_empty_model, resolve_transformer
+
+    source = resolve_transformer(located["transformer"], located["multitalk"])
+    _check_keys_and_shapes(build_empty_model(source.dims), source)
+    report.layout = source.layout
+    report.files = [str(f) for f in source.files]
+    report.bytes = sum(r.nbytes for r in source.refs.values())
+    return {"text": source.dims.text_dim, "image": source.dims.image_dim, "audio": source.dims}
+
+
+def _encoder(kind: str, path: Path, report: ComponentReport) -> dict:
+    from . import encoders
+
+    source = {"text_encoder": encoders.text_encoder_source, "image_encoder": encoders.image_encoder_source}.get(
+        kind, encoders.vae_source
+    )(path)
+    encoders.check(source)
+    report.layout, report.files, report.bytes = source.layout, [str(f) for f in source.files], source.nbytes
+    return source.config
+
+
+def _tokenizer(path: Path, report: ComponentReport) -> None:
+    from transformers import AutoTokenizer
+
+    from .components import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: tokenizer does not load ({exc})") from exc
+    report.files = sorted(str(p) for p in path.iterdir() if p.is_file())
+
+
+def _image_processor(path: Path, report: ComponentReport) -> None:
+    config_path = path / "preprocessor_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: missing or invalid ({exc})") from exc
+    for key in ("image_mean", "image_std"):
+        if not (isinstance(config.get(key), list) and len(config[key]) == 3):
+            raise CheckpointError(f"{config_path}: {key} must be a list of 3 numbers")
+    report.files = [str(config_path)]
+
+
+def _wav2vec(path: Path, report: ComponentReport) -> dict:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from .weights import check_refs, empty_weights, read_header
+
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}")
+    weights = next((path / w for w in ("model.safetensors", "pytorch_model.bin") if (path / w).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    config = Wav2Vec2Config.from_pretrained(path)
+    with empty_weights():
+        model = Wav2Vec2Model(config)
+    refs = {k.removeprefix("wav2vec2."): v for k, v in read_header(weights).items()}
+    expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    # The checkpoint is a pre-training one: its quantizer / projection heads are extra and unused.
+    check_refs(expected, {k: v for k, v in refs.items() if k in expected or k.startswith(("encoder.", "feature_"))})
+    report.layout = "transformers"
+    report.files = [str(path / "config.json"), str(path / "preprocessor_config.json"), str(weights)]
+    report.bytes = sum(refs[k].nbytes for k in expected)
+    return {"hidden": config.hidden_size, "layers": config.num_hidden_layers}
+
+
+def inspect_model_dir(
+    root: str | Path,
+    *,
+    transformer: str | Path | None = None,
+    multitalk: str | Path | None = None,
+    wav2vec: str | Path | None = None,
+    cache_dirs: list[Path] | None = None,
+) -> Inventory:
+    """Check every component of the model directory ``root``; never raises for a bad directory (see ``problems``)."""
+    located, problems = find_components(
+        root, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec, cache_dirs=cache_dirs
+    )
+    paths = ModelPaths(**located) if not problems else None
+    inventory = Inventory(str(root), paths, problems=list(problems))
+    found: dict[str, object] = {}
+    for name in COMPONENTS:
+        path = located[name]
+        report = ComponentReport(name, str(path) if path else None)
+        inventory.components.append(report)
+        if path is None:
+            if name == "image_processor":  # optional: the original layout uses the official constants
+                report.layout = "official constants"
+            else:
+                report.problem = next((p for p in problems if p.startswith(f"{name}:")), "not found")
+            continue
+        if name == "transformer" and located["multitalk"] is None and "multitalk" in str(problems):
+            continue
+        try:
+            if name == "transformer":
+                found[name] = _transformer(located, report)
+            elif name in ("text_encoder", "image_encoder", "vae"):
+                found[name] = _encoder(name, path, report)
+            elif name == "tokenizer":
+                _tokenizer(path, report)
+            elif name == "image_processor":
+                _image_processor(path, report)
+            else:
+                found[name] = _wav2vec(path, report)
+        except CheckpointError as exc:
+            report.problem = str(exc)
+            inventory.problems.append(f"{name}: {exc}")
+    inventory.problems += _mismatches(found)
+    return inventory
+
+
+def _mismatches(found: dict) -> list[str]:
+    """Widths that must agree between components (only for components that passed their own checks)."""
+    problems = []
+    t = found.get("transformer")
+    if not t:
+        return problems
+    text, clip, vae, speech = (found.get(k) for k in ("text_encoder", "image_encoder", "vae", "wav2vec"))
+    if text and text.get("d_model") != t["text"]:
+        problems.append(f"the transformer takes {t['text']}-wide text features; the T5 encoder makes {text['d_model']}")
+    if clip and clip.get("hidden_size") != t["image"]:
+        problems.append(f"the transformer takes {t['image']}-wide CLIP features; CLIP makes {clip['hidden_size']}")
+    if vae and vae.get("z_dim", 16) * 2 + 4 != t["audio"].in_dim:
+        problems.append(f"the transformer takes {t['audio'].in_dim} input channels; the VAE's latents need 36")
+    if speech:
+        dims = t["audio"]
+        if (speech["layers"], speech["hidden"]) != (dims.audio_layers, dims.audio_channels):
+            problems.append(
+                f"the MultiTalk audio layers take {dims.audio_layers} x {dims.audio_channels} wav2vec2 features, "
+                f"the wav2vec2 model makes {speech['layers']} x {speech['hidden']}"
+            )
+    return problems
