@@ -2,6 +2,9 @@
 # Container entry point: report versions and GPU, optionally write a tiny model (smoke tests without weights),
 # then run the worker (production loop, or the local API when SERVE_API_LOCALLY=true).
 set -euo pipefail
+# The worker never talks to the Hub (weights come from the volume or a cached model); `multitalk-serve download`,
+# run as the container's command instead of this script, does.
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 python3 - <<'PY'
 import torch, multitalk_serve
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible"

@@ -3,9 +3,7 @@ inventory that says what is missing or inconsistent."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from PIL import Image
 
 import pipeline_stubs as stubs
+from hf_cache import fake_hf_cache
 from multitalk_serve.engine.errors import CheckpointError
 from multitalk_serve.engine.inventory import inspect_model_dir
 from multitalk_serve.engine.model_paths import cached_snapshot, resolve_model_paths
@@ -29,24 +28,6 @@ def copy_parts(tiny_root: Path, dest: Path, *parts: str) -> Path:
         src = tiny_root / part
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / part)
     return dest
-
-
-def fake_hf_cache(cache: Path, repo_id: str, folder: Path) -> Path:
-    """``folder`` laid out as huggingface_hub's cache does: blobs by hash, a snapshot of symlinks, refs/main."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / file.relative_to(folder)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
 
 
 def test_tiny_root_prefers_the_diffusers_layout(tiny_root):

@@ -155,7 +155,13 @@ def test_test_input_mode(tiny_root, tmp_path):
         }
     }
     (tmp_path / "test_input.json").write_text(json.dumps(job))
-    env = {**os.environ, "MODEL_PATH": str(tiny_root), "VOLUME_PATH": str(volume), "MULTITALK_DTYPE": "fp32"}
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(tiny_root),
+        "VOLUME_PATH": str(volume),
+        "MULTITALK_DTYPE": "fp32",
+        "MULTITALK_WARMUP": "1",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "multitalk_serve.worker"],
         env=env,
@@ -165,6 +171,7 @@ def test_test_input_mode(tiny_root, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "warm-up generation done" in result.stdout + result.stderr
     videos = list((volume / "outputs").rglob("*.mp4"))
     assert len(videos) == 1 and probe(videos[0]).frames == 25
 

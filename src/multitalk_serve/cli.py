@@ -2,6 +2,9 @@
 
 Verbs:
   generate           image + one or two voices + prompt -> talking MP4
+  profiles           the download profiles: sizes on disk and GPU memory for the weights
+  download           fetch a profile into a model directory (a network volume), verified and resumable
+  verify             check a model directory is complete and consistent (what the worker checks at start)
   make-tiny DIR      write seeded random-weight models in every published layout (see ``multitalk_serve.tiny``)
   forward MODEL      load a transformer from any layout and time one forward pass on random inputs
   layouts [DIR]      make-tiny if needed, then one forward from each layout, side by side
@@ -76,6 +79,91 @@ class ProgressBar:
         end = "\n" if progress.stage == "done" or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line.ljust(100)[:100] + end)
         self.stream.flush()
+
+
+def _default_dest() -> str:
+    import os
+
+    return os.environ.get("MODEL_PATH") or "/runpod-volume/models"
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from .provision.profiles import PROFILES
+
+    print(profiles_table())
+    if args.verbose:
+        for profile in PROFILES.values():
+            print(f"\n{profile.name}: {profile.summary}")
+            for fetch in profile.fetches:
+                cast = f"; bf16 on arrival: {', '.join(fetch.to_bf16)}" if fetch.to_bf16 else ""
+                print(f"  {fetch.repo_id}@{fetch.revision} -> {fetch.folder or '.'}/: {', '.join(fetch.include)}{cast}")
+    return 0
+
+
+def profiles_table() -> str:
+    """The README's profile table (kept in sync by a test)."""
+    from .provision.profiles import PROFILES, estimate
+
+    rows = [
+        "| profile | what | download | on the volume | GPU memory for the weights |",
+        "|---|---|---|---|---|",
+    ]
+    for name, profile in PROFILES.items():
+        e = estimate(name)
+        rows.append(
+            f"| `{name}` | {profile.summary} | {e.download_gb:.1f} GB | {e.disk_gb:.1f} GB | "
+            f"{e.gpu_weights_gb:.1f} GB ({e.transformer_gb:.1f} transformer + {e.encoders_gb:.1f} encoders) |"
+        )
+    return "\n".join(rows)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .provision.download import Downloader, DownloadError
+    from .provision.profiles import PROFILES
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    downloader = Downloader(
+        args.dest,
+        PROFILES[args.profile],
+        workers=args.workers,
+        verify_hashes=args.verify_hashes,
+        use_cache=not args.no_cache,
+        log=log,
+        progress_interval=args.progress_every,
+    )
+    try:
+        report = downloader.run(dry_run=args.dry_run)
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_dict(), indent=2))
+    if args.dry_run:
+        return 0
+    return _cmd_verify(argparse.Namespace(dest=args.dest, hashes=False, transformer=None, json=False, quiet=True))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .provision.verify import verify_model_dir
+
+    result = verify_model_dir(args.dest, hashes=args.hashes, transformer=args.transformer)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0 if result.ok else 1
+    for component in result.inventory.components:
+        state = "ok" if component.problem is None else "PROBLEM"
+        size = f"{component.bytes / 1e9:.2f} GB" if component.bytes else ""
+        if not getattr(args, "quiet", False) or component.problem:
+            print(f"{component.name:<16}{state:<9}{component.layout:<20}{size:>10}  {component.path}")
+    for note in result.notes:
+        print(f"note: {note}")
+    for problem in result.all_problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    verdict = "complete and consistent" if result.ok else f"{len(result.all_problems)} problem(s)"
+    hashed = f", {result.files_hashed} files re-hashed" if result.files_hashed else ""
+    print(f"{args.dest}: {verdict}{hashed}")
+    return 0 if result.ok else 1
 
 
 def _parse_box(text: str):
@@ -267,6 +355,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("profiles", help="download profiles: sizes on disk and GPU memory for the weights")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list each profile's repositories and files")
+    p.set_defaults(func=_cmd_profiles)
+
+    from .provision.profiles import PROFILES
+
+    p = sub.add_parser("download", help="fetch a profile into a model directory, verified and resumable")
+    p.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    p.add_argument(
+        "--dest", default=_default_dest(), help="model directory (default: $MODEL_PATH or /runpod-volume/models)"
+    )
+    p.add_argument("--workers", type=int, default=8, help="files downloaded at the same time")
+    p.add_argument("--dry-run", action="store_true", help="list what would be fetched (exact sizes from the Hub)")
+    p.add_argument(
+        "--verify-hashes", action="store_true", help="re-hash files already present instead of trusting the manifest"
+    )
+    p.add_argument("--no-cache", action="store_true", help="ignore Hugging Face caches (RunPod cached models)")
+    p.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("verify", help="check a model directory is complete and consistent")
+    p.add_argument(
+        "--dest", default=_default_dest(), help="model directory (default: $MODEL_PATH or /runpod-volume/models)"
+    )
+    p.add_argument("--hashes", action="store_true", help="re-hash every file download recorded (reads every byte)")
+    p.add_argument("--transformer", help="the transformer to check, when the directory holds several")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("make-tiny", help="write seeded random-weight models in the published layouts")
     p.add_argument("dir")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,20 +30,31 @@ NEGATIVE_PROMPT = (
 )
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet = {"depth": 0, "level": 0, "bars": False}
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars for the duration (restored afterwards)."""
+    """Silence transformers' load reports and progress bars for the duration (restored when the last of several
+    overlapping uses, e.g. components loading in parallel threads, ends)."""
     from transformers.utils import logging as tlog
 
-    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+    with _QUIET_LOCK:
+        if _quiet["depth"] == 0:
+            _quiet["level"], _quiet["bars"] = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+            tlog.set_verbosity_error()
+            tlog.disable_progress_bar()
+        _quiet["depth"] += 1
     try:
         yield
     finally:
-        tlog.set_verbosity(level)
-        if bars:
-            tlog.enable_progress_bar()
+        with _QUIET_LOCK:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                tlog.set_verbosity(_quiet["level"])
+                if _quiet["bars"]:
+                    tlog.enable_progress_bar()
 
 
 def clean_prompt(text: str) -> str:

@@ -93,6 +93,21 @@ def vae_source(path: str | Path) -> ComponentSource:
     return ComponentSource("vae", "original", path, config, orig.vae_refs(refs, config))
 
 
+def import_libraries() -> None:
+    """Import every model class loading uses, in the calling thread: Python's import lock serialises imports, so
+    components loading in parallel threads would otherwise wait on each other's first imports."""
+    import diffusers.models.autoencoders.autoencoder_kl_wan
+    import diffusers.models.transformers.transformer_wan  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoTokenizer,
+        CLIPVisionModel,
+        T5TokenizerFast,
+        UMT5EncoderModel,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+    )
+
+
 def empty_model(source: ComponentSource) -> torch.nn.Module:
     """The library model for ``source`` with its parameters on the meta device (buffers real)."""
     from diffusers import AutoencoderKLWan

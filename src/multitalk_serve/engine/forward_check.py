@@ -52,12 +52,12 @@ def random_model(
     Weights are N(0, 1/fan_in) (norms near 1, biases small), the dtype policy is the loader's (norms, modulation and
     time embedder in fp32, the rest in ``dtype``).
     """
-    from .loading import _keep_fp32, build_empty_model
+    from .loading import build_empty_model, keeps_fp32
 
     model = build_empty_model(dims)  # parameters on the meta device, buffers (RoPE tables) real
     g = torch.Generator(device=device).manual_seed(seed)
     for name, meta in list(model.named_parameters()):
-        p = torch.empty(meta.shape, dtype=torch.float32 if _keep_fp32(name) else dtype, device=device)
+        p = torch.empty(meta.shape, dtype=torch.float32 if keeps_fp32(name) else dtype, device=device)
         if p.ndim == 1:
             p.normal_(1.0 if "norm" in name else 0.0, 0.02, generator=g)
         else:

@@ -263,7 +263,8 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
     return source
 
 
-def _keep_fp32(name: str) -> bool:
+def keeps_fp32(name: str) -> bool:
+    """Parameters the model keeps in float32 whatever its dtype (norms, modulation, time embedder, audio norm)."""
     parts = name.split(".")
     return any(m in parts for m in MultiTalkTransformer3DModel._keep_in_fp32_modules)
 
@@ -303,7 +304,7 @@ def _gguf_linear_plan(model: torch.nn.Module, source: TransformerSource, compute
     keep = set()
     markers = {}
     for key, ref in source.refs.items():
-        if ref.gguf_type is None or not key.endswith(".weight") or _keep_fp32(key):
+        if ref.gguf_type is None or not key.endswith(".weight") or keeps_fp32(key):
             continue
         logical = tuple(int(n) for n in ref.shape)
         if len(logical) != 2 or logical != _quant_logical_shape(ref):
@@ -377,7 +378,7 @@ def load_transformer_with_report(
 
     def load_one(key: str) -> None:
         ref = source.refs[key]
-        target = torch.float32 if _keep_fp32(key) else dtype
+        target = torch.float32 if keeps_fp32(key) else dtype
         if key in quantized_keys:
             value: torch.Tensor = GGUFParameter(ref.read().to(device), quant_type=ref.gguf_type)
         elif ref.gguf_type is not None:

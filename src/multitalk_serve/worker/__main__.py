@@ -37,7 +37,12 @@ def main() -> None:
         logging.getLogger("multitalk_serve.worker").info("model folder complete: %d transformer files", len(files))
         worker = Worker.from_config(config)
     except EngineError as exc:
-        logging.getLogger("multitalk_serve.worker").error("E_MODEL: %s", exc)
+        logging.getLogger("multitalk_serve.worker").error(
+            "E_MODEL: %s (fill the volume once with `multitalk-serve download --profile bf16 --dest %s`, "
+            "see README: Model provisioning)",
+            exc,
+            config.model_path,
+        )
         sys.exit(1)
 
     runpod.serverless.register_fitness_check(lambda: check_gpu_headroom(worker.pipeline.device))

@@ -96,6 +96,7 @@ def _region_of(endpoint: str) -> str | None:
 class WorkerConfig:
     model_path: Path = field(default_factory=lambda: Path(_env("MODEL_PATH", "/runpod-volume/models")))
     transformer: str | None = field(default_factory=lambda: _env("MULTITALK_TRANSFORMER"))
+    warmup: bool = field(default_factory=lambda: (_env("MULTITALK_WARMUP", "0") or "0").lower() in ("1", "true", "yes"))
     volume_path: Path = field(default_factory=lambda: Path(_env("VOLUME_PATH", "/runpod-volume")))
     max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 120.0))
     max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))

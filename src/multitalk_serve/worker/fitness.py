@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from ..engine.inventory import inspect_model_dir
+from ..engine.errors import CheckpointError
+from ..provision.verify import verify_model_dir
 from .config import WorkerConfig
 
 # GPU memory a 480p / 720p job needs beyond the loaded weights (activations, VAE decode of a clip), in GB.
@@ -19,11 +20,13 @@ HEADROOM_GB = {"480p": 10.0, "720p": 22.0}
 
 
 def check_model_folder(config: WorkerConfig) -> list[str]:
-    """Raise ``CheckpointError`` naming everything missing or inconsistent (files, tensors, shapes, configs, widths
-    between components; headers only, no weights read); return the files that make up the model."""
-    inventory = inspect_model_dir(config.model_path, transformer=config.transformer)
-    inventory.raise_if_incomplete()
-    return inventory.files
+    """What ``multitalk-serve verify`` checks (without re-hashing): raise ``CheckpointError`` naming everything
+    missing or inconsistent (files download recorded, tensors, shapes, configs, widths between components; headers
+    only, no weights read); return the files that make up the model."""
+    result = verify_model_dir(config.model_path, transformer=config.transformer)
+    if not result.ok:
+        raise CheckpointError(f"{config.model_path}: " + "; ".join(result.all_problems))
+    return result.inventory.files
 
 
 def check_gpu_headroom(device: torch.device, resolution: str | None = None) -> None:

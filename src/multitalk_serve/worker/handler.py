@@ -116,6 +116,8 @@ class Worker:
         )
         seconds = time.perf_counter() - start
         log.info("pipeline loaded from %s on %s (%s) in %.1f s", config.model_path, device, dtype, seconds)
+        if config.warmup:
+            log.info("warm-up generation done in %.1f s (MULTITALK_WARMUP)", pipeline.warm_up())
         return cls(pipeline, config, seconds)
 
     # --- RunPod entry point ------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Provisioning: fill a model directory (a RunPod network volume) with a verified profile of weights."""
