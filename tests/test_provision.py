@@ -276,7 +276,9 @@ def test_hf_token_is_honoured(tiny_root, tmp_path, monkeypatch):
         assert info.value.code == "E_AUTH" and "HF_TOKEN" in info.value.message
         monkeypatch.setenv("HF_TOKEN", "hf_secret")
         gated_hub.clear_requests()
-        run(tmp_path / "b")
+        logs: list[str] = []
+        run(tmp_path / "b", logs=logs)
+        assert logs and not any("hf_secret" in line for line in logs)
         hub_calls = [r for r in gated_hub.requests if r.server == "hub"]
         assert hub_calls and all(r.authorization == "Bearer hf_secret" for r in hub_calls)
         assert all(r.authorization is None for r in gated_hub.requests if r.server == "cdn"), "token sent to the CDN"

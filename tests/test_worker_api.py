@@ -245,3 +245,23 @@ def test_production_loop_cancel_then_next_job(production, tmp_path):
     log = (tmp / "worker.log").read_text()
     assert "job-cancel: stop requested" in log
     assert "base64," not in log and "UklGR" not in log  # DEBUG logging, yet no payloads
+
+
+def test_production_loop_keeps_credentials_out_of_the_log(production, bucket, tmp_path):
+    """The platform hands the job over with its s3Config; at DEBUG the worker's log still holds no credential, no
+    signature and no payload."""
+    fake, _, tmp = production
+    secret = {
+        "endpointUrl": bucket.endpoint_url,
+        "accessId": "AKIAPRODSECRET987654",
+        "accessSecret": "prod-secret-value-never-logged",
+        "bucketName": bucket.bucket,
+    }
+    job = {"image": png_b64(), "audio": [wav_b64(tmp_path)], **FAST}
+    fake.jobs.put({"id": "job-s3", "input": job, "s3Config": secret})
+    final = fake.wait_for(lambda: fake.final("job-s3"), 180, "the S3 job's result")
+    assert final["output"]["video"]["storage"] == "s3", final
+    log = (tmp / "worker.log").read_text()
+    assert "job-s3" in log
+    for leak in ("AKIAPRODSECRET987654", "prod-secret-value-never-logged", "X-Amz-Signature=", "base64,"):
+        assert leak not in log, leak

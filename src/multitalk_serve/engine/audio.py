@@ -32,8 +32,17 @@ class AudioError(EngineError):
     """An audio input cannot be used (unreadable, no audio track, empty, not finite, ...)."""
 
 
-def decode_audio(source: str | Path | bytes, name: str = "audio", rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of ``source`` (a path or the file's bytes) to mono float32 at ``rate`` Hz."""
+def decode_audio(
+    source: str | Path | bytes,
+    name: str = "audio",
+    rate: int = SAMPLE_RATE,
+    max_seconds: float | None = None,
+    cut: bool = False,
+) -> np.ndarray:
+    """Decode the first audio stream of ``source`` (a path or the file's bytes) to mono float32 at ``rate`` Hz.
+
+    Decoding stops past ``max_seconds``: an over-long input is an ``AudioError`` (or, with ``cut``, cut there), so
+    hours of audio are never decoded to be refused afterwards."""
     import av
 
     handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source)
@@ -47,15 +56,25 @@ def decode_audio(source: str | Path | bytes, name: str = "audio", rate: int = SA
             raise AudioError(f"{name}: the file has no audio track")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         chunks = []
+        limit = None if max_seconds is None else int(max_seconds * rate) + 1
+        decoded = 0
         try:
             for frame in container.decode(streams[0]):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                    decoded += chunks[-1].size
+                if limit is not None and decoded > limit:
+                    if not cut:
+                        raise AudioError(f"{name}: longer than the {max_seconds:g} s limit")
+                    break
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
         except (av.error.FFmpegError, ValueError) as exc:
             raise AudioError(f"{name}: cannot decode the audio ({_first_line(exc)})") from exc
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if limit is not None:
+        wave = wave[:limit]
     if wave.size == 0:
         raise AudioError(f"{name}: the audio is empty")
     if not np.isfinite(wave).all():

@@ -127,6 +127,9 @@ def resize_and_center_crop(image: Image.Image, target: tuple[int, int]) -> torch
     return (torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255 - 0.5) * 2
 
 
+MAX_BOX_OVERLAP = 0.5  # two person boxes may touch or overlap a little, not cover the same person
+
+
 def person_masks(height: int, width: int, boxes: list[Box] | None, speakers: int) -> torch.Tensor:
     """``[3, height, width]`` source-resolution masks: person 1, person 2, background (the official construction).
 
@@ -134,6 +137,11 @@ def person_masks(height: int, width: int, boxes: list[Box] | None, speakers: int
     background is everything outside every person.
     """
     if speakers == 1:
+        if boxes is not None:
+            raise ImageInputError(
+                "person boxes are for two speakers, but one audio track was given (add the second speaker's "
+                "audio, or null for a silent second person)"
+            )
         return torch.ones(3, height, width)
     if boxes is not None:
         if len(boxes) != 2:
@@ -146,6 +154,13 @@ def person_masks(height: int, width: int, boxes: list[Box] | None, speakers: int
             if not m.any():
                 raise ImageInputError(f"box of person {i + 1} covers no whole pixel")
             people.append(m)
+        shared = float((people[0] * people[1]).sum())
+        smaller = float(min(people[0].sum(), people[1].sum()))
+        if shared > MAX_BOX_OVERLAP * smaller:
+            raise ImageInputError(
+                f"the boxes of person 1 and person 2 overlap on {shared / smaller:.0%} of the smaller one: each "
+                "speaker needs their own region (draw them with a mask preview)"
+            )
     else:
         r0, r1 = int(height * FACE_SCALE), int(height * (1 - FACE_SCALE))
         half = width // 2

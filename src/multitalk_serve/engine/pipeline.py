@@ -230,7 +230,15 @@ def load_image(source: str | Path | bytes | Image.Image, name: str = "image") ->
             image.load()
         except ImageInputError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        except Image.DecompressionBombError as exc:  # Pillow's own guard fires first for the very largest
+            raise ImageInputError(
+                f"{name}: over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit (a decompression bomb? {exc})"
+            ) from exc
+        except Image.UnidentifiedImageError:
+            raise ImageInputError(
+                f"{name}: not a readable image (not a format Pillow reads: PNG, JPEG, WebP, ...)"
+            ) from None
+        except (OSError, ValueError, SyntaxError) as exc:
             raise ImageInputError(f"{name}: not a readable image ({exc})") from exc
     if min(image.width, image.height) < MIN_IMAGE_SIDE:
         raise ImageInputError(
@@ -354,10 +362,15 @@ class MultiTalkPipeline:
 
     # --- inputs -------------------------------------------------------------------------------------------------
     def prepare_audio(
-        self, audio: list[str | Path | bytes | np.ndarray | None], audio_type: str = "add"
+        self,
+        audio: list[str | Path | bytes | np.ndarray | None],
+        audio_type: str = "add",
+        max_seconds: float | None = None,
+        cut: bool = False,
     ) -> tuple[SpeakerAudio, SpeakerAudio]:
         """Decode each speaker at 16 kHz (features) and 48 kHz (the soundtrack), loudness-normalise with one gain
-        per speaker, arrange them. Returns (16 kHz audio, 48 kHz audio)."""
+        per speaker, arrange them. Returns (16 kHz audio, 48 kHz audio). A track longer than ``max_seconds`` is an
+        ``AudioError`` found while decoding (with ``cut``: it is cut there, the rest never decoded)."""
         if not 1 <= len(audio) <= 2:
             raise AudioError(f"MultiTalk takes 1 or 2 speakers, got {len(audio)}")
         low, high = [], []
@@ -373,8 +386,8 @@ class MultiTalkPipeline:
                     raise AudioError(f"{name}: empty or not finite")
                 wave48 = np.interp(np.arange(len(wave16) * 3) / 3, np.arange(len(wave16)), wave16).astype(np.float32)
             else:
-                wave16 = decode_audio(source, name)
-                wave48 = decode_audio(source, name, rate=AUDIO_RATE)
+                wave16 = decode_audio(source, name, max_seconds=max_seconds, cut=cut)
+                wave48 = decode_audio(source, name, rate=AUDIO_RATE, max_seconds=max_seconds, cut=cut)
             normalised = loudness_normalize(wave16)
             gain = float(np.dot(normalised, wave16) / max(float(np.dot(wave16, wave16)), 1e-20))
             low.append(normalised)
@@ -406,7 +419,10 @@ class MultiTalkPipeline:
 
         notify(Progress("audio"))
         t = time.perf_counter()
-        speech16, speech48 = self.prepare_audio(audio, opts.audio_type)
+        # An explicit length needs at most the cap's worth of each track; without one, a track over the cap is refused.
+        speech16, speech48 = self.prepare_audio(
+            audio, opts.audio_type, max_seconds=opts.max_duration_s + 1, cut=opts.num_frames is not None
+        )
         if opts.num_frames is not None:
             speech16, speech48 = speech16.fitted(opts.num_frames), speech48.fitted(opts.num_frames, AUDIO_RATE)
         if speech16.frames / FPS > opts.max_duration_s:

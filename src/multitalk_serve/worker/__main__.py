@@ -20,6 +20,8 @@ def main() -> None:
     # The SDK logs whole jobs at DEBUG (its default): INFO unless asked, and scrubbed at every level (logs.py).
     os.environ.setdefault("RUNPOD_LOG_LEVEL", os.environ.get("RUNPOD_DEBUG_LEVEL", "INFO"))
     logging.basicConfig(level=_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, _log_level()))  # their DEBUG is wire-level noise
     import runpod
 
     from .logs import install

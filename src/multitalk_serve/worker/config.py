@@ -31,13 +31,22 @@ class S3Settings:
     region: str | None = None
 
     @classmethod
-    def from_request(cls, config: dict) -> S3Settings:
+    def from_request(cls, config: object) -> S3Settings:
         """RunPod's per-request ``s3Config``: ``{endpointUrl, accessId, accessSecret, bucketName, region?}``."""
+        from .errors import WorkerError
+
+        if not isinstance(config, dict):
+            raise WorkerError("E_INPUT", "s3Config must be an object {endpointUrl, accessId, accessSecret, bucketName}")
         missing = [k for k in ("accessId", "accessSecret", "bucketName") if not config.get(k)]
         if missing:
-            from .errors import WorkerError
-
             raise WorkerError("E_INPUT", f"s3Config is missing {', '.join(missing)}")
+        wrong = [
+            k
+            for k in ("endpointUrl", "accessId", "accessSecret", "bucketName", "region")
+            if config.get(k) is not None and not isinstance(config[k], str)
+        ]
+        if wrong:
+            raise WorkerError("E_INPUT", f"s3Config: {', '.join(wrong)} must be text")
         return cls(
             config.get("endpointUrl"),
             config["accessId"],

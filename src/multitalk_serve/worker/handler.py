@@ -35,6 +35,7 @@ from .storage import Storage
 log = logging.getLogger("multitalk_serve.worker")
 
 TURBO = {"sampling_steps": 16, "text_guide_scale": 1.0, "audio_guide_scale": 3.0}
+OOM_HELD_BYTES = 1 << 30  # GPU memory still held after an out-of-memory failure that makes us recycle the worker
 HEALTH_PROBES = ({"test": "health_check"}, {"healthcheck": True})
 
 
@@ -104,6 +105,7 @@ class Worker:
         self.jobs_done = 0
         self.gpu = torch.cuda.get_device_name(pipeline.device) if pipeline.device.type == "cuda" else "cpu"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="multitalk-job")
+        self._baseline_allocated = self._allocated()  # GPU memory held by the loaded models
         install_log_scrubbing()
 
     @classmethod
@@ -157,7 +159,7 @@ class Worker:
         except BaseException as exc:
             error = classify(exc)
             if error.code == "E_OOM":
-                error = WorkerError("E_OOM", self._oom_advice(job), refresh=False)
+                error = self._after_oom(job)
             log.warning("job %s failed: %s: %s", job_id, error.code, error.message)
             return error.payload()
         finally:
@@ -309,6 +311,28 @@ class Worker:
             "size": f"{request.width}x{request.height}" if request.width else "bucket",
         }
         return options, params
+
+    def _allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.pipeline.device) if self.pipeline.device.type == "cuda" else 0
+
+    def _after_oom(self, job: dict) -> WorkerError:
+        """Release what the failed job held; if GPU memory stays held beyond the models, ask RunPod to recycle the
+        worker after this job (its state is no longer trustworthy) rather than fail the next jobs too."""
+        import gc
+
+        gc.collect()
+        if self.pipeline.device.type == "cuda":
+            torch.cuda.empty_cache()
+        held = self._allocated() - self._baseline_allocated
+        advice = self._oom_advice(job)
+        if held > OOM_HELD_BYTES:
+            return WorkerError(
+                "E_OOM",
+                f"{advice}. {held / 2**30:.1f} GB stayed allocated after the failure: the worker restarts after "
+                "this job",
+                refresh=True,
+            )
+        return WorkerError("E_OOM", advice)
 
     def _oom_advice(self, job: dict) -> str:
         raw = job.get("input") if isinstance(job.get("input"), dict) else {}

@@ -11,13 +11,17 @@ import logging
 import re
 
 SECRET_KEYS = (
-    r"(?:accessSecret|accessId|secret[_a-z]*|password|token|api[_-]?key|aws_secret_access_key|aws_access_key_id"
-    r"|credentials?|authorization)"
+    r"(?:accessSecret|accessId|access[_-]?key(?:[_-]?id)?|secret[_a-z]*|password|token|api[_-]?key"
+    r"|aws_secret_access_key|aws_access_key_id|credentials?|authorization|x-amz-security-token)"
 )
 _PATTERNS = [
     (re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=\s]+"), "<data-uri redacted>"),
     (re.compile(r"[A-Za-z0-9+/]{120,}={0,2}"), lambda m: f"<{len(m.group(0))} base64 characters redacted>"),
-    (re.compile(rf"(['\"]?{SECRET_KEYS}['\"]?\s*[:=]\s*)(['\"])(.*?)\2", re.IGNORECASE), r"\1\2<redacted>\2"),
+    # key: 'value', key="value", 'key': b'value' (botocore logs header dicts with bytes values)
+    (re.compile(rf"(['\"]?{SECRET_KEYS}['\"]?\s*[:=]\s*b?)(['\"])(.*?)\2", re.IGNORECASE), r"\1\2<redacted>\2"),
+    # AWS signature pieces wherever they appear (Authorization headers, presigned URLs, canonical requests)
+    (re.compile(r"(Credential=|Signature=|X-Amz-Credential=|X-Amz-Signature=)[^\s,;&'\"]+"), r"\1<redacted>"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{12,}\b"), "<access key redacted>"),
     (re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*"), r"\1?<query redacted>"),
 ]
 

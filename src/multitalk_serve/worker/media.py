@@ -18,6 +18,9 @@ from .config import S3Settings, WorkerConfig
 from .errors import WorkerError
 from .schema import Media, MediaObject
 
+# Raw base64 of a JPEG starts with "/9j/": a string that is long, well-formed base64 is data, not a volume path
+# (paths have a '.', '-' or '_' somewhere, which base64's alphabet lacks).
+RAW_BASE64 = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
 DATA_URI = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,(.*)$", re.DOTALL)
 EXPECTED_TYPES = {"image": ("image/",), "audio": ("audio/", "video/", "application/octet-stream")}
 
@@ -53,7 +56,7 @@ class MediaFetcher:
             if self.s3 is not None and bucket != self.s3.bucket:
                 raise WorkerError("E_DOWNLOAD", f"{field}: only the configured bucket can be read, not {bucket!r}")
             return self._s3(key, field)
-        if text.startswith("/"):
+        if text.startswith("/") and not (len(text) % 4 == 0 and RAW_BASE64.fullmatch(text)):
             return self._volume(text, field)
         if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
             scheme = text.split("://", 1)[0]

@@ -59,6 +59,13 @@ def _safe_segment(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)[:120] or "job"
 
 
+FALLBACK_NOTE = {
+    "s3": "the video was uploaded to S3 instead (video_url)",
+    "volume": "the video was kept on the network volume instead (video_path)",
+    "inline": "the video is returned inline instead (video_base64)",
+}
+
+
 class Storage:
     def __init__(self, config: WorkerConfig, request_s3: S3Settings | None = None):
         self.config = config
@@ -87,14 +94,15 @@ class Storage:
                     stored = self._to_volume(job_id, name, video, thumbnail, options)
                 else:
                     stored = self._inline(video, thumbnail)
-                stored.warnings = warnings + stored.warnings
+                where = FALLBACK_NOTE[stored.storage]
+                stored.warnings = [f"{w}; {where}" for w in warnings] + stored.warnings
                 return stored
             except WorkerError as exc:
                 if target == order[-1]:
                     if warnings:
                         raise WorkerError(exc.code, "; ".join([*warnings, exc.message])) from None
                     raise
-                warnings.append(f"{target}: {exc.message}; stored elsewhere instead")
+                warnings.append(f"{target}: {exc.message}")
         raise WorkerError("E_UPLOAD", "no storage destination")  # pragma: no cover
 
     def _order(self, wanted: str) -> list[str]:
