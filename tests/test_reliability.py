@@ -139,7 +139,7 @@ def guarded(tiny_pipeline, tiny_root, env) -> Worker:
     return Worker(EngineGuard(tiny_pipeline), make_config(tiny_root, env))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzzed_jobs_never_raise(guarded, env, data):
     """Half the jobs are random JSON under random (and real) field names; the other half start from a valid job and
@@ -197,7 +197,7 @@ def test_fuzzed_jobs_never_raise(guarded, env, data):
         assert result.get("status") == "healthy"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzzed_media_bytes_never_raise(guarded, env, data):
     """Random bytes, and valid PNG / JPEG / WAV / MP3 files with bytes flipped or cut short, as the image or the
@@ -221,10 +221,12 @@ def test_fuzzed_media_bytes_never_raise(guarded, env, data):
     )
     slot = data.draw(st.sampled_from(["image", "audio"]))
     job = valid(env)
-    job["input"][slot] = base64.b64encode(damaged).decode() or "AA=="
+    job["input"][slot] = encoded = base64.b64encode(damaged).decode() or "AA=="
     result = guarded.run({"id": "fuzz-bytes", **job})
     code = result.get("error", "OK:").split(":", 1)[0]
-    assert code in ("E_IMAGE", "E_AUDIO", "E_INPUT"), result.get("error")
+    # A few bytes whose base64 starts with '/' read as a volume path (documented: long base64 is data).
+    allowed = ("E_IMAGE", "E_AUDIO", "E_INPUT") + (("E_DOWNLOAD",) if encoded.startswith("/") else ())
+    assert code in allowed, result.get("error")
 
 
 def _damage(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
