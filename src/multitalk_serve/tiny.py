@@ -456,6 +456,74 @@ def write_original_encoders(root: Path) -> Path:
     return out
 
 
+SPEED_LORA_NAME = "Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank4_bf16.safetensors"
+# Linears a lightx2v / FusionX LoRA adapts (original key names), besides every block's attention and FFN.
+_LORA_GLOBAL = (
+    "head.head",
+    "text_embedding.0",
+    "text_embedding.2",
+    "time_embedding.0",
+    "time_embedding.2",
+    "time_projection.1",
+    "img_emb.proj.1",
+    "img_emb.proj.3",
+)
+_LORA_BLOCK = (
+    "self_attn.q",
+    "self_attn.k",
+    "self_attn.v",
+    "self_attn.o",
+    "cross_attn.q",
+    "cross_attn.k",
+    "cross_attn.v",
+    "cross_attn.o",
+    "cross_attn.k_img",
+    "cross_attn.v_img",
+    "ffn.0",
+    "ffn.2",
+)
+_LORA_NORMS = (
+    "self_attn.norm_q",
+    "self_attn.norm_k",
+    "cross_attn.norm_q",
+    "cross_attn.norm_k",
+    "cross_attn.norm_k_img",
+    "norm3",
+)
+
+
+def speed_lora_tensors(dims: WanDims, rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A step-distillation LoRA in the layout of the published lightx2v / FusionX files (float32 here): keys
+    ``diffusion_model.<original name>.lora_down.weight`` ``[rank, in]``, ``.lora_up.weight`` ``[out, rank]``,
+    ``.alpha`` (= rank), ``.diff_b`` bias deltas, ``.diff`` norm deltas (zero, as in the published files) and the
+    per-block modulation delta ``blocks.N.diff_m`` (zero)."""
+    shapes = original_base_shapes(dims)
+    targets = list(_LORA_GLOBAL) + [f"blocks.{i}.{n}" for i in range(dims.num_layers) for n in _LORA_BLOCK]
+    out: dict[str, torch.Tensor] = {}
+    for name in targets:
+        rows, cols = shapes[f"{name}.weight"]
+        key = f"diffusion_model.{name}"
+        out[f"{key}.lora_down.weight"] = random_tensor(f"lora:{name}.down", (rank, cols), seed)
+        out[f"{key}.lora_up.weight"] = 0.5 * random_tensor(f"lora:{name}.up", (rows, rank), seed)
+        out[f"{key}.alpha"] = torch.tensor(float(rank))
+        out[f"{key}.diff_b"] = 0.01 * random_tensor(f"lora:{name}.diff_b", (rows, 1), seed).flatten()
+    for i in range(dims.num_layers):
+        for norm in _LORA_NORMS:
+            out[f"diffusion_model.blocks.{i}.{norm}.diff"] = torch.zeros(shapes[f"blocks.{i}.{norm}.weight"])
+        out[f"diffusion_model.blocks.{i}.norm3.diff_b"] = torch.zeros(shapes[f"blocks.{i}.norm3.bias"])
+        out[f"diffusion_model.blocks.{i}.diff_m"] = torch.zeros(shapes[f"blocks.{i}.modulation"])
+    return out
+
+
+def write_speed_lora(root: Path, dims: WanDims, seed: int = 0, rank: int = 4) -> Path:
+    """The tiny speed LoRA as a bf16 safetensors file (the published ones are bf16)."""
+    path = root / SPEED_LORA_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in speed_lora_tensors(dims, rank, seed).items()}
+    save_file(tensors, str(path))
+    return path
+
+
 def _randomize(module: torch.nn.Module, seed: int) -> None:
     """Replace library default inits (often zeros or ones) by deterministic non-trivial values."""
     with torch.no_grad():
@@ -476,6 +544,7 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
     write_original_encoders(root)
     gguf = write_gguf_layouts(root, dims, seed)
     write_wav2vec2_layout(root, dims, seed)
+    write_speed_lora(root, dims, seed)
     manifest = {
         "what": "seeded random-weight MultiTalk models in the published layouts; they generate noise, not video",
         "seed": seed,
@@ -485,6 +554,7 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
         "diffusers": DIFFUSERS_DIR,
         "gguf": {k: p.name for k, p in gguf.items()},
         "wav2vec2": WAV2VEC_DIR,
+        "speed_lora": SPEED_LORA_NAME,
     }
     _write_json(root / "TINY.json", manifest)
     return manifest

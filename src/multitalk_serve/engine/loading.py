@@ -336,6 +336,7 @@ def load_transformer(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     workers: int = 4,
+    fp8: bool = False,
 ) -> MultiTalkTransformer3DModel:
     """Load the MultiTalk transformer from any supported layout (see module docstring).
 
@@ -346,11 +347,13 @@ def load_transformer(
             GGUF-quantized linears, which keep their quantized bytes and compute in ``dtype``.
         device: where the parameters are created; tensors go there one by one.
         workers: parallel tensor reads.
+        fp8: store the linears of every block in fp8 (``memory.py``), each block quantised as soon as its
+            tensors are in, so the bf16 model is never held whole.
 
     Raises:
         CheckpointError: naming the missing file, missing/unexpected keys, wrong shapes or bad config.
     """
-    model, _ = load_transformer_with_report(path, multitalk, dtype=dtype, device=device, workers=workers)
+    model, _ = load_transformer_with_report(path, multitalk, dtype=dtype, device=device, workers=workers, fp8=fp8)
     return model
 
 
@@ -361,10 +364,18 @@ def load_transformer_with_report(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     workers: int = 4,
+    fp8: bool = False,
 ) -> tuple[MultiTalkTransformer3DModel, LoadReport]:
     start = time.perf_counter()
     device = torch.device(device)
     source = resolve_transformer(path, multitalk)
+    if fp8 and source.quantized:
+        raise CheckpointError(f"{path}: fp8 is for bf16/fp32 checkpoints; this GGUF file is quantized already")
+    fp8_config = None
+    if fp8:
+        from .memory import fp8_config as make_fp8_config
+
+        fp8_config = make_fp8_config(device)
     model = build_empty_model(source.dims)
     _check_keys_and_shapes(model, source)
     with building():  # swapping in GGUF layers constructs modules too
@@ -375,6 +386,12 @@ def load_transformer_with_report(
     modules = dict(model.named_modules())
     lock = threading.Lock()
     local = threading.local()
+    pending: dict[str, int] = {}  # fp8: tensors each block still waits for
+    if fp8_config is not None:
+        for key in source.refs:
+            if key.startswith("blocks."):
+                block = ".".join(key.split(".")[:2])
+                pending[block] = pending.get(block, 0) + 1
 
     def load_one(key: str) -> None:
         ref = source.refs[key]
@@ -390,8 +407,17 @@ def load_transformer_with_report(
             ref.read_into(value, local.scratch)
         module_name, _, attr = key.rpartition(".")
         param = value if isinstance(value, GGUFParameter) else torch.nn.Parameter(value, requires_grad=False)
+        block, complete = ".".join(key.split(".")[:2]), False
         with lock:
             modules[module_name]._parameters[attr] = param
+            if block in pending:
+                pending[block] -= 1
+                complete = pending[block] == 0
+        if complete:
+            from .memory import quantize_block_fp8
+
+            modules[block].to(device)  # buffers too, before torchao swaps the weights
+            quantize_block_fp8(modules[block], fp8_config)
 
     keys = sorted(source.refs, key=lambda k: (str(source.refs[k].path), source.refs[k].offset))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

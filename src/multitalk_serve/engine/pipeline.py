@@ -9,6 +9,7 @@ Frames go to the MP4 encoder as clips finish, so memory does not grow with the v
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import random
@@ -31,6 +32,7 @@ from .audio import (
     mirror_pad,
     window_features,
 )
+from .backends import NATIVE, choose_attention_backend, is_kernel_failure
 from .color import match_colors
 from .conditioning import (
     Box,
@@ -43,8 +45,14 @@ from .conditioning import (
     resize_and_center_crop,
 )
 from .errors import EngineError
+from .lora import load_speed_lora, set_speed_lora
+from .memory import MemoryPlan, group_offload, parse_plan, plan_memory
+from .presets import DEFAULT_PRESET, preset_values
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
+from .step_cache import StepCache
 from .video import AUDIO_RATE, Mp4Writer, frames_to_uint8, save_thumbnail
+
+logger = logging.getLogger(__name__)
 
 VAE_STRIDE = (4, 8, 8)
 PARALLEL_LOAD_MIN_CORES = 8
@@ -79,6 +87,14 @@ class GenerateOptions:
     crf: int = 19
     size: tuple[int, int] | None = None  # explicit (height, width), multiples of 16, instead of the bucket
     num_frames: int | None = None  # exact length: the audio is cut or padded with silence to it
+    cache_threshold: float = 0.0  # TeaCache step caching; 0 = off (every forward computed)
+    speed_lora: bool = False  # use the loaded speed LoRA (lightx2v, FusionX) for this job
+    preset: str | None = None  # the preset these values started from (reported; see presets.py)
+
+    @classmethod
+    def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> GenerateOptions:
+        """A preset's values (``presets.py``) with any field overridden, e.g. ``from_preset("fast", steps=6)``."""
+        return cls(**{**preset_values(preset), "preset": preset, **overrides})
 
     def resolved(self) -> GenerateOptions:
         """A copy with every ``None`` filled in (what was actually used)."""
@@ -104,6 +120,10 @@ class GenerateOptions:
             (self.max_duration_s > 0, "max_duration_s must be positive"),
             (self.num_frames is None or self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}"),
             (0 <= self.crf <= 51, f"crf must be 0..51, got {self.crf}"),
+            (
+                math.isfinite(self.cache_threshold) and 0 <= self.cache_threshold <= 5,
+                f"cache_threshold must be 0..5, got {self.cache_threshold}",
+            ),
             (
                 self.size is None or (len(self.size) == 2 and all(v >= 16 and v % 16 == 0 for v in self.size)),
                 f"size must be (height, width), multiples of 16, got {self.size}",
@@ -151,6 +171,7 @@ class GenerationResult:
     thumbnail_path: Path | None = None
     mask_preview_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    forwards: dict[str, int] = field(default_factory=dict)  # transformer forwards computed / reused (step cache)
 
 
 STAGES = ("audio", "text_encoder", "image_encoders", "sampling", "vae_decode", "color_correction", "encode_mux")
@@ -176,6 +197,8 @@ class PreparedJob:
     context: torch.Tensor
     context_null: torch.Tensor
     timings: dict[str, float]
+    step_cache: StepCache | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -294,6 +317,29 @@ class MultiTalkPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self._negative_cache: dict[str, torch.Tensor] = {}
+        self.attention_backend = NATIVE
+        self.memory_plan: MemoryPlan | None = None
+        self.speed_lora: Path | None = None  # the loaded speed LoRA file
+        self.speed_lora_fused = False
+        self.notes: list[str] = []  # what loading chose or passed over (the worker reports them)
+
+    def set_attention_backend(self, requested: str = "auto") -> str:
+        """Use the fastest attention kernel that works here (``backends.py``); returns its name."""
+        self.attention_backend, skipped = choose_attention_backend(self.transformer, self.device, self.dtype, requested)
+        if requested != "auto":
+            self.notes += skipped
+        return self.attention_backend
+
+    def load_speed_lora(self, path: str | Path, scale: float = 1.0, fuse: bool = False) -> None:
+        """Attach a step-distillation LoRA (``lora.py``); jobs with ``speed_lora=True`` (the fast preset) use it.
+        ``fuse`` merges it into the weights: no per-forward cost, but then every job must use it."""
+        load_speed_lora(self.transformer, path, scale, fuse)
+        self.speed_lora, self.speed_lora_fused = Path(path), fuse
+
+    def compile(self) -> None:
+        """Regional ``torch.compile`` of the repeated transformer block (diffusers ``compile_repeated_blocks``):
+        one compiled block serves all 40; a new shape (resolution, speaker count) recompiles once."""
+        self.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
 
     @classmethod
     def from_pretrained(
@@ -308,19 +354,35 @@ class MultiTalkPipeline:
         vae_dtype: torch.dtype = torch.float32,
         parallel: bool | None = None,
         timings: dict[str, float] | None = None,
+        memory_plan: MemoryPlan | str | None = None,
+        attention: str = "auto",
+        speed_lora: str | Path | None = None,
+        speed_lora_scale: float = 1.0,
+        fuse_speed_lora: bool = False,
+        compile: bool = False,
     ) -> MultiTalkPipeline:
         """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its
         dtype and device. The kernel starts reading the weight files first (``weights.prefetch``) while the libraries
         import; then, with ``parallel``, the five components load at the same time (their reads overlap each
         other's model construction and dtype casts). ``parallel=None`` chooses: parallel with 8 CPU cores or more;
         with fewer, the threads only contend (on 2 cores, sequential loading measured 1-2 s faster for a 4.5 GB
-        directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's seconds."""
+        directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's seconds.
+
+        ``memory_plan`` (``memory.py``): ``None`` keeps everything resident in ``dtype``; ``"auto"`` picks by the
+        GPU's memory; or a plan / its name such as ``"fp8+t5-offload"``. ``attention``: ``"auto"`` or a diffusers
+        backend name (``backends.py``). ``speed_lora``: a lightx2v / FusionX LoRA for the fast preset.
+        ``compile``: regional ``torch.compile`` of the blocks."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .model_paths import resolve_model_paths
         from .weights import prefetch
 
         paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
+        device = torch.device(device)
+        plan = _resolve_plan(memory_plan, device, paths.transformer)
+        dit_device = torch.device("cpu") if plan and plan.group_offload else device
+        t5_device = torch.device("cpu") if plan and plan.offload_text_encoder else device
+        fp8 = bool(plan and plan.weights == "fp8")
         spent = timings if timings is not None else {}
         start = time.perf_counter()
         prefetch(_weight_files(paths))
@@ -333,9 +395,11 @@ class MultiTalkPipeline:
         import_libraries()
         spent["imports"] = time.perf_counter() - start
         jobs = {
-            "transformer": lambda: load_transformer(paths.transformer, paths.multitalk, dtype=dtype, device=device),
+            "transformer": lambda: load_transformer(
+                paths.transformer, paths.multitalk, dtype=dtype, device=dit_device, fp8=fp8
+            ),
             "text_encoder": lambda: T5TextEncoder.from_pretrained(
-                paths.tokenizer, paths.text_encoder, device=device, dtype=dtype
+                paths.tokenizer, paths.text_encoder, device=t5_device, dtype=dtype
             ),
             "image_encoder": lambda: ClipImageEncoder.from_pretrained(
                 paths.image_encoder, paths.image_processor, device=device, dtype=dtype
@@ -358,7 +422,20 @@ class MultiTalkPipeline:
                 parts = {name: future.result() for name, future in futures.items()}
         else:
             parts = {name: timed(name) for name in jobs}
-        return cls(**parts, device=device, dtype=dtype)
+        if t5_device != device:
+            parts["text_encoder"].device = device  # encodes there, lives in host memory between prompts
+        if plan and plan.group_offload:
+            group_offload(parts["transformer"], device)
+        pipe = cls(**parts, device=device, dtype=dtype)
+        pipe.memory_plan = plan
+        pipe.set_attention_backend(attention)
+        if speed_lora is not None:
+            start = time.perf_counter()
+            pipe.load_speed_lora(speed_lora, speed_lora_scale, fuse_speed_lora)
+            spent["speed_lora"] = time.perf_counter() - start
+        if compile:
+            pipe.compile()
+        return pipe
 
     # --- inputs -------------------------------------------------------------------------------------------------
     def prepare_audio(
@@ -463,6 +540,11 @@ class MultiTalkPipeline:
         """Denoise and decode clip after clip; yields each clip's new frames ``[3, n, H, W]`` in [-1, 1]
         (colour-corrected, cut so that all yielded frames add up to ``job.total_frames``)."""
         opts, notify, timings = job.options, callback or _ignore, job.timings
+        set_speed_lora(
+            self.transformer, opts.speed_lora, loaded=self.speed_lora is not None, fused=self.speed_lora_fused
+        )
+        if opts.cache_threshold > 0:
+            job.step_cache = StepCache(opts.cache_threshold, opts.resolution)
         guidance = Guidance(opts.text_scale, opts.audio_scale, opts.use_apg, opts.apg_momentum, opts.apg_norm_threshold)
         grid = timesteps(opts.steps, opts.shift).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(opts.seed)
@@ -471,6 +553,8 @@ class MultiTalkPipeline:
         for clip in job.clips:
             features = mirror_pad(job.features, clip.end + 3) if clip.mirror_audio else job.features
             windows = window_features(features, clip.start, opts.frames_per_clip).to(self.device)
+            if job.step_cache is not None:
+                job.step_cache.new_clip()
             latent = self._sample_clip(job, clip, cond, windows, guidance, grid, generator, notify)
 
             notify(Progress("decoding", clip.index + 1, len(job.clips), opts.steps, opts.steps))
@@ -550,6 +634,10 @@ class MultiTalkPipeline:
             raise
         thumb = save_thumbnail(first_frame, thumbnail) if thumbnail is not None else None
         timings["total"] = time.perf_counter() - started
+        cache = job.step_cache
+        forwards = {"computed": cache.computed, "reused": cache.skipped} if cache else {}
+        if cache is not None:
+            job.notes.append(cache.summary)
         notify(Progress("done", len(job.clips), len(job.clips), opts.steps, opts.steps))
         return GenerationResult(
             video_path=Path(output),
@@ -564,6 +652,8 @@ class MultiTalkPipeline:
             timings={k: round(v, 4) for k, v in timings.items()},
             thumbnail_path=thumb,
             mask_preview_path=preview,
+            notes=job.notes,
+            forwards=forwards,
         )
 
     def _sample_clip(self, job, clip, cond, windows, guidance, grid, generator, notify) -> torch.Tensor:
@@ -598,11 +688,13 @@ class MultiTalkPipeline:
             noisy = add_noise(motion_latents, self._randn_like(motion_latents, generator), grid[0])
             latent[:, : motion_latents.shape[1]] = noisy
         buffers = guidance.new_buffers()
+        cache = job.step_cache
         for i in range(opts.steps):
-            preds = {
-                name: self._predict(latent, grid[i], y, clip_features, *passes[name], job.masks)
-                for name in guidance.passes()
-            }
+            preds = {}
+            for name in guidance.passes():
+                if cache is not None:
+                    cache.select(name, i)
+                preds[name] = self._predict(latent, grid[i], y, clip_features, *passes[name], job.masks, cache, job)
             latent = euler_step(latent, guidance.combine(preds, buffers), grid[i], grid[i + 1])
             if motion_latents is not None:
                 noisy = add_noise(motion_latents, self._randn_like(motion_latents, generator), grid[i + 1])
@@ -615,20 +707,50 @@ class MultiTalkPipeline:
     def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
 
-    def _predict(self, latent, t, y, clip_features, context, audio, masks) -> torch.Tensor:
-        """One transformer pass -> velocity ``[16, T, h, w]`` float32."""
+    def _predict(self, latent, t, y, clip_features, context, audio, masks, cache=None, job=None) -> torch.Tensor:
+        """One transformer pass -> velocity ``[16, T, h, w]`` float32. If a fast attention kernel fails, the pass is
+        retried with PyTorch SDPA, which then serves every later pass (noted in ``job.notes``)."""
         dtype = self.dtype
         hidden = torch.cat([latent.to(dtype), y.to(dtype)])[None]
+        args = (
+            hidden,
+            t.reshape(1).float(),
+            context[None].to(dtype),
+            clip_features.to(dtype),
+            audio.to(dtype),
+            masks if audio.shape[0] == 2 else None,
+        )
+        kwargs = {"step_cache": cache} if cache is not None else {}
         with torch.inference_mode():
-            out = self.transformer(
-                hidden,
-                t.reshape(1).float(),
-                context[None].to(dtype),
-                clip_features.to(dtype),
-                audio.to(dtype),
-                masks if audio.shape[0] == 2 else None,
-            )
+            try:
+                out = self.transformer(*args, **kwargs)
+            except Exception as exc:
+                if self.attention_backend == NATIVE or not is_kernel_failure(exc):
+                    raise
+                note = f"attention backend {self.attention_backend} failed ({exc}); switched to PyTorch SDPA"
+                logger.warning(note)
+                self.attention_backend, _ = choose_attention_backend(self.transformer, self.device, dtype, NATIVE)
+                if job is not None:
+                    job.notes.append(note)
+                out = self.transformer(*args, **kwargs)
         return (out.sample if hasattr(out, "sample") else out)[0].float()
+
+
+def _resolve_plan(plan: MemoryPlan | str | None, device: torch.device, transformer: Path) -> MemoryPlan | None:
+    """``None``: everything resident in the loading dtype. ``"auto"``: the planner, from the GPU's total memory (on
+    a CPU: nothing to plan). A name: parsed (``memory.parse_plan``)."""
+    if plan is None or isinstance(plan, MemoryPlan):
+        return plan
+    gguf = transformer.suffix == ".gguf"
+    gguf_bytes = transformer.stat().st_size if gguf else None
+    if plan != "auto":
+        if plan.split("+")[0].strip().lower().startswith("gguf") != gguf:
+            raise EngineError(f"memory plan {plan!r} does not match the transformer file {transformer.name}")
+        return parse_plan(plan, gguf_bytes=gguf_bytes)
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    return plan_memory(total, "480p", "gguf" if gguf else None, gguf_bytes)
 
 
 def _default_negative() -> str:

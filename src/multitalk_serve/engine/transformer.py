@@ -29,6 +29,7 @@ from .attention import (
     MultiTalkSelfAttnProcessor,
     label_positions,
 )
+from .step_cache import StepCache
 
 TEXT_TOKENS = 512  # diffusers' Wan attention processor splits image/text context at 512 text tokens
 
@@ -299,6 +300,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         ref_masks: torch.Tensor | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
+        step_cache: StepCache | None = None,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         """
         Args:
@@ -310,6 +312,8 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
                 ``P`` (1 or 2) is the number of speakers; null-audio passes use zeros with ``P = 1``.
                 The same audio conditions every batch item.
             ref_masks: ``[3, h, w]`` latent-resolution masks (person 1, person 2, background). Required when P = 2.
+            step_cache: TeaCache state (``step_cache.py``): when it says so, the blocks are skipped and the branch's
+                last residual is added instead.
         """
         batch_size, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -338,16 +342,22 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         encoder_hidden_states = torch.cat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
 
-        for block in self.blocks:
-            hidden_states = block(
-                hidden_states,
-                encoder_hidden_states,
-                timestep_proj,
-                rotary_emb,
-                audio_tokens=audio_tokens,
-                num_frames=frames,
-                ref_masks=token_ref_masks,
-            )
+        if step_cache is not None and not step_cache.should_compute(timestep_proj):
+            hidden_states = step_cache.reuse(hidden_states)
+        else:
+            blocks_input = hidden_states
+            for block in self.blocks:
+                hidden_states = block(
+                    hidden_states,
+                    encoder_hidden_states,
+                    timestep_proj,
+                    rotary_emb,
+                    audio_tokens=audio_tokens,
+                    num_frames=frames,
+                    ref_masks=token_ref_masks,
+                )
+            if step_cache is not None:
+                step_cache.store(blocks_input, hidden_states)
 
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)

@@ -20,6 +20,10 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name} must be a number, got {value!r}") from None
 
 
+def _flag(name: str) -> bool:
+    return (_env(name, "0") or "0").lower() in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """Where and how to upload: an S3-compatible endpoint, credentials and a bucket."""
@@ -105,7 +109,7 @@ def _region_of(endpoint: str) -> str | None:
 class WorkerConfig:
     model_path: Path = field(default_factory=lambda: Path(_env("MODEL_PATH", "/runpod-volume/models")))
     transformer: str | None = field(default_factory=lambda: _env("MULTITALK_TRANSFORMER"))
-    warmup: bool = field(default_factory=lambda: (_env("MULTITALK_WARMUP", "0") or "0").lower() in ("1", "true", "yes"))
+    warmup: bool = field(default_factory=lambda: _flag("MULTITALK_WARMUP"))
     volume_path: Path = field(default_factory=lambda: Path(_env("VOLUME_PATH", "/runpod-volume")))
     max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 120.0))
     max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))
@@ -119,6 +123,25 @@ class WorkerConfig:
     device: str | None = field(default_factory=lambda: _env("MULTITALK_DEVICE"))
     dtype: str | None = field(default_factory=lambda: _env("MULTITALK_DTYPE"))
     s3: S3Settings | None = field(default_factory=S3Settings.from_env)
+    # speed and memory (engine/presets.py, memory.py, backends.py, lora.py)
+    preset: str = field(default_factory=lambda: _env("MULTITALK_PRESET", "quality") or "quality")
+    memory_plan: str | None = field(default_factory=lambda: _env("MULTITALK_MEMORY_PLAN", "auto"))
+    attention: str = field(default_factory=lambda: _env("MULTITALK_ATTENTION", "auto") or "auto")
+    speed_lora: str | None = field(default_factory=lambda: _env("MULTITALK_SPEED_LORA"))
+    speed_lora_scale: float = field(default_factory=lambda: _float("MULTITALK_SPEED_LORA_SCALE", 1.0))
+    fuse_speed_lora: bool = field(default_factory=lambda: _flag("MULTITALK_FUSE_SPEED_LORA"))
+    compile: bool = field(default_factory=lambda: _flag("MULTITALK_COMPILE"))
+
+    def speed_lora_path(self) -> Path | None:
+        """``MULTITALK_SPEED_LORA`` (absolute, or relative to ``MODEL_PATH``); unset: the first
+        ``MODEL_PATH/Lightx2v/*.safetensors`` (where ``download --speed-lora`` puts it), if any; ``none``: no LoRA."""
+        if self.speed_lora is not None:
+            if self.speed_lora.lower() == "none":
+                return None
+            path = Path(self.speed_lora)
+            return path if path.is_absolute() else self.model_path / path
+        found = sorted((self.model_path / "Lightx2v").glob("*.safetensors"))
+        return found[0] if found else None
 
     @property
     def volume_mounted(self) -> bool:

@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..engine.conditioning import Box
+from ..engine.errors import CheckpointError
 from ..engine.pipeline import GenerateOptions, GenerationCancelled, MultiTalkPipeline, Progress
+from ..engine.presets import preset_values
 from .config import S3Settings, WorkerConfig
 from .errors import WorkerError, classify
 from .logs import install as install_log_scrubbing
@@ -34,7 +36,8 @@ from .storage import Storage
 
 log = logging.getLogger("multitalk_serve.worker")
 
-TURBO = {"sampling_steps": 16, "text_guide_scale": 1.0, "audio_guide_scale": 3.0}
+# The original worker's turbo on a worker without a speed LoRA: fewer steps and 2-pass guidance on the base model.
+TURBO = {"steps": 16, "text_scale": 1.0, "audio_scale": 3.0}
 OOM_HELD_BYTES = 1 << 30  # GPU memory still held after an out-of-memory failure that makes us recycle the worker
 HEALTH_PROBES = ({"test": "health_check"}, {"healthcheck": True})
 
@@ -113,11 +116,37 @@ class Worker:
         config = config or WorkerConfig()
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
+        preset_values(config.preset)  # a wrong MULTITALK_PRESET fails the start, not every job
+        speed_lora = config.speed_lora_path()
+        if speed_lora is not None and not speed_lora.is_file():
+            raise CheckpointError(f"MULTITALK_SPEED_LORA: {speed_lora} is not a file")
+        if config.fuse_speed_lora and (speed_lora is None or config.preset != "fast"):
+            raise ValueError("MULTITALK_FUSE_SPEED_LORA=1 needs a speed LoRA and MULTITALK_PRESET=fast")
+        if config.preset == "fast" and speed_lora is None:
+            raise ValueError("MULTITALK_PRESET=fast needs a speed LoRA (MULTITALK_SPEED_LORA or download --speed-lora)")
         pipeline = MultiTalkPipeline.from_pretrained(
-            config.model_path, transformer=config.transformer, device=device, dtype=dtype
+            config.model_path,
+            transformer=config.transformer,
+            device=device,
+            dtype=dtype,
+            memory_plan=config.memory_plan,
+            attention=config.attention,
+            speed_lora=speed_lora,
+            speed_lora_scale=config.speed_lora_scale,
+            fuse_speed_lora=config.fuse_speed_lora,
+            compile=config.compile,
         )
         seconds = time.perf_counter() - start
-        log.info("pipeline loaded from %s on %s (%s) in %.1f s", config.model_path, device, dtype, seconds)
+        plan = pipeline.memory_plan.name if pipeline.memory_plan else f"all resident ({dtype})"
+        log.info(
+            "pipeline loaded from %s on %s in %.1f s: memory plan %s, attention %s, speed LoRA %s",
+            config.model_path,
+            device,
+            seconds,
+            plan,
+            pipeline.attention_backend,
+            speed_lora or "none",
+        )
         if config.warmup:
             log.info("warm-up generation done in %.1f s (MULTITALK_WARMUP)", pipeline.warm_up())
         return cls(pipeline, config, seconds)
@@ -240,14 +269,17 @@ class Worker:
             "speakers": result.speakers,
             "clips": result.clips,
         }
+        if result.forwards:
+            out["params"]["forwards"] = result.forwards
         out["timings"] = {k: round(v, 3) for k, v in timings.items()}
         out["worker"] = {
             "gpu": self.gpu,
             "cold_start": cold,
             "model_load_s": round(self.load_seconds, 2),
             "version": __version__,
+            **self._setup(),
         }
-        out["warnings"] = warnings
+        out["warnings"] = warnings + result.notes
         log.info(
             "job %s done: %d frames %dx%d, %d speaker(s), %d clip(s), %.1f s, stored: %s",
             job_id,
@@ -261,20 +293,42 @@ class Worker:
         )
         return out
 
+    def _preset(self, request: JobInput, warnings: list[str]) -> tuple[str, dict]:
+        """The preset this job starts from, and its values (``engine/presets.py``)."""
+        if request.turbo and request.preset not in (None, "fast"):
+            raise WorkerError("E_INPUT", f"turbo means preset=fast; it conflicts with preset={request.preset}")
+        name = request.preset or ("fast" if request.turbo else self.config.preset)
+        values = preset_values(name)
+        if values["speed_lora"] and self.pipeline.speed_lora is None:
+            if request.preset is None:  # the original worker's turbo: its base-model recipe, as before
+                values.update(TURBO, shift=None, speed_lora=False)
+                warnings.append("turbo: fewer steps and 2-pass guidance on the base model (no speed LoRA is loaded)")
+                return "turbo-base", values
+            raise WorkerError(
+                "E_INPUT",
+                "preset: fast needs a speed LoRA and this worker has none (its operator sets MULTITALK_SPEED_LORA "
+                "or runs download --speed-lora); use quality or balanced",
+            )
+        if self.pipeline.speed_lora_fused and not values["speed_lora"]:
+            raise WorkerError(
+                "E_INPUT",
+                f"preset: this worker has its speed LoRA fused into the weights and runs only fast, not {name}",
+            )
+        return name, values
+
     def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, dict]:
         given = request.model_fields_set
-        steps, text_scale, audio_scale = request.sampling_steps, request.text_guide_scale, request.audio_guide_scale
-        if request.turbo:
-            aliases = {
-                "sampling_steps": "sample_steps",
-                "text_guide_scale": "sample_text_guide_scale",
-                "audio_guide_scale": "sample_audio_guide_scale",
-            }
-            explicit = {k for k, alias in aliases.items() if k in given or alias in given}
-            steps = steps if "sampling_steps" in explicit else TURBO["sampling_steps"]
-            text_scale = text_scale if "text_guide_scale" in explicit else TURBO["text_guide_scale"]
-            audio_scale = audio_scale if "audio_guide_scale" in explicit else TURBO["audio_guide_scale"]
-            warnings.append("turbo: fewer steps and 2-pass guidance on the base model (no speed LoRA is loaded)")
+        preset, values = self._preset(request, warnings)
+
+        def chosen(field: str, *aliases: str, key: str):
+            explicit = any(n in given for n in (field, *aliases))
+            return getattr(request, field) if explicit else values[key]
+
+        steps = chosen("sampling_steps", "sample_steps", key="steps")
+        text_scale = chosen("text_guide_scale", "sample_text_guide_scale", key="text_scale")
+        audio_scale = chosen("audio_guide_scale", "sample_audio_guide_scale", key="audio_scale")
+        shift = chosen("shift", "sample_shift", key="shift")
+        cache_threshold = request.cache_threshold if request.cache_threshold is not None else values["cache_threshold"]
         frames = request.num_frames
         if request.duration is not None:
             frames = max(1, round(request.duration * 25))
@@ -283,7 +337,7 @@ class Worker:
             resolution=request.resolution,
             mode=request.mode,
             steps=steps,
-            shift=request.shift,
+            shift=shift,
             text_scale=text_scale,
             audio_scale=audio_scale,
             use_apg=request.use_apg,
@@ -295,8 +349,12 @@ class Worker:
             crf=request.output.crf,
             size=(request.height, request.width) if request.width else None,
             num_frames=frames,
+            cache_threshold=cache_threshold,
+            speed_lora=bool(values["speed_lora"]),
+            preset=preset,
         )
         params = {
+            "preset": preset,
             "resolution": request.resolution,
             "mode": request.mode,
             "sampling_steps": steps,
@@ -307,6 +365,8 @@ class Worker:
             "color_correction": request.color_correction,
             "negative_prompt": "default" if request.negative_prompt is None else "custom",
             "turbo": request.turbo,
+            "cache_threshold": cache_threshold,
+            "speed_lora": bool(values["speed_lora"]),
             "num_frames": frames,
             "size": f"{request.width}x{request.height}" if request.width else "bucket",
         }
@@ -349,6 +409,16 @@ class Worker:
         hints.append("a GPU with more memory or a quantized (GGUF) model")
         return f"the GPU ran out of memory ({total:.0f} GB card); settings that would fit: {', or '.join(hints)}"
 
+    def _setup(self) -> dict:
+        """How the models are set up on this worker (reported with every result and by the health probe)."""
+        pipe = self.pipeline
+        return {
+            "attention": str(pipe.attention_backend),
+            "memory_plan": pipe.memory_plan.name if pipe.memory_plan else "all resident",
+            "speed_lora": pipe.speed_lora.name if pipe.speed_lora else None,
+            "default_preset": self.config.preset,
+        }
+
     def health(self) -> dict:
         """Answer to the health probe: the worker is up and what it runs; no generation."""
         info = {
@@ -358,6 +428,7 @@ class Worker:
             "model_load_s": round(self.load_seconds, 2),
             "jobs_done": self.jobs_done,
             "version": __version__,
+            **self._setup(),
         }
         if self.pipeline.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.pipeline.device)

@@ -98,7 +98,15 @@ class JobInput(BaseModel):
     negative_prompt: str | None = Field(None, max_length=4000, description="default: the official negative prompt")
     color_correction: float = Field(1.0, ge=0, le=1, description="Lab colour correction towards the reference image")
     use_apg: bool = Field(False, description="adaptive projected guidance")
-    turbo: bool = Field(False, description="faster, lower quality: 2-pass guidance, fewer steps (original worker)")
+    preset: Literal["quality", "balanced", "fast"] | None = Field(
+        None,
+        description="quality: 40 steps, 3-pass guidance; balanced: + step caching; fast: speed LoRA, 4 steps, 2-pass "
+        "(default: the worker's MULTITALK_PRESET); fields given explicitly override the preset's values",
+    )
+    cache_threshold: float | None = Field(
+        None, ge=0, le=5, description="step caching (TeaCache) threshold; 0 = off (preset: balanced 0.2, others 0)"
+    )
+    turbo: bool = Field(False, description="original worker's name for preset=fast")
     width: int | None = Field(None, ge=64, le=2048, multiple_of=16, description="explicit width instead of the bucket")
     height: int | None = Field(
         None, ge=64, le=2048, multiple_of=16, description="explicit height instead of the bucket"
