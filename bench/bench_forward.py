@@ -52,13 +52,28 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backend", default=None, help="diffusers attention backend (e.g. native, flash, _flash_3)")
+    parser.add_argument("--fp8", action="store_true", help="block linears in fp8 (torchao), as memory_plan=fp8")
+    parser.add_argument("--group-offload", action="store_true", help="weights in host memory, streamed per block")
+    parser.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     dims, dtype, device = CONFIGS[args.config], DTYPES[args.dtype], torch.device(args.device)
-    model = random_model(dims, dtype, device)
+    model = random_model(dims, dtype, torch.device("cpu") if args.group_offload else device)
+    if args.fp8:
+        from multitalk_serve.engine.memory import fp8_config, quantize_block_fp8
+
+        config = fp8_config(device)
+        for block in model.blocks:
+            quantize_block_fp8(block, config)
+    if args.group_offload:
+        from multitalk_serve.engine.memory import group_offload
+
+        group_offload(model, device)
     if args.backend:
         model.set_attention_backend(args.backend)
+    if args.compile:
+        model.compile_repeated_blocks(fullgraph=False, dynamic=False)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     results = []
     for speakers in (1, 2):
@@ -74,6 +89,9 @@ def main() -> None:
             "shape": f"{args.frames}x{args.height}x{args.width}",
             "tokens": inputs["hidden_states"][0, 0].numel() // 4,
             "dtype": args.dtype,
+            "weights": "fp8" if args.fp8 else args.dtype,
+            "group_offload": args.group_offload,
+            "compile": args.compile,
             "device": machine,
             "threads": torch.get_num_threads(),
             "seconds": [round(r, 4) for r in runs],

@@ -31,11 +31,15 @@ from multitalk_serve.provision.profiles import (
     MULTITALK_REPO,
     ORIGINAL_REPO,
     PROFILES,
+    SPEED_LORA_FILE,
+    SPEED_LORA_REPO,
     WAV2VEC_REPO,
     Fetch,
     Profile,
+    with_speed_lora,
 )
 from multitalk_serve.provision.verify import verify_model_dir
+from multitalk_serve.tiny import SPEED_LORA_NAME
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -61,6 +65,7 @@ def publish(hub: FakeHub, tiny: Path, gated: bool = False) -> None:
     hub.add_repo(WAV2VEC_REPO, configs | {"pytorch_model.bin": b"the main branch's pickle (not fetched)"})
     hub.add_repo(WAV2VEC_REPO, configs | {"model.safetensors": w2v / "model.safetensors"}, revision="refs/pr/1")
     hub.add_repo(GGUF_REPO, {p.name: p for p in tiny.glob("*.gguf")})
+    hub.add_repo(SPEED_LORA_REPO, {SPEED_LORA_FILE: tiny / SPEED_LORA_NAME, "Other/unrelated.safetensors": b"no"})
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +160,16 @@ def test_gguf_profiles(hub, tmp_path, profile, gguf):
     assert not (dest / "Wan2.1-I2V-14B-480P-Diffusers/transformer").exists()
     inventory = inspect_model_dir(dest, cache_dirs=[])
     assert inventory.ok and {c.name: c.layout for c in inventory.components}["transformer"] == "gguf"
+
+
+def test_speed_lora_comes_with_any_profile_and_the_worker_finds_it(hub, tmp_path):
+    from multitalk_serve.worker.config import WorkerConfig
+
+    dest = tmp_path / "models"
+    Downloader(dest, with_speed_lora(PROFILES["gguf-q4"]), cache_dirs=[], log=[].append).run()
+    assert (dest / SPEED_LORA_FILE).is_file() and not (dest / "Other").exists()
+    assert inspect_model_dir(dest, cache_dirs=[]).ok
+    assert WorkerConfig(model_path=dest, s3=None).speed_lora_path() == dest / SPEED_LORA_FILE
 
 
 def test_rerun_fetches_nothing(hub, tmp_path):

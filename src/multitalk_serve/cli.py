@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .engine.presets import DEFAULT_PRESET, PRESETS
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -119,14 +121,15 @@ def profiles_table() -> str:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     from .provision.download import Downloader, DownloadError
-    from .provision.profiles import PROFILES
+    from .provision.profiles import PROFILES, with_speed_lora
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    profile = with_speed_lora(PROFILES[args.profile]) if args.speed_lora else PROFILES[args.profile]
     downloader = Downloader(
         args.dest,
-        PROFILES[args.profile],
+        profile,
         workers=args.workers,
         verify_hashes=args.verify_hashes,
         use_cache=not args.no_cache,
@@ -187,13 +190,18 @@ def _parse_size(text: str) -> tuple[int, int]:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .engine.pipeline import GenerateOptions, MultiTalkPipeline
 
-    options = GenerateOptions(
+    chosen = {
+        "steps": args.steps,
+        "shift": args.shift,
+        "text_scale": args.text_scale,
+        "audio_scale": args.audio_scale,
+        "cache_threshold": args.cache_threshold,
+    }
+    options = GenerateOptions.from_preset(
+        args.preset,
+        **{k: v for k, v in chosen.items() if v is not None},
         resolution=args.resolution,
         mode=args.mode,
-        steps=args.steps,
-        shift=args.shift,
-        text_scale=args.text_scale,
-        audio_scale=args.audio_scale,
         use_apg=args.apg,
         seed=args.seed,
         negative_prompt=args.negative_prompt,
@@ -213,8 +221,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         wav2vec=args.wav2vec,
         device=args.device,
         dtype=DTYPES[args.dtype],
+        memory_plan=args.memory_plan,
+        attention=args.attention,
+        speed_lora=args.speed_lora,
+        speed_lora_scale=args.speed_lora_scale,
+        fuse_speed_lora=options.speed_lora,  # one run, one preset: merging the LoRA costs nothing per step
+        compile=args.compile,
     )
-    print(f"loaded the models in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    plan = pipe.memory_plan.name if pipe.memory_plan else "all resident"
+    print(
+        f"loaded the models in {time.perf_counter() - start:.1f} s (memory plan {plan}, attention "
+        f"{pipe.attention_backend})",
+        file=sys.stderr,
+    )
     result = pipe.generate(
         args.image,
         audio,
@@ -233,8 +252,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "size": f"{result.width}x{result.height}",
         "seed": result.seed,
         "clips": result.clips,
+        "preset": options.preset,
+        "options": {k: result.options[k] for k in ("steps", "text_scale", "audio_scale", "shift", "cache_threshold")},
         "timings": result.timings,
     }
+    if result.forwards:
+        summary["forwards"] = result.forwards
+    if result.notes:
+        summary["notes"] = result.notes
     if result.mask_preview_path:
         summary["mask_preview"] = str(result.mask_preview_path)
     if result.thumbnail_path:
@@ -336,10 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", choices=("480p", "720p"), default="480p")
     p.add_argument("--size", type=_parse_size, help="explicit HEIGHTxWIDTH (multiples of 16) instead of the bucket")
     p.add_argument("--mode", choices=("streaming", "clip"), default="streaming")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--shift", type=float, help="default 7 (480p) / 11 (720p)")
-    p.add_argument("--text-scale", type=float, default=5.0)
-    p.add_argument("--audio-scale", type=float, default=4.0)
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help="quality: 40 steps, 3-pass; balanced: + step caching; fast: speed LoRA (--speed-lora), 4 steps, 2-pass",
+    )
+    p.add_argument("--steps", type=int, help="default: the preset's (quality 40, fast 4)")
+    p.add_argument("--shift", type=float, help="default: the preset's (7 at 480p, 11 at 720p; fast 2)")
+    p.add_argument("--text-scale", type=float, help="default: the preset's (5; fast 1 = 2-pass guidance)")
+    p.add_argument("--audio-scale", type=float, help="default: the preset's (4; fast 2)")
+    p.add_argument("--cache-threshold", type=float, help="TeaCache threshold, 0 = off (balanced: 0.2)")
+    p.add_argument("--speed-lora", help="lightx2v / FusionX LoRA .safetensors (needed by --preset fast)")
+    p.add_argument("--speed-lora-scale", type=float, default=1.0)
+    p.add_argument(
+        "--memory-plan",
+        help="auto (by GPU memory) or e.g. bf16, fp8, fp8+t5-offload, fp8+t5-offload+group-offload (default: all "
+        "resident in --dtype)",
+    )
+    p.add_argument("--attention", default="auto", help="attention backend: auto, native, flash, _flash_3, sage")
+    p.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
     p.add_argument("--apg", action="store_true", help="adaptive projected guidance")
     p.add_argument("--seed", type=int)
     p.add_argument("--negative-prompt")
@@ -368,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest", default=_default_dest(), help="model directory (default: $MODEL_PATH or /runpod-volume/models)"
     )
     p.add_argument("--workers", type=int, default=8, help="files downloaded at the same time")
+    p.add_argument(
+        "--speed-lora",
+        action="store_true",
+        help="also fetch the lightx2v step-distillation LoRA (1.4 GB) for preset fast, into DEST/Lightx2v/",
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would be fetched (exact sizes from the Hub)")
     p.add_argument(
         "--verify-hashes", action="store_true", help="re-hash files already present instead of trusting the manifest"

@@ -60,9 +60,15 @@ def choose_attention_backend(
     reasons the others were passed over (for the logs and the worker's warnings)."""
     candidates = installed_backends(device) if requested == "auto" else [requested, NATIVE]
     skipped = []
+    quiet = logging.getLogger("diffusers.models.modeling_utils")  # "attention backends are experimental", each call
+    level = quiet.level
     for name in dict.fromkeys(candidates):
         try:
-            transformer.set_attention_backend(name)
+            quiet.setLevel(logging.ERROR)
+            try:
+                transformer.set_attention_backend(name)
+            finally:
+                quiet.setLevel(level)
             error = probe(name, device, dtype)
             if error > PROBE_TOLERANCE:
                 raise RuntimeError(f"probe differs from SDPA by {error:.3g}")

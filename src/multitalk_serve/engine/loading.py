@@ -337,6 +337,7 @@ def load_transformer(
     device: str | torch.device = "cpu",
     workers: int = 4,
     fp8: bool = False,
+    fused_lora: dict[str, torch.Tensor] | None = None,
 ) -> MultiTalkTransformer3DModel:
     """Load the MultiTalk transformer from any supported layout (see module docstring).
 
@@ -349,11 +350,14 @@ def load_transformer(
         workers: parallel tensor reads.
         fp8: store the linears of every block in fp8 (``memory.py``), each block quantised as soon as its
             tensors are in, so the bf16 model is never held whole.
+        fused_lora: weight deltas (``lora.lora_deltas``) added before quantisation (a speed LoRA with fp8).
 
     Raises:
         CheckpointError: naming the missing file, missing/unexpected keys, wrong shapes or bad config.
     """
-    model, _ = load_transformer_with_report(path, multitalk, dtype=dtype, device=device, workers=workers, fp8=fp8)
+    model, _ = load_transformer_with_report(
+        path, multitalk, dtype=dtype, device=device, workers=workers, fp8=fp8, fused_lora=fused_lora
+    )
     return model
 
 
@@ -365,6 +369,7 @@ def load_transformer_with_report(
     device: str | torch.device = "cpu",
     workers: int = 4,
     fp8: bool = False,
+    fused_lora: dict[str, torch.Tensor] | None = None,
 ) -> tuple[MultiTalkTransformer3DModel, LoadReport]:
     start = time.perf_counter()
     device = torch.device(device)
@@ -386,8 +391,8 @@ def load_transformer_with_report(
     modules = dict(model.named_modules())
     lock = threading.Lock()
     local = threading.local()
-    pending: dict[str, int] = {}  # fp8: tensors each block still waits for
-    if fp8_config is not None:
+    pending: dict[str, int] = {}  # fp8 or a fused LoRA: tensors each block still waits for
+    if fp8_config is not None or fused_lora:
         for key in source.refs:
             if key.startswith("blocks."):
                 block = ".".join(key.split(".")[:2])
@@ -414,10 +419,15 @@ def load_transformer_with_report(
                 pending[block] -= 1
                 complete = pending[block] == 0
         if complete:
-            from .memory import quantize_block_fp8
-
             modules[block].to(device)  # buffers too, before torchao swaps the weights
-            quantize_block_fp8(modules[block], fp8_config)
+            if fused_lora:
+                from .lora import apply_deltas
+
+                apply_deltas(modules[block], fused_lora, prefix=f"{block}.")
+            if fp8_config is not None:
+                from .memory import quantize_block_fp8
+
+                quantize_block_fp8(modules[block], fp8_config)
 
     keys = sorted(source.refs, key=lambda k: (str(source.refs[k].path), source.refs[k].offset))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -427,6 +437,11 @@ def load_transformer_with_report(
     if leftover:  # pragma: no cover - guarded by _check_keys_and_shapes
         raise CheckpointError(f"parameters left unloaded: {_fmt_keys(leftover)}")
     model.to(device)  # buffers (RoPE tables) follow the parameters
+    if fused_lora:  # the layers outside the blocks (embeddings, head)
+        from .lora import apply_deltas
+
+        outside = {k: v for k, v in fused_lora.items() if not k.startswith("blocks.")}
+        apply_deltas(model, outside)
     report = LoadReport(
         layout=source.layout,
         files=source.files,

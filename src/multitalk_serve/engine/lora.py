@@ -85,6 +85,41 @@ def load_speed_lora(transformer, path: str | Path, scale: float = 1.0, fuse: boo
     return len(state)
 
 
+def lora_deltas(path: str | Path, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """The LoRA at ``path`` as weight and bias deltas keyed by the model's parameter names (float32):
+    ``W += scale * B @ A`` and ``bias += scale * B.bias``. For weights that cannot host a PEFT adapter with bias
+    deltas (torchao fp8): the loader adds them to the bf16 tensors just before each block is quantised."""
+    deltas: dict[str, torch.Tensor] = {}
+    state = {k.removeprefix("transformer."): v.float() for k, v in read_lora(path).items()}
+    for key, down in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        stem = key[: -len(".lora_A.weight")]
+        up = state[f"{stem}.lora_B.weight"]
+        deltas[f"{stem}.weight"] = scale * (up @ down)
+        if f"{stem}.lora_B.bias" in state:
+            deltas[f"{stem}.bias"] = scale * state[f"{stem}.lora_B.bias"]
+    return deltas
+
+
+def apply_deltas(module: torch.nn.Module, deltas: dict[str, torch.Tensor], prefix: str = "") -> int:
+    """Add the deltas under ``prefix`` (``"blocks.3."``, or ``""`` for all) to ``module``'s parameters, in place;
+    returns how many were applied."""
+    params = dict(module.named_parameters())
+    count = 0
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            if not name.startswith(prefix):
+                continue
+            local = name[len(prefix) :]
+            if local not in params:
+                raise CheckpointError(f"speed LoRA: no parameter {name} in the transformer")
+            param = params[local]
+            param.add_(delta.reshape(param.shape).to(device=param.device, dtype=param.dtype))
+            count += 1
+    return count
+
+
 def set_speed_lora(transformer, on: bool, *, loaded: bool, fused: bool) -> None:
     """Switch the speed adapter for the next forwards."""
     if fused:

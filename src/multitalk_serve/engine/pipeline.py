@@ -384,6 +384,18 @@ class MultiTalkPipeline:
         t5_device = torch.device("cpu") if plan and plan.offload_text_encoder else device
         fp8 = bool(plan and plan.weights == "fp8")
         spent = timings if timings is not None else {}
+        notes, fused_lora = [], None
+        if fp8 and speed_lora is not None:
+            if fuse_speed_lora:  # torchao fp8 linears cannot host a PEFT adapter with bias deltas: merged at load
+                from .lora import lora_deltas
+
+                fused_lora = lora_deltas(speed_lora, speed_lora_scale)
+            else:
+                notes.append(
+                    f"speed LoRA {Path(speed_lora).name} not loaded: with fp8 weights a speed LoRA is merged into the "
+                    "weights at load (fuse_speed_lora / MULTITALK_FUSE_SPEED_LORA=1), so the worker then runs only fast"
+                )
+                speed_lora = None
         start = time.perf_counter()
         prefetch(_weight_files(paths))
         # Import the libraries here, once: imports from several threads at a time serialise on the import lock.
@@ -396,7 +408,7 @@ class MultiTalkPipeline:
         spent["imports"] = time.perf_counter() - start
         jobs = {
             "transformer": lambda: load_transformer(
-                paths.transformer, paths.multitalk, dtype=dtype, device=dit_device, fp8=fp8
+                paths.transformer, paths.multitalk, dtype=dtype, device=dit_device, fp8=fp8, fused_lora=fused_lora
             ),
             "text_encoder": lambda: T5TextEncoder.from_pretrained(
                 paths.tokenizer, paths.text_encoder, device=t5_device, dtype=dtype
@@ -428,8 +440,11 @@ class MultiTalkPipeline:
             group_offload(parts["transformer"], device)
         pipe = cls(**parts, device=device, dtype=dtype)
         pipe.memory_plan = plan
+        pipe.notes += notes
         pipe.set_attention_backend(attention)
-        if speed_lora is not None:
+        if fused_lora is not None:
+            pipe.speed_lora, pipe.speed_lora_fused = Path(speed_lora), True
+        elif speed_lora is not None:
             start = time.perf_counter()
             pipe.load_speed_lora(speed_lora, speed_lora_scale, fuse_speed_lora)
             spent["speed_lora"] = time.perf_counter() - start

@@ -29,6 +29,11 @@ GGUF_REPO = "city96/Wan2.1-I2V-14B-480P-gguf"
 MULTITALK_REPO = "MeiGen-AI/MeiGen-MultiTalk"
 WAV2VEC_REPO = "TencentGameMate/chinese-wav2vec2-base"
 GGUF_FILES = {"Q8_0": "wan2.1-i2v-14b-480p-Q8_0.gguf", "Q4_K_M": "wan2.1-i2v-14b-480p-Q4_K_M.gguf"}
+# The lightx2v I2V 480p step-distillation LoRA (4 steps, no text guidance) as Kijai republished it; the file
+# diffusers' Wan LoRA loader was tested with (diffusers PR #12040). The worker finds it at MODEL_PATH/Lightx2v/.
+SPEED_LORA_REPO = "Kijai/WanVideo_comfy"
+SPEED_LORA_FILE = "Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank128_bf16.safetensors"
+SPEED_LORA_GB = 1.44  # rank 128 over the 40 blocks' attention and FFN linears, bf16
 ENCODERS = ("text_encoder", "tokenizer", "image_encoder", "image_processor", "vae")
 
 
@@ -136,6 +141,14 @@ PROFILES: dict[str, Profile] = {
     "gguf-q8": _gguf("gguf-q8", "Q8_0"),
     "gguf-q4": _gguf("gguf-q4", "Q4_K_M"),
 }
+
+
+def with_speed_lora(profile: Profile) -> Profile:
+    """``profile`` plus the speed LoRA for ``preset: fast`` (``download --speed-lora``)."""
+    lora = Fetch(SPEED_LORA_REPO, "", include=(SPEED_LORA_FILE,))
+    return Profile(
+        f"{profile.name}+speed-lora", f"{profile.summary}; + the lightx2v speed LoRA", (*profile.fetches, lora)
+    )
 
 
 # --- sizes ---------------------------------------------------------------------------------------------------------

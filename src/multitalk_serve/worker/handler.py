@@ -137,6 +137,10 @@ class Worker:
             compile=config.compile,
         )
         seconds = time.perf_counter() - start
+        for note in pipeline.notes:
+            log.warning(note)
+        if config.preset == "fast" and pipeline.speed_lora is None:
+            raise ValueError("MULTITALK_PRESET=fast, but the speed LoRA was not loaded: " + "; ".join(pipeline.notes))
         plan = pipeline.memory_plan.name if pipeline.memory_plan else f"all resident ({dtype})"
         log.info(
             "pipeline loaded from %s on %s in %.1f s: memory plan %s, attention %s, speed LoRA %s",
