@@ -26,7 +26,11 @@ from multitalk_serve.engine.forward_check import random_inputs, random_model, ti
 from multitalk_serve.engine.transformer import latent_frames
 from multitalk_serve.tiny import TINY_DIMS
 
-CONFIGS = {"14b": WanDims(), "tiny": TINY_DIMS}
+CONFIGS = {
+    "14b": WanDims(),
+    "mid": TINY_DIMS.replace(dim=1024, num_heads=8, ffn_dim=4096, num_layers=8),
+    "tiny": TINY_DIMS,
+}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

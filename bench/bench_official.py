@@ -31,7 +31,15 @@ bf16 follows each implementation's own dtype policy: the official pipeline casts
 and the time embedder in fp32. The official forward relies on ``torch.cuda.amp.autocast(dtype=float32)`` to run
 ``time_embedding``, ``time_projection`` and ``head.head`` in fp32 from bf16 weights; that autocast is off on CPU
 (the forward would fail: fp32 input, bf16 weight), so on CPU those three modules hold their bf16-rounded weights in
-fp32, which computes what CUDA computes (noted as "fp32-autocast linears emulated").
+fp32, which computes what CUDA computes (noted as "fp32-autocast linears emulated"). The official
+``flash_attention`` casts fp32 inputs to bf16 (its self-attention gets fp32 q, k from ``rope_apply``); the SDPA
+stand-in gets the same casts in bf16 runs.
+
+On a shared CPU machine other processes distort timings: before each subprocess the driver waits (up to
+``--idle-wait`` s) for the CPUs to be idle, and each timed forward measures the share of the machine's CPU time
+used by other processes (/proc/stat minus the process's own CPU time); a forward where that exceeds
+``--max-foreign`` is discarded and redone after the CPUs go idle. The summary under the table shows the worst
+share among the kept forwards and how many were redone. ``--json PATH`` writes every run's seconds and these facts.
 """
 
 from __future__ import annotations
