@@ -17,7 +17,7 @@ WORKDIR /app
 # Dependencies first (pinned in pyproject.toml; the image's torch satisfies torch>=2.6 and is kept).
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN python3 -m pip install ".[worker,fp8,gpu]" \
+RUN python3 -m pip install ".[worker,fp8]" \
  && python3 -c "import torch, diffusers, transformers, runpod, av; import multitalk_serve.worker.handler; print('torch', torch.__version__)"
 
 COPY scripts/entrypoint.sh /app/entrypoint.sh

@@ -4,7 +4,7 @@ Weight formats of the transformer (the 14B DiT + MultiTalk's audio layers, 18.9 
 
 - ``bf16``: 37.8 GB.
 - ``fp8``: every linear of the 40 blocks (attention, feed-forward, audio attention: 98 % of the parameters) stored
-  as float8 e4m3 with one scale per output row (torchao ``Float8Tensor``), the rest bf16: 19.3 GB. On GPUs with fp8
+  as float8 e4m3 with one scale per output row (torchao ``Float8Tensor``), the rest bf16: 19.2 GB. On GPUs with fp8
   tensor cores (compute capability 8.9+: L4, L40S, RTX 4090, H100, H200) the activations are quantised per row too
   and the matmuls run in fp8 (``Float8DynamicActivationFloat8WeightConfig``); elsewhere the weights are widened to
   bf16 for each matmul (``Float8WeightOnlyConfig``: memory only). Blocks are quantised as they load, so loading never

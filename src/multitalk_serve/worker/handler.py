@@ -410,8 +410,14 @@ class Worker:
             hints.append("resolution 480p")
         if raw.get("width"):
             hints.append("a smaller width/height")
-        hints.append("a GPU with more memory or a quantized (GGUF) model")
-        return f"the GPU ran out of memory ({total:.0f} GB card); settings that would fit: {', or '.join(hints)}"
+        plan = self.pipeline.memory_plan.name if self.pipeline.memory_plan else "bf16, all resident"
+        if "group-offload" not in plan:
+            hints.append("a worker with a smaller memory plan (MULTITALK_MEMORY_PLAN=fp8+t5-offload+group-offload)")
+        hints.append("a GPU with more memory")
+        return (
+            f"the GPU ran out of memory ({total:.0f} GB card, memory plan {plan}); settings that would fit: "
+            + ", or ".join(hints)
+        )
 
     def _setup(self) -> dict:
         """How the models are set up on this worker (reported with every result and by the health probe)."""
