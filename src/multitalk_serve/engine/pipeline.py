@@ -355,6 +355,7 @@ class MultiTalkPipeline:
         parallel: bool | None = None,
         timings: dict[str, float] | None = None,
         memory_plan: MemoryPlan | str | None = None,
+        plan_resolution: str = "480p",
         attention: str = "auto",
         speed_lora: str | Path | None = None,
         speed_lora_scale: float = 1.0,
@@ -369,9 +370,9 @@ class MultiTalkPipeline:
         directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's seconds.
 
         ``memory_plan`` (``memory.py``): ``None`` keeps everything resident in ``dtype``; ``"auto"`` picks by the
-        GPU's memory; or a plan / its name such as ``"fp8+t5-offload"``. ``attention``: ``"auto"`` or a diffusers
-        backend name (``backends.py``). ``speed_lora``: a lightx2v / FusionX LoRA for the fast preset.
-        ``compile``: regional ``torch.compile`` of the blocks."""
+        GPU's memory for jobs up to ``plan_resolution``; or a plan / its name such as ``"fp8+t5-offload"``.
+        ``attention``: ``"auto"`` or a diffusers backend name (``backends.py``). ``speed_lora``: a lightx2v /
+        FusionX LoRA for the fast preset. ``compile``: regional ``torch.compile`` of the blocks."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .model_paths import resolve_model_paths
@@ -379,7 +380,7 @@ class MultiTalkPipeline:
 
         paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
         device = torch.device(device)
-        plan = _resolve_plan(memory_plan, device, paths.transformer)
+        plan = _resolve_plan(memory_plan, device, paths.transformer, plan_resolution)
         dit_device = torch.device("cpu") if plan and plan.group_offload else device
         t5_device = torch.device("cpu") if plan and plan.offload_text_encoder else device
         fp8 = bool(plan and plan.weights == "fp8")
@@ -751,7 +752,9 @@ class MultiTalkPipeline:
         return (out.sample if hasattr(out, "sample") else out)[0].float()
 
 
-def _resolve_plan(plan: MemoryPlan | str | None, device: torch.device, transformer: Path) -> MemoryPlan | None:
+def _resolve_plan(
+    plan: MemoryPlan | str | None, device: torch.device, transformer: Path, resolution: str = "480p"
+) -> MemoryPlan | None:
     """``None``: everything resident in the loading dtype. ``"auto"``: the planner, from the GPU's total memory (on
     a CPU: nothing to plan). A name: parsed (``memory.parse_plan``)."""
     if plan is None or isinstance(plan, MemoryPlan):
@@ -761,11 +764,11 @@ def _resolve_plan(plan: MemoryPlan | str | None, device: torch.device, transform
     if plan != "auto":
         if plan.split("+")[0].strip().lower().startswith("gguf") != gguf:
             raise EngineError(f"memory plan {plan!r} does not match the transformer file {transformer.name}")
-        return parse_plan(plan, gguf_bytes=gguf_bytes)
+        return parse_plan(plan, resolution, gguf_bytes=gguf_bytes)
     if device.type != "cuda":
         return None
     total = torch.cuda.get_device_properties(device).total_memory
-    return plan_memory(total, "480p", "gguf" if gguf else None, gguf_bytes)
+    return plan_memory(total, resolution, "gguf" if gguf else None, gguf_bytes)
 
 
 def _default_negative() -> str:

@@ -46,8 +46,13 @@ def main() -> None:
             config.model_path,
         )
         sys.exit(1)
+    except ValueError as exc:  # inconsistent speed / memory settings (MULTITALK_PRESET, MULTITALK_SPEED_LORA, ...)
+        logging.getLogger("multitalk_serve.worker").error("E_CONFIG: %s", exc)
+        sys.exit(1)
 
-    runpod.serverless.register_fitness_check(lambda: check_gpu_headroom(worker.pipeline.device))
+    runpod.serverless.register_fitness_check(
+        lambda: check_gpu_headroom(worker.pipeline.device, worker.config.max_resolution, worker.pipeline.memory_plan)
+    )
     runpod.serverless.start({"handler": worker.handle, "concurrency_modifier": lambda current: 1})
 
 

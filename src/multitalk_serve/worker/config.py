@@ -131,6 +131,7 @@ class WorkerConfig:
     speed_lora_scale: float = field(default_factory=lambda: _float("MULTITALK_SPEED_LORA_SCALE", 1.0))
     fuse_speed_lora: bool = field(default_factory=lambda: _flag("MULTITALK_FUSE_SPEED_LORA"))
     compile: bool = field(default_factory=lambda: _flag("MULTITALK_COMPILE"))
+    max_resolution: str = field(default_factory=lambda: _env("MAX_RESOLUTION", "720p") or "720p")
 
     def speed_lora_path(self) -> Path | None:
         """``MULTITALK_SPEED_LORA`` (absolute, or relative to ``MODEL_PATH``); unset: the first

@@ -12,6 +12,7 @@ import os
 import torch
 
 from ..engine.errors import CheckpointError
+from ..engine.memory import T5_BYTES, MemoryPlan
 from ..provision.verify import verify_model_dir
 from .config import WorkerConfig
 
@@ -29,12 +30,16 @@ def check_model_folder(config: WorkerConfig) -> list[str]:
     return result.inventory.files
 
 
-def check_gpu_headroom(device: torch.device, resolution: str | None = None) -> None:
-    """Free GPU memory after loading must cover one job at the largest resolution the worker accepts."""
+def check_gpu_headroom(device: torch.device, resolution: str | None = None, plan: MemoryPlan | None = None) -> None:
+    """Free GPU memory after loading must cover one job at the largest resolution the worker accepts (and, when the
+    text encoder is offloaded, its visit to the GPU)."""
     if device.type != "cuda":
         return
     resolution = resolution or os.environ.get("MAX_RESOLUTION", "720p")
-    need = float(os.environ.get("MIN_FREE_GPU_GB", HEADROOM_GB.get(resolution, 22.0)))
+    need = HEADROOM_GB.get(resolution, 22.0)
+    if plan is not None and plan.offload_text_encoder:
+        need = max(need, T5_BYTES / 1e9 + 1.0)
+    need = float(os.environ.get("MIN_FREE_GPU_GB", need))
     free, total = torch.cuda.mem_get_info(device)
     if free / 2**30 < need:
         raise RuntimeError(

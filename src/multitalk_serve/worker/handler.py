@@ -130,6 +130,7 @@ class Worker:
             device=device,
             dtype=dtype,
             memory_plan=config.memory_plan,
+            plan_resolution=config.max_resolution,
             attention=config.attention,
             speed_lora=speed_lora,
             speed_lora_scale=config.speed_lora_scale,
