@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="A person is talking.")
     parser.add_argument("--audio-type", choices=("add", "para"), default="add")
     parser.add_argument("--resolution", choices=("480p", "720p"), default="480p")
+    parser.add_argument("--preset", choices=("quality", "balanced", "fast"), help="default: the worker's")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--width", type=int)
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
     job = {"image": source(args.image), "audio": [source(a) for a in args.audio], "prompt": args.prompt,
            "audio_type": args.audio_type, "resolution": args.resolution, **args.extra}  # fmt: skip
-    for key, value in (("sampling_steps", args.steps), ("seed", args.seed), ("width", args.width),
-                       ("height", args.height)):  # fmt: skip
+    for key, value in (("preset", args.preset), ("sampling_steps", args.steps), ("seed", args.seed),
+                       ("width", args.width), ("height", args.height)):  # fmt: skip
         if value is not None:
             job[key] = value
     client = MultiTalkClient(args.endpoint, args.api_key)
