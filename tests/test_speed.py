@@ -31,6 +31,7 @@ from multitalk_serve.engine.presets import PRESETS
 from multitalk_serve.engine.step_cache import StepCache
 from multitalk_serve.tiny import GGUF_NAMES, SPEED_LORA_NAME
 
+OUR_PROCESSORS = (attention_module.MultiTalkSelfAttnProcessor, attention_module.MultiTalkAudioAttnProcessor)
 SMALL = {"size": (64, 96), "seed": 5, "mode": "clip", "num_frames": 17, "frames_per_clip": 17, "motion_frames": 5}
 
 
@@ -317,13 +318,52 @@ def test_a_failing_kernel_mid_job_falls_back_and_the_job_completes(tiny_root, ti
 
     monkeypatch.setattr(attention_module, "dispatch_attention_fn", flaky)
     for module in pipe.transformer.modules():  # as if SageAttention had been chosen at start
-        if hasattr(module, "processor") and hasattr(module.processor, "_attention_backend"):
+        if isinstance(getattr(module, "processor", None), OUR_PROCESSORS):  # the calls that go through `flaky`
             module.processor._attention_backend = "sage"
     pipe.attention_backend = "sage"
     frames, job = frames_of(pipe, image, options)
     assert pipe.attention_backend == NATIVE
     assert any("switched to PyTorch SDPA" in note for note in job.notes)
     assert torch.equal(frames, expected)
+
+
+def test_kernel_fallback_keeps_the_step_cache_decisions(tiny_root, tiny_pipeline, image, monkeypatch):
+    """A kernel failing in a forward the cache decided to compute: the retry must decide the same (the failed
+    attempt's bookkeeping is undone), or it would reuse a residual instead of computing."""
+    options = GenerateOptions(steps=7, cache_threshold=0.2, **SMALL)
+    expected, reference = frames_of(tiny_pipeline, image, options)
+    pipe = MultiTalkPipeline.from_pretrained(tiny_root, dtype=torch.float32)
+    real, calls = attention_module.dispatch_attention_fn, []
+
+    def sage_fails_once_after_warm_up(*args, backend=None, **kwargs):
+        if str(getattr(backend, "value", backend)) == "sage":  # a working "Sage" (computed as SDPA) ...
+            calls.append(1)
+            if len(calls) == 4 * 16 + 1:  # ... that fails in forward 17 (step 6: after the 5 warm-up steps)
+                raise RuntimeError("CUDA error: an illegal instruction was encountered")
+            backend = None
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(attention_module, "dispatch_attention_fn", sage_fails_once_after_warm_up)
+    for module in pipe.transformer.modules():
+        if isinstance(getattr(module, "processor", None), OUR_PROCESSORS):  # the calls that go through `flaky`
+            module.processor._attention_backend = "sage"
+    pipe.attention_backend = "sage"
+    frames, job = frames_of(pipe, image, options)
+    assert len(calls) == 4 * 16 + 1 and pipe.attention_backend == NATIVE
+    assert job.step_cache.computed == reference.step_cache.computed == 7 * 3
+    assert torch.equal(frames, expected)
+
+
+def test_an_error_sdpa_has_too_is_raised_not_blamed_on_the_kernel(tiny_root, image, monkeypatch):
+    pipe = MultiTalkPipeline.from_pretrained(tiny_root, dtype=torch.float32)
+
+    def always(*args, **kwargs):
+        raise RuntimeError("something else is wrong")
+
+    monkeypatch.setattr(attention_module, "dispatch_attention_fn", always)
+    pipe.attention_backend = "sage"
+    with pytest.raises(RuntimeError, match="something else"):
+        frames_of(pipe, image, GenerateOptions(steps=1, **SMALL))
 
 
 # --- regional compile -----------------------------------------------------------------------------------------------

@@ -737,18 +737,27 @@ class MultiTalkPipeline:
             masks if audio.shape[0] == 2 else None,
         )
         kwargs = {"step_cache": cache} if cache is not None else {}
+        saved = cache.save() if cache is not None else None
         with torch.inference_mode():
             try:
                 out = self.transformer(*args, **kwargs)
             except Exception as exc:
                 if self.attention_backend == NATIVE or not is_kernel_failure(exc):
                     raise
-                note = f"attention backend {self.attention_backend} failed ({exc}); switched to PyTorch SDPA"
+                failed = self.attention_backend
+                choose_attention_backend(self.transformer, self.device, dtype, NATIVE)
+                if cache is not None:
+                    cache.restore(saved)
+                try:
+                    out = self.transformer(*args, **kwargs)
+                except Exception:  # SDPA fails too: not the kernel's fault, keep the fast kernel
+                    self.attention_backend, _ = choose_attention_backend(self.transformer, self.device, dtype, failed)
+                    raise
+                self.attention_backend = NATIVE
+                note = f"attention backend {failed} failed ({exc}); switched to PyTorch SDPA"
                 logger.warning(note)
-                self.attention_backend, _ = choose_attention_backend(self.transformer, self.device, dtype, NATIVE)
                 if job is not None:
                     job.notes.append(note)
-                out = self.transformer(*args, **kwargs)
         return (out.sample if hasattr(out, "sample") else out)[0].float()
 
 

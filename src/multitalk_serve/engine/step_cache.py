@@ -80,6 +80,19 @@ class StepCache:
         state.previous = modulation.detach().clone()
         return compute
 
+    def save(self) -> tuple:
+        """The selected branch's state, to undo a forward that failed half-way (``restore``)."""
+        branch = self._branches.get(self._current)
+        copy = None if branch is None else _Branch(branch.previous, branch.accumulated, branch.residual)
+        return self._current, copy, self.computed, self.skipped
+
+    def restore(self, saved: tuple) -> None:
+        name, branch, self.computed, self.skipped = saved
+        if branch is None:
+            self._branches.pop(name, None)
+        else:
+            self._branches[name] = branch
+
     def reuse(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The blocks' output approximated as input + the branch's last residual."""
         self.skipped += 1
