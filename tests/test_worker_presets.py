@@ -113,3 +113,14 @@ def test_a_fused_fast_worker_serves_fast_and_refuses_quality(tiny_root, tmp_path
     out = fused.run(request(tmp_path, sampling_steps=1))
     assert "error" not in out and out["params"]["preset"] == "fast"
     assert fused.run(request(tmp_path, preset="quality"))["error"].startswith("E_INPUT: preset: this worker")
+
+
+def test_fp8_worker_with_preset_fast_merges_the_lora_by_itself(tiny_root, tmp_path):
+    worker = Worker.from_config(config(tiny_root, tmp_path, preset="fast", memory_plan="fp8", dtype="bf16"))
+    assert worker.pipeline.speed_lora_fused and worker.health()["memory_plan"] == "fp8"
+    out = worker.run(request(tmp_path, sampling_steps=1))
+    assert "error" not in out and out["params"]["speed_lora"] is True
+    # the default preset quality on fp8: the LoRA is left out (and said), quality jobs run, fast is refused
+    quality = Worker.from_config(config(tiny_root, tmp_path, memory_plan="fp8", dtype="bf16"))
+    assert quality.pipeline.speed_lora is None and "not loaded" in quality.pipeline.notes[0]
+    assert quality.run(request(tmp_path, preset="fast"))["error"].startswith("E_INPUT: preset: fast needs")

@@ -359,7 +359,7 @@ class MultiTalkPipeline:
         attention: str = "auto",
         speed_lora: str | Path | None = None,
         speed_lora_scale: float = 1.0,
-        fuse_speed_lora: bool = False,
+        fuse_speed_lora: bool | None = False,
         compile: bool = False,
     ) -> MultiTalkPipeline:
         """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its
@@ -372,7 +372,9 @@ class MultiTalkPipeline:
         ``memory_plan`` (``memory.py``): ``None`` keeps everything resident in ``dtype``; ``"auto"`` picks by the
         GPU's memory for jobs up to ``plan_resolution``; or a plan / its name such as ``"fp8+t5-offload"``.
         ``attention``: ``"auto"`` or a diffusers backend name (``backends.py``). ``speed_lora``: a lightx2v /
-        FusionX LoRA for the fast preset. ``compile``: regional ``torch.compile`` of the blocks."""
+        FusionX LoRA for the fast preset; ``fuse_speed_lora``: merge it into the weights (``None``: only when the
+        weights need it, i.e. fp8; otherwise a switchable adapter). ``compile``: regional ``torch.compile`` of the
+        blocks."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .model_paths import resolve_model_paths
@@ -387,14 +389,15 @@ class MultiTalkPipeline:
         spent = timings if timings is not None else {}
         notes, fused_lora = [], None
         if fp8 and speed_lora is not None:
-            if fuse_speed_lora:  # torchao fp8 linears cannot host a PEFT adapter with bias deltas: merged at load
+            if fuse_speed_lora is not False:  # torchao fp8 linears cannot host a LoRA with bias deltas: merged at load
                 from .lora import lora_deltas
 
                 fused_lora = lora_deltas(speed_lora, speed_lora_scale)
             else:
                 notes.append(
                     f"speed LoRA {Path(speed_lora).name} not loaded: with fp8 weights a speed LoRA is merged into the "
-                    "weights at load (fuse_speed_lora / MULTITALK_FUSE_SPEED_LORA=1), so the worker then runs only fast"
+                    "weights at load (MULTITALK_PRESET=fast or MULTITALK_FUSE_SPEED_LORA=1), and the worker then "
+                    "runs only fast"
                 )
                 speed_lora = None
         start = time.perf_counter()
@@ -447,7 +450,7 @@ class MultiTalkPipeline:
             pipe.speed_lora, pipe.speed_lora_fused = Path(speed_lora), True
         elif speed_lora is not None:
             start = time.perf_counter()
-            pipe.load_speed_lora(speed_lora, speed_lora_scale, fuse_speed_lora)
+            pipe.load_speed_lora(speed_lora, speed_lora_scale, bool(fuse_speed_lora))
             spent["speed_lora"] = time.perf_counter() - start
         if compile:
             pipe.compile()

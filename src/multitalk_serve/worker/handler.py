@@ -134,7 +134,8 @@ class Worker:
             attention=config.attention,
             speed_lora=speed_lora,
             speed_lora_scale=config.speed_lora_scale,
-            fuse_speed_lora=config.fuse_speed_lora,
+            # fast by default: merge the LoRA if the weights need it (fp8); otherwise keep it switchable
+            fuse_speed_lora=True if config.fuse_speed_lora else (None if config.preset == "fast" else False),
             compile=config.compile,
         )
         seconds = time.perf_counter() - start
