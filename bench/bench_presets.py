@@ -29,6 +29,7 @@ from bench_generate import CONFIGS, DTYPES, TimedForward
 from multitalk_serve.demo_media import portrait, voice
 from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
 from multitalk_serve.engine.presets import PRESETS
+from multitalk_serve.engine.sampling import Guidance
 from multitalk_serve.tiny import SPEED_LORA_NAME, write_tiny_models
 
 
@@ -77,7 +78,7 @@ def main() -> None:
             row = {
                 "preset": name,
                 "steps": options.steps,
-                "passes_per_step": 3 if options.text_scale != 1 else 2,
+                "passes_per_step": len(Guidance(options.text_scale).passes()),
                 "transformer_calls": timed.calls,
                 "forwards_reused": result.forwards.get("reused", 0),
                 "transformer_seconds": round(timed.seconds, 2),

@@ -104,6 +104,8 @@ def test_bad_speed_settings_fail_the_start(tiny_root, tmp_path):
         Worker.from_config(config(tiny_root, tmp_path, preset="fast", speed_lora="none"))
     with pytest.raises(ValueError, match="MULTITALK_FUSE_SPEED_LORA"):
         Worker.from_config(config(tiny_root, tmp_path, fuse_speed_lora=True))
+    with pytest.raises(Exception, match="memory plan 'fp4'"):
+        Worker.from_config(config(tiny_root, tmp_path, memory_plan="fp4"))
     with pytest.raises(Exception, match="is not a file"):
         Worker.from_config(config(tiny_root, tmp_path, speed_lora="nowhere.safetensors"))
 

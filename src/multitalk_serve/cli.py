@@ -252,7 +252,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "size": f"{result.width}x{result.height}",
         "seed": result.seed,
         "clips": result.clips,
-        "preset": options.preset,
+        "preset": args.preset,
         "options": {k: result.options[k] for k in ("steps", "text_scale", "audio_scale", "shift", "cache_threshold")},
         "timings": result.timings,
     }

@@ -89,12 +89,11 @@ class GenerateOptions:
     num_frames: int | None = None  # exact length: the audio is cut or padded with silence to it
     cache_threshold: float = 0.0  # TeaCache step caching; 0 = off (every forward computed)
     speed_lora: bool = False  # use the loaded speed LoRA (lightx2v, FusionX) for this job
-    preset: str | None = None  # the preset these values started from (reported; see presets.py)
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> GenerateOptions:
         """A preset's values (``presets.py``) with any field overridden, e.g. ``from_preset("fast", steps=6)``."""
-        return cls(**{**preset_values(preset), "preset": preset, **overrides})
+        return cls(**{**preset_values(preset), **overrides})
 
     def resolved(self) -> GenerateOptions:
         """A copy with every ``None`` filled in (what was actually used)."""

@@ -28,7 +28,7 @@ def main() -> None:
 
     install()
 
-    from ..engine.errors import EngineError
+    from ..engine.errors import CheckpointError, EngineError
     from .config import WorkerConfig
     from .fitness import check_gpu_headroom, check_model_folder
     from .handler import Worker
@@ -38,7 +38,7 @@ def main() -> None:
         files = check_model_folder(config)
         logging.getLogger("multitalk_serve.worker").info("model folder complete: %d transformer files", len(files))
         worker = Worker.from_config(config)
-    except EngineError as exc:
+    except CheckpointError as exc:
         logging.getLogger("multitalk_serve.worker").error(
             "E_MODEL: %s (fill the volume once with `multitalk-serve download --profile bf16 --dest %s`, "
             "see README: Model provisioning)",
@@ -46,7 +46,7 @@ def main() -> None:
             config.model_path,
         )
         sys.exit(1)
-    except ValueError as exc:  # inconsistent speed / memory settings (MULTITALK_PRESET, MULTITALK_SPEED_LORA, ...)
+    except (EngineError, ValueError) as exc:  # inconsistent settings (MULTITALK_PRESET, MULTITALK_MEMORY_PLAN, ...)
         logging.getLogger("multitalk_serve.worker").error("E_CONFIG: %s", exc)
         sys.exit(1)
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..engine.conditioning import Box
 from ..engine.errors import CheckpointError
+from ..engine.memory import parse_plan
 from ..engine.pipeline import GenerateOptions, GenerationCancelled, MultiTalkPipeline, Progress
 from ..engine.presets import preset_values
 from .config import S3Settings, WorkerConfig
@@ -117,6 +118,8 @@ class Worker:
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
         preset_values(config.preset)  # a wrong MULTITALK_PRESET fails the start, not every job
+        if config.memory_plan not in (None, "auto"):
+            parse_plan(config.memory_plan, gguf_bytes=0)  # the same for MULTITALK_MEMORY_PLAN (its syntax)
         speed_lora = config.speed_lora_path()
         if speed_lora is not None and not speed_lora.is_file():
             raise CheckpointError(f"MULTITALK_SPEED_LORA: {speed_lora} is not a file")
@@ -357,7 +360,6 @@ class Worker:
             num_frames=frames,
             cache_threshold=cache_threshold,
             speed_lora=bool(values["speed_lora"]),
-            preset=preset,
         )
         params = {
             "preset": preset,
