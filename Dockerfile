@@ -1,5 +1,5 @@
 # The MultiTalk RunPod serverless worker. Weights are not in the image: they live on a network volume
-# (MODEL_PATH, default /runpod-volume/models; see README "Deploy on RunPod").
+# (MODEL_PATH, default /runpod-volume/models; see docs/deploy.md).
 # Build: scripts/build_and_push.sh registry/name:tag  (linux/amd64)
 FROM --platform=linux/amd64 runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404
 

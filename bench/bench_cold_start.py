@@ -42,7 +42,7 @@ import json, os, sys, time
 t_exec = time.time()
 sys.path.insert(0, {src!r})
 import torch
-from multitalk_serve.engine.pipeline import MultiTalkPipeline
+from multitalk_serve.engine.pipeline.generate import MultiTalkPipeline
 
 def status(field):
     with open("/proc/self/status") as f:
@@ -71,8 +71,8 @@ def write_mid_model(root: Path, layers: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from multitalk_serve.engine.checkpoints import WEIGHTS_INDEX_NAME, is_audio_key, shard_name
-    from multitalk_serve.engine.loading import build_empty_model, keeps_fp32
+    from multitalk_serve.engine.loading.layouts import WEIGHTS_INDEX_NAME, is_audio_key, shard_name
+    from multitalk_serve.engine.loading.transformer import build_empty_model, keeps_fp32
     from multitalk_serve.tiny import TINY_DIMS, write_diffusers_layout, write_wav2vec2_layout
 
     dims = TINY_DIMS.replace(dim=2048, ffn_dim=8192, num_heads=16, num_layers=layers)
@@ -203,7 +203,7 @@ def main() -> None:
             "largest_component_gb": largest / 1e9,
             "overhead_gb": (r["peak_rss"] - r["baseline_rss"] - (weights if args.device == "cpu" else 0)) / 1e9,
         }
-    from multitalk_serve.engine.pipeline import PARALLEL_LOAD_MIN_CORES
+    from multitalk_serve.engine.pipeline.generate import PARALLEL_LOAD_MIN_CORES
 
     default = "parallel" if (os.cpu_count() or 1) >= PARALLEL_LOAD_MIN_CORES else "sequential"
     best = runs[default]

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from multitalk_serve.engine.checkpoints import WanDims
-from multitalk_serve.engine.forward_check import random_inputs, random_model, time_forward
-from multitalk_serve.engine.transformer import latent_frames
+from multitalk_serve.engine.loading.layouts import WanDims
+from multitalk_serve.engine.models.transformer import latent_frames
+from multitalk_serve.forward_check import random_inputs, random_model, time_forward
 from multitalk_serve.tiny import TINY_DIMS
 
 CONFIGS = {
@@ -65,13 +65,13 @@ def main() -> None:
     dims, dtype, device = CONFIGS[args.config], DTYPES[args.dtype], torch.device(args.device)
     model = random_model(dims, dtype, torch.device("cpu") if args.group_offload else device)
     if args.fp8:
-        from multitalk_serve.engine.memory import fp8_config, quantize_block_fp8
+        from multitalk_serve.engine.speed.memory import fp8_config, quantize_block_fp8
 
         config = fp8_config(device)
         for block in model.blocks:
             quantize_block_fp8(block, config)
     if args.group_offload:
-        from multitalk_serve.engine.memory import group_offload
+        from multitalk_serve.engine.speed.memory import group_offload
 
         group_offload(model, device)
     if args.backend:

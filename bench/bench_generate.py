@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from multitalk_serve.demo_media import portrait, voice
-from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
 from multitalk_serve.tiny import TINY_DIMS, write_tiny_models
 
 CONFIGS = {"tiny": TINY_DIMS, "mid": TINY_DIMS.replace(dim=1024, num_heads=8, ffn_dim=4096, num_layers=8)}

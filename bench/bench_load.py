@@ -31,7 +31,7 @@ PRELUDE = r"""
 import json, os, sys, time
 sys.path.insert(0, {src!r})
 import torch, gguf, diffusers.quantizers.gguf.utils
-from multitalk_serve.engine.loading import load_transformer
+from multitalk_serve.engine.loading.transformer import load_transformer
 from safetensors.torch import load_file
 
 def status(field):
@@ -98,7 +98,7 @@ def run(mode: str, args: list[str], files: list[Path]) -> dict:
 
 
 def main() -> None:
-    from multitalk_serve.engine.checkpoints import WanDims
+    from multitalk_serve.engine.loading.layouts import WanDims
     from multitalk_serve.tiny import MULTITALK_DIR, ORIGINAL_DIR, write_original_layout
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

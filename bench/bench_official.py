@@ -66,7 +66,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SPEAKERS = (1, 2)
 TIMESTEP = 900.0
 TEXT_TOKENS = 512
-ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"  # == multitalk_serve.engine.model_paths (not importable on the official side)
+ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"  # == multitalk_serve.engine.loading.paths (not importable on the official side)
 MULTITALK_DIR = "MeiGen-MultiTalk"
 
 
@@ -259,7 +259,7 @@ def worker(args: argparse.Namespace) -> None:
             )
     else:
         sys.path.insert(0, str(REPO / "src"))
-        from multitalk_serve.engine.loading import load_transformer
+        from multitalk_serve.engine.loading.transformer import load_transformer
 
         root = args.checkpoint
         model = load_transformer(root / ORIGINAL_DIR, root / MULTITALK_DIR, dtype=dtype, device=device)
@@ -304,7 +304,7 @@ def worker(args: argparse.Namespace) -> None:
 
 # --- driver (our environment) -------------------------------------------------------------------------------------
 def model_dims(args: argparse.Namespace):
-    from multitalk_serve.engine.checkpoints import WanDims
+    from multitalk_serve.engine.loading.layouts import WanDims
 
     return WanDims(
         dim=args.dim,

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bench_generate import CONFIGS, DTYPES, TimedForward
 from multitalk_serve.demo_media import portrait, voice
-from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
-from multitalk_serve.engine.presets import PRESETS
-from multitalk_serve.engine.sampling import Guidance
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
+from multitalk_serve.engine.pipeline.sampling import Guidance
+from multitalk_serve.engine.speed.presets import PRESETS
 from multitalk_serve.tiny import SPEED_LORA_NAME, write_tiny_models
 
 

@@ -37,4 +37,4 @@ $PY examples/client.py --endpoint "http://127.0.0.1:$PORT" --image demo_volume/i
 echo
 echo "This was a tiny RANDOM model: $OUT is noise with the voices' soundtrack, not a talking face; every step of the"
 echo "real path ran (worker API, validation, audio, wav2vec2, encoders, streamed sampling, VAE, MP4 with AAC)."
-echo "For real video, put the published weights in a folder (README: Generate a video / Deploy on RunPod)."
+echo "For real video, put the published weights in a folder (docs/generate.md, docs/deploy.md)."

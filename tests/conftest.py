@@ -33,7 +33,7 @@ def tiny_pipeline(tiny_root):
     """The tiny pipeline, loaded once for every test that generates."""
     import torch
 
-    from multitalk_serve.engine.pipeline import MultiTalkPipeline
+    from multitalk_serve.engine.pipeline.generate import MultiTalkPipeline
 
     return MultiTalkPipeline.from_pretrained(tiny_root, dtype=torch.float32)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from media import FORMATS, tone, write_audio, write_video
-from multitalk_serve.engine.audio import (
+from multitalk_serve.engine.pipeline.audio import (
     AudioError,
     Wav2Vec2Features,
     arrange_speakers,

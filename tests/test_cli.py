@@ -9,7 +9,7 @@ from PIL import Image
 
 from media import write_audio
 from multitalk_serve.cli import main
-from multitalk_serve.engine.video import probe
+from multitalk_serve.engine.pipeline.video import probe
 
 
 def test_generate_command(tiny_root, tmp_path, capsys):

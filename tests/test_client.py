@@ -20,7 +20,7 @@ from PIL import Image
 
 import pipeline_stubs as stubs
 from media import write_audio
-from multitalk_serve.engine.video import probe
+from multitalk_serve.engine.pipeline.video import probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from client import JobFailed, MultiTalkClient, main, media

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from multitalk_serve.engine.color import lab_to_rgb, match_colors, rgb_to_lab
-from multitalk_serve.engine.conditioning import (
+from multitalk_serve.engine.pipeline.color import lab_to_rgb, match_colors, rgb_to_lab
+from multitalk_serve.engine.pipeline.conditioning import (
     Box,
     ImageInputError,
     choose_bucket,
@@ -18,7 +18,7 @@ from multitalk_serve.engine.conditioning import (
     person_masks,
     resize_and_center_crop,
 )
-from multitalk_serve.engine.video import Mp4Writer, frames_to_uint8, probe
+from multitalk_serve.engine.pipeline.video import Mp4Writer, frames_to_uint8, probe
 
 
 def test_bucket_choice():

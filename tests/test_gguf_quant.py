@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
 
-from multitalk_serve.engine.gguf_quant import Q, quantize, tensor_type
+from multitalk_serve.engine.loading.gguf_quant import Q, quantize, tensor_type
 
 
 @pytest.mark.parametrize(("qtype", "bound"), [(Q.Q4_K, 0.12), (Q.Q6_K, 0.03), (Q.Q8_0, 0.008)])

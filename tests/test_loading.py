@@ -14,11 +14,16 @@ import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter, dequantize_gguf_tensor
 from safetensors.torch import load_file, save_file
 
-from multitalk_serve.engine.checkpoints import WanDims, multitalk_shapes, original_base_shapes
 from multitalk_serve.engine.errors import CheckpointError
-from multitalk_serve.engine.forward_check import random_inputs
-from multitalk_serve.engine.loading import _to_model_names, build_empty_model, load_transformer, resolve_transformer
-from multitalk_serve.engine.weights import TensorRef
+from multitalk_serve.engine.loading.layouts import WanDims, multitalk_shapes, original_base_shapes
+from multitalk_serve.engine.loading.transformer import (
+    _to_model_names,
+    build_empty_model,
+    load_transformer,
+    resolve_transformer,
+)
+from multitalk_serve.engine.loading.weights import TensorRef
+from multitalk_serve.forward_check import random_inputs
 from multitalk_serve.tiny import (
     DIFFUSERS_DIR,
     GGUF_NAMES,
@@ -109,7 +114,7 @@ def test_single_file_in_other_storage_dtypes(tiny_root, tmp_path, dtype):
 
 
 def test_multitalk_weights_as_gguf(tiny_root, tmp_path, reference):
-    from multitalk_serve.engine.gguf_quant import write_wan_gguf
+    from multitalk_serve.engine.loading.gguf_quant import write_wan_gguf
 
     _, audio = transformer_tensors(reference_dims(tiny_root))
     write_wan_gguf(tmp_path / "multitalk-Q8_0.gguf", {k: v.numpy() for k, v in audio.items()}, "Q8_0")

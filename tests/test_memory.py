@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from multitalk_serve.engine.checkpoints import WanDims
+from multitalk_serve.engine.loading.layouts import WanDims
 from multitalk_serve.tiny import MULTITALK_DIR, ORIGINAL_DIR, write_original_layout
 
 # ~100 M parameters: 0.4 GB of fp32 files -> a 0.2 GB bf16 model.
@@ -30,7 +30,7 @@ MEMORY_DIMS = WanDims(
 MEASURE = r"""
 import json, sys, torch
 import diffusers.quantizers.gguf.utils, gguf  # everything loading may import, imported before measuring
-from multitalk_serve.engine.loading import load_transformer
+from multitalk_serve.engine.loading.transformer import load_transformer
 
 def status(field):
     with open("/proc/self/status") as f:

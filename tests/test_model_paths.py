@@ -14,9 +14,9 @@ from PIL import Image
 import pipeline_stubs as stubs
 from hf_cache import fake_hf_cache
 from multitalk_serve.engine.errors import CheckpointError
-from multitalk_serve.engine.inventory import inspect_model_dir
-from multitalk_serve.engine.model_paths import cached_snapshot, resolve_model_paths
-from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
+from multitalk_serve.engine.loading.inventory import inspect_model_dir
+from multitalk_serve.engine.loading.paths import cached_snapshot, resolve_model_paths
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
 
 ORIGINAL = "Wan2.1-I2V-14B-480P"
 DIFFUSERS = "Wan2.1-I2V-14B-480P-Diffusers"
@@ -87,7 +87,7 @@ def test_components_found_in_a_hugging_face_cache_in_place(tiny_root, tmp_path, 
 
 
 def test_hf_cache_env_and_runpod_location(tmp_path, monkeypatch):
-    from multitalk_serve.engine import model_paths
+    from multitalk_serve.engine.loading import paths as model_paths
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))

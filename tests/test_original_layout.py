@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from multitalk_serve.engine import original_layout as orig
-from multitalk_serve.engine.components import ClipImageEncoder, WanVideoVAE
-from multitalk_serve.engine.encoders import (
+from multitalk_serve.engine.errors import CheckpointError
+from multitalk_serve.engine.loading import original_encoders as orig
+from multitalk_serve.engine.loading.encoders import (
     ComponentSource,
     build,
     check,
@@ -28,8 +28,8 @@ from multitalk_serve.engine.encoders import (
     text_encoder_source,
     vae_source,
 )
-from multitalk_serve.engine.errors import CheckpointError
-from multitalk_serve.engine.weights import TensorRef, read_pth_header
+from multitalk_serve.engine.loading.weights import TensorRef, read_pth_header
+from multitalk_serve.engine.models.encoders import ClipImageEncoder, WanVideoVAE
 from multitalk_serve.tiny import ORIGINAL_DIR, fingerprint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from multitalk_serve.engine.loading import load_transformer
+from multitalk_serve.engine.loading.transformer import load_transformer
 from multitalk_serve.tiny import ORIGINAL_DIR, PARITY_DIMS, fingerprint, transformer_tensors
 from parity_inputs import CASES, case_inputs, make_inputs
 

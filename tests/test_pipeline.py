@@ -9,11 +9,17 @@ from PIL import Image
 
 import pipeline_stubs as stubs
 from media import write_audio
-from multitalk_serve.engine.audio import AudioError
-from multitalk_serve.engine.conditioning import Box, ImageInputError
-from multitalk_serve.engine.errors import EngineError
-from multitalk_serve.engine.pipeline import GenerateOptions, GenerationCancelled, MultiTalkPipeline, plan_clips
-from multitalk_serve.engine.video import probe
+from multitalk_serve.engine import (
+    AudioError,
+    Box,
+    EngineError,
+    GenerateOptions,
+    GenerationCancelled,
+    ImageInputError,
+    MultiTalkPipeline,
+)
+from multitalk_serve.engine.pipeline.generate import plan_clips
+from multitalk_serve.engine.pipeline.video import probe
 
 SMALL = {"size": (64, 96), "steps": 2, "seed": 11}
 

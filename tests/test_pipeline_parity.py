@@ -19,10 +19,10 @@ from PIL import Image
 from safetensors import safe_open
 
 import pipeline_stubs as stubs
-from multitalk_serve.engine.audio import Wav2Vec2Features
-from multitalk_serve.engine.conditioning import BUCKETS, Box, choose_bucket
-from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
-from multitalk_serve.engine.sampling import timesteps
+from multitalk_serve.engine.pipeline.audio import Wav2Vec2Features
+from multitalk_serve.engine.pipeline.conditioning import BUCKETS, Box, choose_bucket
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
+from multitalk_serve.engine.pipeline.sampling import timesteps
 from multitalk_serve.tiny import WAV2VEC_DIR
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official" / "official_pipeline.safetensors"

@@ -20,9 +20,9 @@ from fake_hub import FakeHub
 from hf_cache import fake_hf_cache
 from multitalk_serve.cli import main as cli
 from multitalk_serve.cli import profiles_table
-from multitalk_serve.engine.inventory import inspect_model_dir
-from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
-from multitalk_serve.engine.weights import read_safetensors_header
+from multitalk_serve.engine.loading.inventory import inspect_model_dir
+from multitalk_serve.engine.loading.weights import read_safetensors_header
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
 from multitalk_serve.provision import download as dl
 from multitalk_serve.provision.download import Downloader, DownloadError
 from multitalk_serve.provision.profiles import (
@@ -41,7 +41,7 @@ from multitalk_serve.provision.profiles import (
 from multitalk_serve.provision.verify import verify_model_dir
 from multitalk_serve.tiny import SPEED_LORA_NAME
 
-README = Path(__file__).parents[1] / "README.md"
+PROVISIONING_DOC = Path(__file__).parents[1] / "docs" / "provisioning.md"
 
 
 def tree(folder: Path) -> dict[str, Path]:
@@ -127,7 +127,7 @@ def test_bf16_profile_converts_on_arrival_and_generates_like_the_float32_origina
     published = read_safetensors_header(
         tiny_root / "Wan2.1-I2V-14B-480P-Diffusers/transformer/diffusion_pytorch_model-00001-of-00002.safetensors"
     )
-    from multitalk_serve.engine.loading import keeps_fp32
+    from multitalk_serve.engine.loading.transformer import keeps_fp32
 
     kept = {k for k in ours if keeps_fp32(k)}
     assert kept and {ours[k].dtype for k in kept} == {torch.float32}  # norms, modulation: float32 at run time too
@@ -370,8 +370,10 @@ def test_cli_download_then_verify(hub, tmp_path, capsys):
     assert any("chinese-wav2vec2-base/model.safetensors: missing" in p for p in report["problems"])
 
 
-def test_readme_profile_table_is_current():
-    assert profiles_table() in README.read_text(), "README's profile table is stale: paste `multitalk-serve profiles`"
+def test_docs_profile_table_is_current():
+    assert profiles_table() in PROVISIONING_DOC.read_text(), (
+        "docs/provisioning.md's profile table is stale: paste `multitalk-serve profiles`"
+    )
 
 
 def test_readme_numbers_match_the_architectures():

@@ -116,8 +116,8 @@ class EngineGuard:
         return getattr(self._pipeline, name)
 
     def generate(self, image, audio, prompt, output, *, boxes=None, options=None, **kwargs):
-        from multitalk_serve.engine.conditioning import person_masks
-        from multitalk_serve.engine.pipeline import load_image
+        from multitalk_serve.engine.pipeline.conditioning import person_masks
+        from multitalk_serve.engine.pipeline.generate import load_image
 
         opts = options.resolved()
         opts.validate()

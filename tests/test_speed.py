@@ -10,13 +10,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import pipeline_stubs as stubs
-from multitalk_serve.engine import attention as attention_module
-from multitalk_serve.engine.backends import NATIVE, choose_attention_backend, installed_backends
 from multitalk_serve.engine.errors import CheckpointError, EngineError
-from multitalk_serve.engine.forward_check import random_inputs
-from multitalk_serve.engine.loading import load_transformer
-from multitalk_serve.engine.lora import load_speed_lora, set_speed_lora
-from multitalk_serve.engine.memory import (
+from multitalk_serve.engine.loading.paths import MULTITALK_DIR, ORIGINAL_DIR
+from multitalk_serve.engine.loading.transformer import load_transformer
+from multitalk_serve.engine.models import attention as attention_module
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
+from multitalk_serve.engine.speed.backends import NATIVE, choose_attention_backend, installed_backends
+from multitalk_serve.engine.speed.lora import load_speed_lora, set_speed_lora
+from multitalk_serve.engine.speed.memory import (
     MemoryPlan,
     estimate_gb,
     group_offload,
@@ -25,10 +26,9 @@ from multitalk_serve.engine.memory import (
     plan_memory,
     transformer_bytes,
 )
-from multitalk_serve.engine.model_paths import MULTITALK_DIR, ORIGINAL_DIR
-from multitalk_serve.engine.pipeline import GenerateOptions, MultiTalkPipeline
-from multitalk_serve.engine.presets import PRESETS
-from multitalk_serve.engine.step_cache import StepCache
+from multitalk_serve.engine.speed.presets import PRESETS
+from multitalk_serve.engine.speed.step_cache import StepCache
+from multitalk_serve.forward_check import random_inputs
 from multitalk_serve.tiny import GGUF_NAMES, SPEED_LORA_NAME
 
 OUR_PROCESSORS = (attention_module.MultiTalkSelfAttnProcessor, attention_module.MultiTalkAudioAttnProcessor)
@@ -378,7 +378,7 @@ def test_regional_compile_gives_the_same_output(tiny_root):
 
 
 def test_fp8_with_a_speed_lora_merges_it_before_quantising(tiny_root, image):
-    from multitalk_serve.engine.lora import lora_deltas
+    from multitalk_serve.engine.speed.lora import lora_deltas
 
     lora = tiny_root / SPEED_LORA_NAME
     fp8 = load(tiny_root, dtype=torch.bfloat16, fp8=True, fused_lora=lora_deltas(lora))

@@ -8,14 +8,14 @@ import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
 
-from multitalk_serve.engine import attention as attn_mod
-from multitalk_serve.engine.attention import apply_rope_1d, label_positions, reference_attention_map
-from multitalk_serve.engine.forward_check import random_inputs
-from multitalk_serve.engine.transformer import (
+from multitalk_serve.engine.models import attention as attn_mod
+from multitalk_serve.engine.models.attention import apply_rope_1d, label_positions, reference_attention_map
+from multitalk_serve.engine.models.transformer import (
     MultiTalkTransformer3DModel,
     MultiTalkTransformerBlock,
     SpeakerCountError,
 )
+from multitalk_serve.forward_check import random_inputs
 from multitalk_serve.tiny import TINY_DIMS, _randomize
 
 

@@ -20,7 +20,7 @@ from runpod.serverless.modules.rp_fastapi import WorkerAPI
 import pipeline_stubs as stubs
 from fake_runpod import FakeRunPod, start_worker
 from media import write_audio
-from multitalk_serve.engine.video import probe
+from multitalk_serve.engine.pipeline.video import probe
 from multitalk_serve.worker.config import WorkerConfig
 from multitalk_serve.worker.handler import Worker
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 import pipeline_stubs as stubs
 from media import write_audio
+from multitalk_serve.engine import ConfigError
 from multitalk_serve.tiny import SPEED_LORA_NAME
 from multitalk_serve.worker.config import WorkerConfig
 from multitalk_serve.worker.handler import Worker
@@ -100,13 +101,13 @@ def test_without_a_speed_lora_fast_is_refused_and_turbo_keeps_its_old_recipe(pla
 def test_bad_speed_settings_fail_the_start(tiny_root, tmp_path):
     with pytest.raises(Exception, match="preset must be one of"):
         Worker.from_config(config(tiny_root, tmp_path, preset="ludicrous"))
-    with pytest.raises(ValueError, match="needs a speed LoRA"):
+    with pytest.raises(ConfigError, match="MULTITALK_PRESET=fast needs a speed LoRA"):
         Worker.from_config(config(tiny_root, tmp_path, preset="fast", speed_lora="none"))
-    with pytest.raises(ValueError, match="MULTITALK_FUSE_SPEED_LORA"):
+    with pytest.raises(ConfigError, match="MULTITALK_FUSE_SPEED_LORA"):
         Worker.from_config(config(tiny_root, tmp_path, fuse_speed_lora=True))
     with pytest.raises(Exception, match="memory plan 'fp4'"):
         Worker.from_config(config(tiny_root, tmp_path, memory_plan="fp4"))
-    with pytest.raises(Exception, match="is not a file"):
+    with pytest.raises(ConfigError, match=r"MULTITALK_SPEED_LORA: .* is not a file"):
         Worker.from_config(config(tiny_root, tmp_path, speed_lora="nowhere.safetensors"))
 
 
@@ -114,7 +115,9 @@ def test_a_fused_fast_worker_serves_fast_and_refuses_quality(tiny_root, tmp_path
     fused = Worker.from_config(config(tiny_root, tmp_path, preset="fast", fuse_speed_lora=True))
     out = fused.run(request(tmp_path, sampling_steps=1))
     assert "error" not in out and out["params"]["preset"] == "fast"
-    assert fused.run(request(tmp_path, preset="quality"))["error"].startswith("E_INPUT: preset: this worker")
+    assert fused.run(request(tmp_path, preset="quality"))["error"].startswith(
+        "E_INPUT: preset: the speed LoRA is fused"
+    )
 
 
 def test_fp8_worker_with_preset_fast_merges_the_lora_by_itself(tiny_root, tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .engine.presets import DEFAULT_PRESET, PRESETS
+from .engine import DEFAULT_PRESET, PRESETS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -43,7 +43,7 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_forward(args: argparse.Namespace) -> int:
-    from .engine.forward_check import run_forward
+    from .forward_check import run_forward
 
     result = run_forward(
         args.model,
@@ -103,7 +103,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def profiles_table() -> str:
-    """The README's profile table (kept in sync by a test)."""
+    """The profile table of docs/provisioning.md (kept in sync by a test)."""
     from .provision.profiles import PROFILES, estimate
 
     rows = [
@@ -170,7 +170,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _parse_box(text: str):
-    from .engine.conditioning import Box
+    from .engine import Box
 
     try:
         x0, y0, x1, y1 = (float(v) for v in text.split(","))
@@ -188,7 +188,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .engine.pipeline import GenerateOptions, MultiTalkPipeline
+    from .engine import CLI_NAMES, GenerateOptions, MultiTalkPipeline, find_speed_lora, plan_speed_setup
 
     chosen = {
         "steps": args.steps,
@@ -212,6 +212,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         size=args.size,
     )
     options.validate()
+    # one run, one preset: the LoRA is loaded only when the preset uses it, and then merged (no per-step cost)
+    speed_lora = find_speed_lora(args.model, args.speed_lora) if options.speed_lora else None
+    speed = plan_speed_setup(args.preset, speed_lora, args.speed_lora_scale, bool(options.speed_lora), CLI_NAMES)
     audio = [None if a.lower() == "none" else a for a in args.audio]
     start = time.perf_counter()
     pipe = MultiTalkPipeline.from_pretrained(
@@ -223,9 +226,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         dtype=DTYPES[args.dtype],
         memory_plan=args.memory_plan,
         attention=args.attention,
-        speed_lora=args.speed_lora,
-        speed_lora_scale=args.speed_lora_scale,
-        fuse_speed_lora=options.speed_lora,  # one run, one preset: merging the LoRA costs nothing per step
+        speed=speed,
+        setting_names=CLI_NAMES,
         compile=args.compile,
     )
     plan = pipe.memory_plan.name if pipe.memory_plan else "all resident"
@@ -295,7 +297,7 @@ def _cmd_layouts(args: argparse.Namespace) -> int:
 
 
 def _show_layouts(root: Path, speakers: int) -> None:
-    from .engine.forward_check import compare_layouts
+    from .forward_check import compare_layouts
     from .tiny import write_tiny_models
 
     if not (root / "TINY.json").exists():
@@ -317,7 +319,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     _show_layouts(root, args.speakers)
     from .demo_media import portrait, voice
-    from .engine.pipeline import GenerateOptions, MultiTalkPipeline
+    from .engine import GenerateOptions, MultiTalkPipeline
 
     print("\nnow a whole video on the tiny model: two synthetic voices, one after the other, on a drawn picture")
     pipe = MultiTalkPipeline.from_pretrained(root, dtype=torch.float32)
@@ -351,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("generate", help="image + one or two voices + prompt -> talking MP4")
-    p.add_argument("--model", required=True, help="model folder (see README: Model folder)")
+    p.add_argument(
+        "--model", required=True, help="model folder (what it holds: docs/generate.md)"
+    )
     p.add_argument("--image", required=True, help="reference image with one or two people")
     p.add_argument("--audio", required=True, action="append", help="a speaker's audio (twice for two; 'none' = silent)")
     p.add_argument("--prompt", required=True)
@@ -372,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-scale", type=float, help="default: the preset's (5; fast 1 = 2-pass guidance)")
     p.add_argument("--audio-scale", type=float, help="default: the preset's (4; fast 2)")
     p.add_argument("--cache-threshold", type=float, help="TeaCache threshold, 0 = off (balanced: 0.2)")
-    p.add_argument("--speed-lora", help="lightx2v / FusionX LoRA .safetensors (needed by --preset fast)")
+    p.add_argument(
+        "--speed-lora",
+        help="lightx2v / FusionX LoRA .safetensors for --preset fast (default: the one in MODEL/Lightx2v/)",
+    )
     p.add_argument("--speed-lora-scale", type=float, default=1.0)
     p.add_argument(
         "--memory-plan",
@@ -469,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .engine.errors import EngineError
+    from .engine import EngineError
 
     try:
         return args.func(args)

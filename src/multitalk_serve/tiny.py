@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .engine.checkpoints import (
+from .engine.loading.gguf_quant import write_wan_gguf
+from .engine.loading.layouts import (
     MULTITALK_WEIGHTS_NAME,
     WEIGHTS_INDEX_NAME,
     WanDims,
@@ -40,9 +41,7 @@ from .engine.checkpoints import (
     original_base_shapes,
     shard_name,
 )
-from .engine.gguf_quant import write_wan_gguf
-from .engine.model_paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
-from .engine.original_layout import (
+from .engine.loading.original_encoders import (
     CLIP_BLOCK_NAMES,
     CLIP_CHECKPOINT,
     RESBLOCK_NAMES,
@@ -53,6 +52,7 @@ from .engine.original_layout import (
     vae_config,
     vae_prefixes,
 )
+from .engine.loading.paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
 
 # Transformer dims of the tiny model: 256-wide with 128-wide heads (as the real model), so RoPE splits the
 # head exactly as at full size and K-quants have 256-long rows. Audio features: 12 wav2vec2 layers of 64.
@@ -446,7 +446,7 @@ def write_original_encoders(root: Path) -> Path:
     vae = _load_folder(src / "vae")
     config = {k: v for k, v in json.loads((src / "vae" / "config.json").read_text()).items() if not k.startswith("_")}
     original = _original_vae(vae, config)
-    from .engine.weights import TensorRef
+    from .engine.loading.weights import TensorRef
 
     shapes = {k: TensorRef(out, k, 0, 0, v.dtype, tuple(v.shape)) for k, v in original.items()}
     if any(vae_config(shapes)[k] != config[k] for k in ("base_dim", "z_dim", "dim_mult", "num_res_blocks")):

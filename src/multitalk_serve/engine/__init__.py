@@ -1,0 +1,146 @@
+"""The engine's public interface: everything the worker, the CLI and library users need, and nothing else.
+
+The data path, folder by folder:
+
+- ``loading/``  model folders and files on disk -> models: layouts (original Wan, diffusers, single file, GGUF),
+  tensor indexes and streamed reads, the original ``.pth`` encoders, completeness checks (inventory).
+- ``models/``   the networks: the MultiTalk transformer (audio projection, audio cross-attention, label RoPE) and
+  thin adapters around the library T5 / CLIP / VAE.
+- ``pipeline/`` a job: audio front end, conditioning (buckets, boxes, masks), sampling, colour, MP4; ``generate.py``
+  holds ``MultiTalkPipeline``.
+- ``speed/``    presets and their policy, step caching, speed LoRA, fp8 / offload / memory planner, attention kernels.
+
+Names are imported on first use (so ``import multitalk_serve.engine`` stays cheap for a CLI's ``--help``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    # the pipeline and what a job passes in and gets back
+    "MultiTalkPipeline": ".pipeline.generate",
+    "GenerateOptions": ".pipeline.generate",
+    "GenerationResult": ".pipeline.generate",
+    "Progress": ".pipeline.generate",
+    "STAGES": ".pipeline.generate",
+    "Box": ".pipeline.conditioning",
+    "MAX_SPEAKERS": ".models.attention",
+    "FPS": ".pipeline.video",
+    "SAMPLE_RATE": ".pipeline.audio",
+    # presets and the speed policy
+    "PRESETS": ".speed.presets",
+    "DEFAULT_PRESET": ".speed.presets",
+    "preset_values": ".speed.presets",
+    "SettingNames": ".speed.policy",
+    "LIBRARY_NAMES": ".speed.policy",
+    "CLI_NAMES": ".speed.policy",
+    "WORKER_NAMES": ".speed.policy",
+    "SpeedSetup": ".speed.policy",
+    "find_speed_lora": ".speed.policy",
+    "plan_speed_setup": ".speed.policy",
+    "check_loaded": ".speed.policy",
+    "choose_preset": ".speed.policy",
+    # memory plans
+    "MemoryPlan": ".speed.memory",
+    "parse_plan": ".speed.memory",
+    "plan_memory": ".speed.memory",
+    "T5_BYTES": ".speed.memory",
+    # model folders
+    "inspect_model_dir": ".loading.inventory",
+    "Inventory": ".loading.inventory",
+    # errors
+    "EngineError": ".errors",
+    "CheckpointError": ".errors",
+    "ConfigError": ".errors",
+    "InputError": ".errors",
+    "AudioError": ".errors",
+    "ImageInputError": ".errors",
+    "SpeakerCountError": ".errors",
+    "GenerationCancelled": ".errors",
+}
+
+__all__ = [  # the same names as _EXPORTS (a test keeps them equal)
+    "CLI_NAMES",
+    "DEFAULT_PRESET",
+    "FPS",
+    "LIBRARY_NAMES",
+    "MAX_SPEAKERS",
+    "PRESETS",
+    "SAMPLE_RATE",
+    "STAGES",
+    "T5_BYTES",
+    "WORKER_NAMES",
+    "AudioError",
+    "Box",
+    "CheckpointError",
+    "ConfigError",
+    "EngineError",
+    "GenerateOptions",
+    "GenerationCancelled",
+    "GenerationResult",
+    "ImageInputError",
+    "InputError",
+    "Inventory",
+    "MemoryPlan",
+    "MultiTalkPipeline",
+    "Progress",
+    "SettingNames",
+    "SpeakerCountError",
+    "SpeedSetup",
+    "check_loaded",
+    "choose_preset",
+    "find_speed_lora",
+    "inspect_model_dir",
+    "parse_plan",
+    "plan_memory",
+    "plan_speed_setup",
+    "preset_values",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .errors import (
+        AudioError,
+        CheckpointError,
+        ConfigError,
+        EngineError,
+        GenerationCancelled,
+        ImageInputError,
+        InputError,
+        SpeakerCountError,
+    )
+    from .loading.inventory import Inventory, inspect_model_dir
+    from .models.attention import MAX_SPEAKERS
+    from .pipeline.audio import SAMPLE_RATE
+    from .pipeline.conditioning import Box
+    from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
+    from .pipeline.video import FPS
+    from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
+    from .speed.policy import (
+        CLI_NAMES,
+        LIBRARY_NAMES,
+        WORKER_NAMES,
+        SettingNames,
+        SpeedSetup,
+        check_loaded,
+        choose_preset,
+        find_speed_lora,
+        plan_speed_setup,
+    )
+    from .speed.presets import DEFAULT_PRESET, PRESETS, preset_values

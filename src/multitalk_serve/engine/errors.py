@@ -1,4 +1,5 @@
-"""Errors raised by the engine. Each names what is wrong (file, key, field) so callers can show it as is."""
+"""Every error the engine raises, in one place. Each message names what is wrong (file, key, field) so callers can
+show it as is; callers catch ``EngineError`` for all of them."""
 
 
 class EngineError(Exception):
@@ -7,3 +8,27 @@ class EngineError(Exception):
 
 class CheckpointError(EngineError):
     """A model directory or file is missing, incomplete or inconsistent (files, keys, shapes, configs)."""
+
+
+class ConfigError(EngineError):
+    """A process's settings contradict each other or name something that is not there (found before loading)."""
+
+
+class InputError(EngineError):
+    """Something the caller passed cannot be used (before any model runs)."""
+
+
+class AudioError(InputError):
+    """An audio input cannot be used (unreadable, no audio track, empty, not finite, ...)."""
+
+
+class ImageInputError(InputError):
+    """The reference image or the person boxes cannot be used."""
+
+
+class SpeakerCountError(InputError):
+    """The audio holds a number of speakers the model cannot route."""
+
+
+class GenerationCancelled(EngineError):
+    """Raised (by the progress callback, or the pipeline on its behalf) to stop between sampling steps."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..engine.loading import keeps_fp32
-from ..engine.weights import read_safetensors_header
+from ..engine.loading.transformer import keeps_fp32
+from ..engine.loading.weights import read_safetensors_header
 
 CHUNK = 16 << 20
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..engine.model_paths import MANIFEST, cached_snapshot, hf_cache_dirs
+from ..engine.loading.paths import MANIFEST, cached_snapshot, hf_cache_dirs
 from . import convert
 from .profiles import Fetch, Profile
 
@@ -48,7 +48,7 @@ HASH_CHUNK = 8 << 20
 
 
 class DownloadError(Exception):
-    """A download that cannot complete; ``code`` is stable (README, "Provisioning errors")."""
+    """A download that cannot complete; ``code`` is stable (docs/provisioning.md, "Provisioning errors")."""
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..engine.checkpoints import WanDims, multitalk_shapes, original_base_shapes
-from ..engine.model_paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
-from ..engine.original_layout import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
+from ..engine.loading.layouts import WanDims, multitalk_shapes, original_base_shapes
+from ..engine.loading.original_encoders import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
+from ..engine.loading.paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
 
 DIFFUSERS_REPO = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 ORIGINAL_REPO = "Wan-AI/Wan2.1-I2V-14B-480P"
@@ -173,7 +173,7 @@ def gguf_bytes(quant: str, dims: WanDims | None = None) -> int:
     """Tensor bytes of a community GGUF of the base transformer (tensor types as ``engine.gguf_quant``)."""
     import gguf
 
-    from ..engine.gguf_quant import tensor_type
+    from ..engine.loading.gguf_quant import tensor_type
 
     total = 0
     for name, shape in original_base_shapes(dims or WanDims()).items():

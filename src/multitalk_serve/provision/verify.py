@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.inventory import Inventory, inspect_model_dir
-from ..engine.model_paths import read_manifest
+from ..engine.loading.inventory import Inventory, inspect_model_dir
+from ..engine.loading.paths import read_manifest
 from .download import entry_unchanged, file_digest
 
 

@@ -28,7 +28,7 @@ def main() -> None:
 
     install()
 
-    from ..engine.errors import CheckpointError, EngineError
+    from ..engine import CheckpointError, EngineError
     from .config import WorkerConfig
     from .fitness import check_gpu_headroom, check_model_folder
     from .handler import Worker
@@ -41,7 +41,7 @@ def main() -> None:
     except CheckpointError as exc:
         logging.getLogger("multitalk_serve.worker").error(
             "E_MODEL: %s (fill the volume once with `multitalk-serve download --profile bf16 --dest %s`, "
-            "see README: Model provisioning)",
+            "see docs/provisioning.md)",
             exc,
             config.model_path,
         )

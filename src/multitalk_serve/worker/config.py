@@ -1,4 +1,4 @@
-"""Worker settings from the environment (all optional; defaults in brackets in the README's table)."""
+"""Worker settings from the environment (all optional; defaults in docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -134,15 +134,10 @@ class WorkerConfig:
     max_resolution: str = field(default_factory=lambda: _env("MAX_RESOLUTION", "720p") or "720p")
 
     def speed_lora_path(self) -> Path | None:
-        """``MULTITALK_SPEED_LORA`` (absolute, or relative to ``MODEL_PATH``); unset: the first
-        ``MODEL_PATH/Lightx2v/*.safetensors`` (where ``download --speed-lora`` puts it), if any; ``none``: no LoRA."""
-        if self.speed_lora is not None:
-            if self.speed_lora.lower() == "none":
-                return None
-            path = Path(self.speed_lora)
-            return path if path.is_absolute() else self.model_path / path
-        found = sorted((self.model_path / "Lightx2v").glob("*.safetensors"))
-        return found[0] if found else None
+        """``MULTITALK_SPEED_LORA`` resolved as the engine does (``find_speed_lora``)."""
+        from ..engine import find_speed_lora
+
+        return find_speed_lora(self.model_path, self.speed_lora)
 
     @property
     def volume_mounted(self) -> bool:

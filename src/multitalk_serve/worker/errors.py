@@ -52,11 +52,7 @@ def classify(exc: BaseException) -> WorkerError:
     """Map an exception from the engine (or anywhere) to a WorkerError."""
     import torch
 
-    from ..engine.audio import AudioError
-    from ..engine.conditioning import ImageInputError
-    from ..engine.errors import CheckpointError, EngineError
-    from ..engine.pipeline import GenerationCancelled
-    from ..engine.transformer import SpeakerCountError
+    from ..engine import AudioError, CheckpointError, EngineError, GenerationCancelled, ImageInputError
 
     if isinstance(exc, WorkerError):
         return exc
@@ -68,7 +64,7 @@ def classify(exc: BaseException) -> WorkerError:
         return WorkerError("E_IMAGE", str(exc))
     if isinstance(exc, CheckpointError):
         return WorkerError("E_MODEL", str(exc))
-    if isinstance(exc, SpeakerCountError | EngineError):
+    if isinstance(exc, EngineError):
         return WorkerError("E_INPUT", str(exc))
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return WorkerError("E_OOM", "the GPU ran out of memory")

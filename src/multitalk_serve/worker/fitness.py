@@ -11,8 +11,7 @@ import os
 
 import torch
 
-from ..engine.errors import CheckpointError
-from ..engine.memory import T5_BYTES, MemoryPlan
+from ..engine import T5_BYTES, CheckpointError, MemoryPlan
 from ..provision.verify import verify_model_dir
 from .config import WorkerConfig
 

@@ -23,11 +23,19 @@ import torch
 from pydantic import ValidationError
 
 from .. import __version__
-from ..engine.conditioning import Box
-from ..engine.errors import CheckpointError
-from ..engine.memory import parse_plan
-from ..engine.pipeline import GenerateOptions, GenerationCancelled, MultiTalkPipeline, Progress
-from ..engine.presets import preset_values
+from ..engine import (
+    WORKER_NAMES,
+    Box,
+    EngineError,
+    GenerateOptions,
+    GenerationCancelled,
+    MultiTalkPipeline,
+    Progress,
+    check_loaded,
+    choose_preset,
+    parse_plan,
+    plan_speed_setup,
+)
 from .config import S3Settings, WorkerConfig
 from .errors import WorkerError, classify
 from .logs import install as install_log_scrubbing
@@ -38,7 +46,6 @@ from .storage import Storage
 log = logging.getLogger("multitalk_serve.worker")
 
 # The original worker's turbo on a worker without a speed LoRA: fewer steps and 2-pass guidance on the base model.
-TURBO = {"steps": 16, "text_scale": 1.0, "audio_scale": 3.0}
 OOM_HELD_BYTES = 1 << 30  # GPU memory still held after an out-of-memory failure that makes us recycle the worker
 HEALTH_PROBES = ({"test": "health_check"}, {"healthcheck": True})
 
@@ -117,16 +124,11 @@ class Worker:
         config = config or WorkerConfig()
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
-        preset_values(config.preset)  # a wrong MULTITALK_PRESET fails the start, not every job
+        speed = plan_speed_setup(
+            config.preset, config.speed_lora_path(), config.speed_lora_scale, config.fuse_speed_lora, WORKER_NAMES
+        )
         if config.memory_plan not in (None, "auto"):
-            parse_plan(config.memory_plan, gguf_bytes=0)  # the same for MULTITALK_MEMORY_PLAN (its syntax)
-        speed_lora = config.speed_lora_path()
-        if speed_lora is not None and not speed_lora.is_file():
-            raise CheckpointError(f"MULTITALK_SPEED_LORA: {speed_lora} is not a file")
-        if config.fuse_speed_lora and (speed_lora is None or config.preset != "fast"):
-            raise ValueError("MULTITALK_FUSE_SPEED_LORA=1 needs a speed LoRA and MULTITALK_PRESET=fast")
-        if config.preset == "fast" and speed_lora is None:
-            raise ValueError("MULTITALK_PRESET=fast needs a speed LoRA (MULTITALK_SPEED_LORA or download --speed-lora)")
+            parse_plan(config.memory_plan, gguf_bytes=0)  # a wrong MULTITALK_MEMORY_PLAN fails the start, not a job
         pipeline = MultiTalkPipeline.from_pretrained(
             config.model_path,
             transformer=config.transformer,
@@ -135,17 +137,14 @@ class Worker:
             memory_plan=config.memory_plan,
             plan_resolution=config.max_resolution,
             attention=config.attention,
-            speed_lora=speed_lora,
-            speed_lora_scale=config.speed_lora_scale,
-            # fast by default: merge the LoRA if the weights need it (fp8); otherwise keep it switchable
-            fuse_speed_lora=True if config.fuse_speed_lora else (None if config.preset == "fast" else False),
+            speed=speed,
+            setting_names=WORKER_NAMES,
             compile=config.compile,
         )
         seconds = time.perf_counter() - start
         for note in pipeline.notes:
             log.warning(note)
-        if config.preset == "fast" and pipeline.speed_lora is None:
-            raise ValueError("MULTITALK_PRESET=fast, but the speed LoRA was not loaded: " + "; ".join(pipeline.notes))
+        check_loaded(speed, pipeline.speed_lora, pipeline.notes, WORKER_NAMES)
         plan = pipeline.memory_plan.name if pipeline.memory_plan else f"all resident ({dtype})"
         log.info(
             "pipeline loaded from %s on %s in %.1f s: memory plan %s, attention %s, speed LoRA %s",
@@ -154,7 +153,7 @@ class Worker:
             seconds,
             plan,
             pipeline.attention_backend,
-            speed_lora or "none",
+            speed.speed_lora or "none",
         )
         if config.warmup:
             log.info("warm-up generation done in %.1f s (MULTITALK_WARMUP)", pipeline.warm_up())
@@ -303,27 +302,18 @@ class Worker:
         return out
 
     def _preset(self, request: JobInput, warnings: list[str]) -> tuple[str, dict]:
-        """The preset this job starts from, and its values (``engine/presets.py``)."""
-        if request.turbo and request.preset not in (None, "fast"):
-            raise WorkerError("E_INPUT", f"turbo means preset=fast; it conflicts with preset={request.preset}")
-        name = request.preset or ("fast" if request.turbo else self.config.preset)
-        values = preset_values(name)
-        if values["speed_lora"] and self.pipeline.speed_lora is None:
-            if request.preset is None:  # the original worker's turbo: its base-model recipe, as before
-                values.update(TURBO, shift=None, speed_lora=False)
-                warnings.append("turbo: fewer steps and 2-pass guidance on the base model (no speed LoRA is loaded)")
-                return "turbo-base", values
-            raise WorkerError(
-                "E_INPUT",
-                "preset: fast needs a speed LoRA and this worker has none (its operator sets MULTITALK_SPEED_LORA "
-                "or runs download --speed-lora); use quality or balanced",
+        """The preset this job starts from, and its values (the engine's preset policy)."""
+        try:
+            return choose_preset(
+                request.preset,
+                self.config.preset,
+                lora_loaded=self.pipeline.speed_lora is not None,
+                lora_fused=self.pipeline.speed_lora_fused,
+                turbo=bool(request.turbo),
+                warnings=warnings,
             )
-        if self.pipeline.speed_lora_fused and not values["speed_lora"]:
-            raise WorkerError(
-                "E_INPUT",
-                f"preset: this worker has its speed LoRA fused into the weights and runs only fast, not {name}",
-            )
-        return name, values
+        except EngineError as exc:
+            raise WorkerError("E_INPUT", str(exc)) from exc
 
     def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, dict]:
         given = request.model_fields_set

@@ -1,4 +1,4 @@
-"""The job input: one pydantic model, strict (unknown fields are errors), published as JSON Schema in the README.
+"""The job input: one pydantic model, strict (unknown fields are errors), published as JSON Schema in docs/schema/.
 
 Besides our canonical fields it accepts the names other MultiTalk front ends use, so their clients keep working:
 the official JSON (``cond_image``, ``cond_audio{person1,person2}``, ``audio_type``, ``bbox``, ``sample_steps`` ...),
@@ -271,3 +271,12 @@ def describe_errors(exc: ValidationError) -> str:
 
 def json_schema() -> dict[str, Any]:
     return JobInput.model_json_schema()
+
+
+SCHEMA_FILE = "docs/schema/job_input.schema.json"
+
+
+if __name__ == "__main__":  # python -m multitalk_serve.worker.schema > docs/schema/job_input.schema.json
+    import json
+
+    print(json.dumps(json_schema(), indent=1))

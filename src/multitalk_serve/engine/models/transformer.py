@@ -23,19 +23,16 @@ from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
 from diffusers.utils import apply_lora_scale
 
+from ..errors import SpeakerCountError
+from ..speed.step_cache import StepCache
 from .attention import (
     MAX_SPEAKERS,
     MultiTalkAudioAttention,
     MultiTalkSelfAttnProcessor,
     label_positions,
 )
-from .step_cache import StepCache
 
 TEXT_TOKENS = 512  # diffusers' Wan attention processor splits image/text context at 512 text tokens
-
-
-class SpeakerCountError(ValueError):
-    """Raised when the audio batch holds a number of speakers the model cannot route."""
 
 
 class Float64Timesteps(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .errors import EngineError
+from ..errors import ImageInputError
 
 # Target [height, width] per height/width ratio (the official ASPECT_RATIO_627 / ASPECT_RATIO_960 tables).
 BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
@@ -61,10 +61,6 @@ BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
     },
 }
 FACE_SCALE = 0.05  # default masks: rows and columns inset by 5 % (official)
-
-
-class ImageInputError(EngineError):
-    """The reference image or the person boxes cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-from .checkpoints import (
+from ..errors import CheckpointError
+from ..models.transformer import MultiTalkTransformer3DModel
+from .layouts import (
     CONFIG_NAME,
     MODEL_INDEX_NAME,
     MULTITALK_WEIGHTS_NAME,
@@ -38,8 +40,6 @@ from .checkpoints import (
     audio_dims_from_shapes,
     is_audio_key,
 )
-from .errors import CheckpointError
-from .transformer import MultiTalkTransformer3DModel
 from .weights import TensorRef, building, empty_weights, read_gguf_header, read_safetensors_header
 
 logger = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ def load_transformer_with_report(
         raise CheckpointError(f"{path}: fp8 is for bf16/fp32 checkpoints; this GGUF file is quantized already")
     fp8_config = None
     if fp8:
-        from .memory import fp8_config as make_fp8_config
+        from ..speed.memory import fp8_config as make_fp8_config
 
         fp8_config = make_fp8_config(device)
     model = build_empty_model(source.dims)
@@ -421,11 +421,11 @@ def load_transformer_with_report(
         if complete:
             modules[block].to(device)  # buffers too, before torchao swaps the weights
             if fused_lora:
-                from .lora import apply_deltas
+                from ..speed.lora import apply_deltas
 
                 apply_deltas(modules[block], fused_lora, prefix=f"{block}.")
             if fp8_config is not None:
-                from .memory import quantize_block_fp8
+                from ..speed.memory import quantize_block_fp8
 
                 quantize_block_fp8(modules[block], fp8_config)
 
@@ -438,7 +438,7 @@ def load_transformer_with_report(
         raise CheckpointError(f"parameters left unloaded: {_fmt_keys(leftover)}")
     model.to(device)  # buffers (RoPE tables) follow the parameters
     if fused_lora:  # the layers outside the blocks (embeddings, head)
-        from .lora import apply_deltas
+        from ..speed.lora import apply_deltas
 
         outside = {k: v for k, v in fused_lora.items() if not k.startswith("blocks.")}
         apply_deltas(model, outside)

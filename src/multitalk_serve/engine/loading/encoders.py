@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from . import original_layout as orig
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from . import original_encoders as orig
 from .weights import TensorRef, building, check_refs, empty_weights, folder_refs, materialize, read_pth_header
 
 
@@ -93,27 +93,12 @@ def vae_source(path: str | Path) -> ComponentSource:
     return ComponentSource("vae", "original", path, config, orig.vae_refs(refs, config))
 
 
-def import_libraries() -> None:
-    """Import every model class loading uses, in the calling thread: Python's import lock serialises imports, so
-    components loading in parallel threads would otherwise wait on each other's first imports."""
-    import diffusers.models.autoencoders.autoencoder_kl_wan
-    import diffusers.models.transformers.transformer_wan  # noqa: F401
-    from transformers import (  # noqa: F401
-        AutoTokenizer,
-        CLIPVisionModel,
-        T5TokenizerFast,
-        UMT5EncoderModel,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2Model,
-    )
-
-
 def empty_model(source: ComponentSource) -> torch.nn.Module:
     """The library model for ``source`` with its parameters on the meta device (buffers real)."""
     from diffusers import AutoencoderKLWan
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-    from .components import quiet_transformers
+    from ..libraries import quiet_transformers
 
     config = {k: v for k, v in source.config.items() if not k.startswith("_")}
     with building():

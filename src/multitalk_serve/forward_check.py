@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import WanDims
-from .transformer import MultiTalkTransformer3DModel, latent_frames
+from .engine.loading.layouts import WanDims
+from .engine.models.transformer import MultiTalkTransformer3DModel, latent_frames
 
 
 def random_inputs(
@@ -52,7 +52,7 @@ def random_model(
     Weights are N(0, 1/fan_in) (norms near 1, biases small), the dtype policy is the loader's (norms, modulation and
     time embedder in fp32, the rest in ``dtype``).
     """
-    from .loading import build_empty_model, keeps_fp32
+    from .engine.loading.transformer import build_empty_model, keeps_fp32
 
     model = build_empty_model(dims)  # parameters on the meta device, buffers (RoPE tables) real
     g = torch.Generator(device=device).manual_seed(seed)
@@ -107,7 +107,7 @@ def run_forward(
     device: str = "cpu",
     repeats: int = 1,
 ) -> dict:
-    from .loading import load_transformer_with_report
+    from .engine.loading.transformer import load_transformer_with_report
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -137,8 +137,8 @@ def run_forward(
 
 def compare_layouts(root: str | Path, speakers: int = 2) -> list[dict]:
     """Load the tiny model of ``root`` (see ``multitalk_serve.tiny``) from each layout and run the same forward."""
-    from ..tiny import DIFFUSERS_DIR, GGUF_NAMES, MULTITALK_DIR, ORIGINAL_DIR
-    from .loading import load_transformer_with_report
+    from .engine.loading.transformer import load_transformer_with_report
+    from .tiny import DIFFUSERS_DIR, GGUF_NAMES, MULTITALK_DIR, ORIGINAL_DIR
 
     root = Path(root)
     sources = [

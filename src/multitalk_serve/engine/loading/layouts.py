@@ -1,6 +1,6 @@
 """What the published checkpoints look like on disk: file names, configs, key names and shapes.
 
-Layouts we load (see README, "Model layouts"):
+Layouts we load (docs/engine.md):
 
 - **original**: ``Wan-AI/Wan2.1-I2V-14B-480P`` (``config.json`` with ``_class_name: WanModel``, sharded
   ``diffusion_pytorch_model-0000N-of-0000M.safetensors`` + index, official key names) and
@@ -245,7 +245,7 @@ def audio_dims_from_shapes(shapes: dict[str, tuple[int, ...]], d: WanDims) -> Wa
     ``proj1`` takes ``window * layers * channels`` inputs; wav2vec2-base models have 12 hidden layers, so with the
     window fixed at 5 the channel width follows. Everything else is read off directly.
     """
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
 
     try:
         inter, proj1_in = shapes["audio_proj.proj1.weight"]

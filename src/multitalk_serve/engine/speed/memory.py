@@ -16,7 +16,7 @@ offload``); the transformer can be group-offloaded (diffusers ``enable_group_off
 block copied on a side CUDA stream while the current one computes).
 
 The planner's figures are estimates from parameter counts plus an activation allowance per resolution; they were
-not measured on a GPU here (see the README's benchmark section).
+not measured on a GPU here (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EngineError
+from ..errors import EngineError
 
 logger = logging.getLogger(__name__)
 

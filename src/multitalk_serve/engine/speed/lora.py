@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, EngineError
+from ..errors import CheckpointError, EngineError
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .checkpoints import CONFIG_NAME, MODEL_INDEX_NAME, MULTITALK_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
-from .errors import CheckpointError
-from .original_layout import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
+from ..errors import CheckpointError
+from .layouts import CONFIG_NAME, MODEL_INDEX_NAME, MULTITALK_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from .original_encoders import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
 
 DIFFUSERS_DIR = "Wan2.1-I2V-14B-480P-Diffusers"
 ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .errors import EngineError
+from ..errors import EngineError
 from .step_cache import DEFAULT_THRESHOLD
 
 

@@ -21,15 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import EngineError
+from ..errors import AudioError
 
 SAMPLE_RATE = 16000
 FPS = 25
 TARGET_LUFS = -23.0
-
-
-class AudioError(EngineError):
-    """An audio input cannot be used (unreadable, no audio track, empty, not finite, ...)."""
 
 
 def decode_audio(
@@ -169,8 +165,8 @@ class Wav2Vec2Features:
     ) -> Wav2Vec2Features:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-        from .components import quiet_transformers
-        from .weights import building
+        from ..libraries import quiet_transformers
+        from ..loading.weights import building
 
         with building(), quiet_transformers():  # the checkpoint's pre-training heads are expected leftovers
             model = Wav2Vec2Model.from_pretrained(path, attn_implementation=attn_implementation, local_files_only=True)

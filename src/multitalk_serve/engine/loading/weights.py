@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,

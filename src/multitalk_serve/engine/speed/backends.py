@@ -82,9 +82,8 @@ def choose_attention_backend(
 
 def is_kernel_failure(exc: BaseException) -> bool:
     """An error a different attention kernel might not have (not out-of-memory, not one of our input errors)."""
-    from .errors import EngineError
-    from .transformer import SpeakerCountError
+    from ..errors import EngineError
 
-    if isinstance(exc, torch.OutOfMemoryError | EngineError | SpeakerCountError):
+    if isinstance(exc, torch.OutOfMemoryError | EngineError):
         return False
     return isinstance(exc, RuntimeError | ImportError | NotImplementedError | ValueError | TypeError)

@@ -19,7 +19,7 @@ import math
 import re
 from typing import Any
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .weights import TensorRef
 
 T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"

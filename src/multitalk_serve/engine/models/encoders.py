@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import html
 import re
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ..libraries import quiet_transformers
+from ..loading.encoders import build, image_encoder_source, text_encoder_source, vae_source
+from ..loading.original_encoders import CLIP_MEAN, CLIP_STD
 
 TEXT_LEN = 512
 CLIP_SIZE = 224
@@ -28,33 +29,6 @@ NEGATIVE_PROMPT = (
     "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
     "messy background, three legs, many people in the background, walking backwards"
 )
-
-
-_QUIET_LOCK = threading.Lock()
-_quiet = {"depth": 0, "level": 0, "bars": False}
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars for the duration (restored when the last of several
-    overlapping uses, e.g. components loading in parallel threads, ends)."""
-    from transformers.utils import logging as tlog
-
-    with _QUIET_LOCK:
-        if _quiet["depth"] == 0:
-            _quiet["level"], _quiet["bars"] = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-            tlog.set_verbosity_error()
-            tlog.disable_progress_bar()
-        _quiet["depth"] += 1
-    try:
-        yield
-    finally:
-        with _QUIET_LOCK:
-            _quiet["depth"] -= 1
-            if _quiet["depth"] == 0:
-                tlog.set_verbosity(_quiet["level"])
-                if _quiet["bars"]:
-                    tlog.enable_progress_bar()
 
 
 def clean_prompt(text: str) -> str:
@@ -88,8 +62,6 @@ class T5TextEncoder:
     ) -> T5TextEncoder:
         """``model_path``: a diffusers ``text_encoder`` folder or the original ``models_t5_*.pth``."""
         from transformers import AutoTokenizer
-
-        from .encoders import build, text_encoder_source
 
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -137,9 +109,6 @@ class ClipImageEncoder:
         normalisation comes from ``processor_dir``'s ``preprocessor_config.json``, else the official constants."""
         import json
 
-        from .encoders import build, image_encoder_source
-        from .original_layout import CLIP_MEAN, CLIP_STD
-
         mean, std = CLIP_MEAN, CLIP_STD
         if processor_dir is not None:
             config = json.loads((Path(processor_dir) / "preprocessor_config.json").read_text())
@@ -171,7 +140,6 @@ class WanVideoVAE:
         cls, vae_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> WanVideoVAE:
         """``vae_path``: a diffusers ``vae`` folder or the original ``Wan2.1_VAE.pth``."""
-        from .encoders import build, vae_source
 
         return cls(build(vae_source(vae_path), dtype, device), device)
 

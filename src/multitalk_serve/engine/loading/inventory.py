@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError
-from .model_paths import ModelPaths, find_components
+from ..errors import CheckpointError
+from .paths import ModelPaths, find_components
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "image_encoder", "image_processor", "vae", "wav2vec")
 
@@ -59,7 +59,7 @@ class Inventory:
 
 
 def _transformer(located: dict, report: ComponentReport) -> dict:
-    from .loading import _check_keys_and_shapes, build_empty_model, resolve_transformer
+    from .transformer import _check_keys_and_shapes, build_empty_model, resolve_transformer
 
     source = resolve_transformer(located["transformer"], located["multitalk"])
     _check_keys_and_shapes(build_empty_model(source.dims), source)
@@ -83,7 +83,7 @@ def _encoder(kind: str, path: Path, report: ComponentReport) -> dict:
 def _tokenizer(path: Path, report: ComponentReport) -> None:
     from transformers import AutoTokenizer
 
-    from .components import quiet_transformers
+    from ..libraries import quiet_transformers
 
     try:
         with quiet_transformers():

@@ -22,6 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import EngineError
+from ..speed.backends import NATIVE, choose_attention_backend, is_kernel_failure
+from ..speed.lora import load_speed_lora, set_speed_lora
+from ..speed.memory import MemoryPlan, group_offload, parse_plan, plan_memory
+from ..speed.policy import LIBRARY_NAMES, SettingNames, SpeedSetup, fp8_lora_note
+from ..speed.presets import DEFAULT_PRESET, preset_values
+from ..speed.step_cache import StepCache
 from .audio import (
     FPS,
     AudioError,
@@ -32,7 +39,6 @@ from .audio import (
     mirror_pad,
     window_features,
 )
-from .backends import NATIVE, choose_attention_backend, is_kernel_failure
 from .color import match_colors
 from .conditioning import (
     Box,
@@ -44,12 +50,7 @@ from .conditioning import (
     person_masks,
     resize_and_center_crop,
 )
-from .errors import EngineError
-from .lora import load_speed_lora, set_speed_lora
-from .memory import MemoryPlan, group_offload, parse_plan, plan_memory
-from .presets import DEFAULT_PRESET, preset_values
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
-from .step_cache import StepCache
 from .video import AUDIO_RATE, Mp4Writer, frames_to_uint8, save_thumbnail
 
 logger = logging.getLogger(__name__)
@@ -60,13 +61,9 @@ MAX_IMAGE_PIXELS = 40_000_000  # larger inputs are refused before decoding (deco
 MIN_IMAGE_SIDE = 32
 
 
-class GenerationCancelled(EngineError):
-    """Raised (by the progress callback, or the pipeline on its behalf) to stop between sampling steps."""
-
-
 @dataclass
 class GenerateOptions:
-    """Everything a caller may choose. Defaults are the official CLI's unless the README says otherwise."""
+    """Everything a caller may choose. Defaults are the official CLI's unless docs/differences.md says otherwise."""
 
     resolution: str = "480p"  # bucket table: 480p (multitalk-480) or 720p (multitalk-720)
     mode: str = "streaming"  # "streaming": as long as the audio; "clip": one clip (at most 81 frames)
@@ -359,6 +356,8 @@ class MultiTalkPipeline:
         speed_lora: str | Path | None = None,
         speed_lora_scale: float = 1.0,
         fuse_speed_lora: bool | None = False,
+        speed: SpeedSetup | None = None,
+        setting_names: SettingNames = LIBRARY_NAMES,
         compile: bool = False,
     ) -> MultiTalkPipeline:
         """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its
@@ -372,13 +371,16 @@ class MultiTalkPipeline:
         GPU's memory for jobs up to ``plan_resolution``; or a plan / its name such as ``"fp8+t5-offload"``.
         ``attention``: ``"auto"`` or a diffusers backend name (``backends.py``). ``speed_lora``: a lightx2v /
         FusionX LoRA for the fast preset; ``fuse_speed_lora``: merge it into the weights (``None``: only when the
-        weights need it, i.e. fp8; otherwise a switchable adapter). ``compile``: regional ``torch.compile`` of the
-        blocks."""
+        weights need it, i.e. fp8; otherwise a switchable adapter); ``speed`` (from ``plan_speed_setup``) sets these
+        three at once; ``setting_names``: how the caller names its settings in messages. ``compile``: regional
+        ``torch.compile`` of the blocks."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from .model_paths import resolve_model_paths
-        from .weights import prefetch
+        from ..loading.paths import resolve_model_paths
+        from ..loading.weights import prefetch
 
+        if speed is not None:
+            speed_lora, speed_lora_scale, fuse_speed_lora = speed.speed_lora, speed.scale, speed.fuse
         paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
         device = torch.device(device)
         plan = _resolve_plan(memory_plan, device, paths.transformer, plan_resolution)
@@ -389,23 +391,19 @@ class MultiTalkPipeline:
         notes, fused_lora = [], None
         if fp8 and speed_lora is not None:
             if fuse_speed_lora is not False:  # torchao fp8 linears cannot host a LoRA with bias deltas: merged at load
-                from .lora import lora_deltas
+                from ..speed.lora import lora_deltas
 
                 fused_lora = lora_deltas(speed_lora, speed_lora_scale)
             else:
-                notes.append(
-                    f"speed LoRA {Path(speed_lora).name} not loaded: with fp8 weights a speed LoRA is merged into the "
-                    "weights at load (MULTITALK_PRESET=fast or MULTITALK_FUSE_SPEED_LORA=1), and the worker then "
-                    "runs only fast"
-                )
+                notes.append(fp8_lora_note(Path(speed_lora), setting_names))
                 speed_lora = None
         start = time.perf_counter()
         prefetch(_weight_files(paths))
         # Import the libraries here, once: imports from several threads at a time serialise on the import lock.
+        from ..libraries import import_libraries
+        from ..loading.transformer import load_transformer
+        from ..models.encoders import ClipImageEncoder, T5TextEncoder, WanVideoVAE
         from .audio import Wav2Vec2Features
-        from .components import ClipImageEncoder, T5TextEncoder, WanVideoVAE
-        from .encoders import import_libraries
-        from .loading import load_transformer
 
         import_libraries()
         spent["imports"] = time.perf_counter() - start
@@ -783,6 +781,6 @@ def _resolve_plan(
 
 
 def _default_negative() -> str:
-    from .components import NEGATIVE_PROMPT
+    from ..models.encoders import NEGATIVE_PROMPT
 
     return NEGATIVE_PROMPT
