@@ -23,9 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import DEFAULT_PRESET, PRESETS
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from .engine import DEFAULT_PRESET, DTYPES, PRESETS
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -353,9 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("generate", help="image + one or two voices + prompt -> talking MP4")
-    p.add_argument(
-        "--model", required=True, help="model folder (what it holds: docs/generate.md)"
-    )
+    p.add_argument("--model", required=True, help="model folder (what it holds: docs/generate.md)")
     p.add_argument("--image", required=True, help="reference image with one or two people")
     p.add_argument("--audio", required=True, action="append", help="a speaker's audio (twice for two; 'none' = silent)")
     p.add_argument("--prompt", required=True)

@@ -107,12 +107,13 @@ def run_forward(
     device: str = "cpu",
     repeats: int = 1,
 ) -> dict:
-    from .engine.loading.transformer import load_transformer_with_report
+    from .engine.loading.transformer import load_transformer
 
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    model, report = load_transformer_with_report(model_path, multitalk, dtype=dtype, device=dev)
+    model = load_transformer(model_path, multitalk, dtype=dtype, device=dev)
+    report = model.load_report
     inputs = random_inputs(model, speakers, frames, height, width, dtype, dev)
     runs, out = time_forward(model, inputs, repeats)
     result = {
@@ -137,7 +138,7 @@ def run_forward(
 
 def compare_layouts(root: str | Path, speakers: int = 2) -> list[dict]:
     """Load the tiny model of ``root`` (see ``multitalk_serve.tiny``) from each layout and run the same forward."""
-    from .engine.loading.transformer import load_transformer_with_report
+    from .engine.loading.transformer import load_transformer
     from .tiny import DIFFUSERS_DIR, GGUF_NAMES, MULTITALK_DIR, ORIGINAL_DIR
 
     root = Path(root)
@@ -148,7 +149,8 @@ def compare_layouts(root: str | Path, speakers: int = 2) -> list[dict]:
     ]
     rows, reference = [], None
     for name, path in sources:
-        model, report = load_transformer_with_report(path, root / MULTITALK_DIR, dtype=torch.float32)
+        model = load_transformer(path, root / MULTITALK_DIR, dtype=torch.float32)
+        report = model.load_report
         inputs = random_inputs(model, speakers, frames=9, height=64, width=96, dtype=torch.float32, device="cpu")
         runs, out = time_forward(model, inputs)
         reference = out if reference is None else reference

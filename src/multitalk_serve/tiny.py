@@ -44,12 +44,13 @@ from .engine.loading.layouts import (
 from .engine.loading.original_encoders import (
     CLIP_BLOCK_NAMES,
     CLIP_CHECKPOINT,
-    RESBLOCK_NAMES,
     T5_BLOCK_NAMES,
     T5_CHECKPOINT,
     T5_TOKENIZER,
     VAE_CHECKPOINT,
+    VAE_INNER_NAMES,
     vae_config,
+    vae_key,
     vae_prefixes,
 )
 from .engine.loading.paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
@@ -417,19 +418,13 @@ def _original_clip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _original_vae(tensors: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """``AutoencoderKLWan`` names -> Wan ``WanVAE_`` names (fp32)."""
     back = {new: old for old, new in vae_prefixes(config)}
-    inner = {new: old for old, new in (*RESBLOCK_NAMES.items(), ("shortcut", "conv_shortcut"))}
+    inner = {new: old for old, new in VAE_INNER_NAMES.items()}
     out = {}
     for key, value in tensors.items():
-        module, _, leaf = key.rpartition(".")
-        parts = module.split(".")
-        for cut in range(len(parts), 0, -1):
-            head = ".".join(parts[:cut])
-            if head in back:
-                rest = ".".join(parts[cut:])
-                out[".".join(p for p in (back[head], inner.get(rest, rest), leaf) if p)] = value.float().contiguous()
-                break
-        else:
+        name = vae_key(key, back, inner)
+        if name is None:
             raise ValueError(f"no original name for VAE tensor {key}")
+        out[name] = value.float().contiguous()
     return out
 
 

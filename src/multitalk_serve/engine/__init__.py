@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "MAX_SPEAKERS": ".models.attention",
     "FPS": ".pipeline.video",
     "SAMPLE_RATE": ".pipeline.audio",
+    "DTYPES": ".dtypes",
+    "default_dtype": ".dtypes",
     # presets and the speed policy
     "PRESETS": ".speed.presets",
     "DEFAULT_PRESET": ".speed.presets",
@@ -65,6 +67,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "CLI_NAMES",
     "DEFAULT_PRESET",
+    "DTYPES",
     "FPS",
     "LIBRARY_NAMES",
     "MAX_SPEAKERS",
@@ -92,6 +95,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "SpeedSetup",
     "check_loaded",
     "choose_preset",
+    "default_dtype",
     "find_speed_lora",
     "inspect_model_dir",
     "parse_plan",
@@ -115,6 +119,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .dtypes import DTYPES, default_dtype
     from .errors import (
         AudioError,
         CheckpointError,

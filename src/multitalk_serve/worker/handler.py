@@ -24,8 +24,10 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..engine import (
+    DTYPES,
     WORKER_NAMES,
     Box,
+    ConfigError,
     EngineError,
     GenerateOptions,
     GenerationCancelled,
@@ -33,6 +35,7 @@ from ..engine import (
     Progress,
     check_loaded,
     choose_preset,
+    default_dtype,
     parse_plan,
     plan_speed_setup,
 )
@@ -45,17 +48,15 @@ from .storage import Storage
 
 log = logging.getLogger("multitalk_serve.worker")
 
-# The original worker's turbo on a worker without a speed LoRA: fewer steps and 2-pass guidance on the base model.
 OOM_HELD_BYTES = 1 << 30  # GPU memory still held after an out-of-memory failure that makes us recycle the worker
 HEALTH_PROBES = ({"test": "health_check"}, {"healthcheck": True})
 
 
 def _device_and_dtype(config: WorkerConfig) -> tuple[str, torch.dtype]:
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if config.dtype is not None and config.dtype not in names:
-        raise ValueError(f"MULTITALK_DTYPE must be one of {sorted(names)}, got {config.dtype!r}")
-    dtype = names[config.dtype] if config.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if config.dtype is not None and config.dtype not in DTYPES:
+        raise ConfigError(f"MULTITALK_DTYPE must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    dtype = DTYPES[config.dtype] if config.dtype else default_dtype(device)
     return device, dtype
 
 

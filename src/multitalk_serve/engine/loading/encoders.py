@@ -14,7 +14,6 @@ into its final dtype and device, several at a time (``weights.materialize``): no
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,16 @@ import torch
 
 from ..errors import CheckpointError
 from . import original_encoders as orig
-from .weights import TensorRef, building, check_refs, empty_weights, folder_refs, materialize, read_pth_header
+from .weights import (
+    TensorRef,
+    building,
+    check_refs,
+    empty_weights,
+    folder_refs,
+    materialize,
+    read_json,
+    read_pth_header,
+)
 
 
 @dataclass
@@ -44,15 +52,6 @@ class ComponentSource:
         return sum(r.nbytes for r in {(r.path, r.offset): r for r in self.refs.values()}.values())
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"missing file: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def _pth(path: Path, kind: str) -> dict[str, TensorRef]:
     if not path.is_file():
         raise CheckpointError(f"missing {kind} checkpoint: {path}")
@@ -63,7 +62,7 @@ def text_encoder_source(path: str | Path) -> ComponentSource:
     """UMT5 encoder from a diffusers ``text_encoder`` folder or the original ``models_t5_*.pth``."""
     path = Path(path)
     if path.is_dir():
-        config = _read_config(path / "config.json")
+        config = read_json(path / "config.json")
         refs = folder_refs(path, "model")
         refs = {k: v for k, v in refs.items() if k == "shared.weight" or k.startswith("encoder.")}
         return ComponentSource("text_encoder", "diffusers", path, config, refs)
@@ -75,7 +74,7 @@ def image_encoder_source(path: str | Path) -> ComponentSource:
     """CLIP vision tower from a diffusers ``image_encoder`` folder or the original open-clip ``.pth``."""
     path = Path(path)
     if path.is_dir():
-        config = _read_config(path / "config.json")
+        config = read_json(path / "config.json")
         refs = {k: v for k, v in folder_refs(path, "model").items() if k.startswith("vision_model.")}
         return ComponentSource("image_encoder", "diffusers", path, config, refs)
     refs = _pth(path, "CLIP")
@@ -86,7 +85,7 @@ def vae_source(path: str | Path) -> ComponentSource:
     """Wan VAE from a diffusers ``vae`` folder or the original ``Wan2.1_VAE.pth``."""
     path = Path(path)
     if path.is_dir():
-        config = _read_config(path / "config.json")
+        config = read_json(path / "config.json")
         return ComponentSource("vae", "diffusers", path, config, folder_refs(path, "diffusion_pytorch_model"))
     refs = _pth(path, "VAE")
     config = orig.vae_config(refs)

@@ -108,7 +108,8 @@ def _image_processor(path: Path, report: ComponentReport) -> None:
 def _wav2vec(path: Path, report: ComponentReport) -> dict:
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from .weights import check_refs, empty_weights, read_header
+    from .formats import read_index
+    from .weights import check_refs, empty_weights
 
     for name in ("config.json", "preprocessor_config.json"):
         if not (path / name).is_file():
@@ -119,7 +120,7 @@ def _wav2vec(path: Path, report: ComponentReport) -> dict:
     config = Wav2Vec2Config.from_pretrained(path)
     with empty_weights():
         model = Wav2Vec2Model(config)
-    refs = {k.removeprefix("wav2vec2."): v for k, v in read_header(weights).items()}
+    refs = {k.removeprefix("wav2vec2."): v for k, v in read_index(weights).items()}
     expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
     # The checkpoint is a pre-training one: its quantizer / projection heads are extra and unused.
     check_refs(expected, {k: v for k, v in refs.items() if k in expected or k.startswith(("encoder.", "feature_"))})

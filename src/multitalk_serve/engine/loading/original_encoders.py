@@ -220,18 +220,19 @@ def vae_prefixes(config: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def vae_key(key: str, prefixes: dict[str, str]) -> str | None:
-    """An original VAE tensor name in diffusers' naming (``prefixes``: original -> diffusers), or None."""
+VAE_INNER_NAMES = {**RESBLOCK_NAMES, "shortcut": "conv_shortcut"}
+
+
+def vae_key(key: str, prefixes: dict[str, str], inner: dict[str, str] = VAE_INNER_NAMES) -> str | None:
+    """A VAE tensor name renamed by its longest known module prefix (``prefixes``) and the name inside that module
+    (``inner``), or None. Original -> diffusers with the defaults; the inverted maps rename back."""
     module, _, leaf = key.rpartition(".")
     parts = module.split(".")
     for cut in range(len(parts), 0, -1):
         head = ".".join(parts[:cut])
         if head in prefixes:
             rest = ".".join(parts[cut:])
-            for old, new in (*RESBLOCK_NAMES.items(), ("shortcut", "conv_shortcut")):
-                if rest == old:
-                    rest = new
-            return ".".join(p for p in (prefixes[head], rest, leaf) if p)
+            return ".".join(p for p in (prefixes[head], inner.get(rest, rest), leaf) if p)
     return None
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .formats import GGUF, format_of
 from .layouts import CONFIG_NAME, MODEL_INDEX_NAME, MULTITALK_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from .original_encoders import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
 
@@ -200,7 +201,7 @@ def find_components(
     if diffusers_transformer is not None and not _has_transformer(diffusers_transformer):
         diffusers_transformer = None  # encoders-only download (a GGUF profile)
     original_transformer = original if original is not None and _has_transformer(original) else None
-    ggufs = sorted(root.glob("*.gguf"))
+    ggufs = sorted(p for p in root.glob("*") if p.is_file() and format_of(p) is GGUF)
     chosen = pick(
         "transformer", transformer, diffusers_transformer, original_transformer, ggufs[0] if len(ggufs) == 1 else None
     )

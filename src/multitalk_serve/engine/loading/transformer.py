@@ -16,7 +16,6 @@ GGUF-quantized linears stay quantized (diffusers' ``GGUFLinear``); the audio lay
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -30,17 +29,17 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 
 from ..errors import CheckpointError
 from ..models.transformer import MultiTalkTransformer3DModel
+from .formats import GGUF, SAFETENSORS, format_of, read_index
 from .layouts import (
     CONFIG_NAME,
     MODEL_INDEX_NAME,
     MULTITALK_WEIGHTS_NAME,
-    WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
     WanDims,
     audio_dims_from_shapes,
     is_audio_key,
 )
-from .weights import TensorRef, building, empty_weights, read_gguf_header, read_safetensors_header
+from .weights import TensorRef, building, empty_weights, folder_refs, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -77,47 +76,10 @@ def _fmt_keys(keys: list[str]) -> str:
     return shown + (f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else "")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"missing file: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def _sharded_refs(directory: Path) -> tuple[dict[str, TensorRef], list[Path]]:
-    """Tensors of ``diffusion_pytorch_model[-0000N-of-0000M].safetensors`` in ``directory``, via the index if any."""
-    index_path = directory / WEIGHTS_INDEX_NAME
-    if index_path.exists():
-        weight_map = _read_json(index_path).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index_path}: no weight_map")
-        by_file: dict[str, list[str]] = {}
-        for key, filename in weight_map.items():
-            by_file.setdefault(filename, []).append(key)
-        missing_files = [f for f in by_file if not (directory / f).is_file()]
-        if missing_files:
-            raise CheckpointError(
-                f"{directory}: missing shard files named in {index_path.name}: {_fmt_keys(missing_files)}"
-            )
-        refs: dict[str, TensorRef] = {}
-        files = []
-        for filename, keys in sorted(by_file.items()):
-            path = directory / filename
-            header = read_safetensors_header(path)
-            absent = [k for k in keys if k not in header]
-            if absent:
-                raise CheckpointError(
-                    f"{path}: the index places these tensors here but the file lacks them: {_fmt_keys(absent)}"
-                )
-            refs.update({k: header[k] for k in keys})
-            files.append(path)
-        return refs, files
-    single = directory / WEIGHTS_NAME
-    if single.is_file():
-        return read_safetensors_header(single), [single]
-    raise CheckpointError(f"{directory}: no {WEIGHTS_INDEX_NAME} and no {WEIGHTS_NAME}")
+    """Tensors of ``diffusion_pytorch_model[-0000N-of-0000M].safetensors`` in ``directory``, and their files."""
+    refs = folder_refs(directory, WEIGHTS_NAME.removesuffix(".safetensors"))
+    return refs, sorted({ref.path for ref in refs.values()})
 
 
 def _to_model_names(refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
@@ -193,7 +155,9 @@ def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
         path = path / MULTITALK_WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"missing MultiTalk weights: {path}")
-    refs = read_gguf_header(path)[0] if path.suffix == ".gguf" else read_safetensors_header(path)
+    if format_of(path) not in (SAFETENSORS, GGUF):
+        raise CheckpointError(f"{path}: MultiTalk weights are a .safetensors or .gguf file")
+    refs = read_index(path)
     other = [k for k in refs if not is_audio_key(k.removeprefix("model.diffusion_model."))]
     if other:
         raise CheckpointError(f"{path}: holds non-audio tensors, is it multitalk.safetensors? ({_fmt_keys(other)})")
@@ -206,17 +170,15 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
     if not path.exists():
         raise CheckpointError(f"model path does not exist: {path}")
 
-    if path.is_file() and path.suffix == ".gguf":
-        official, _ = read_gguf_header(path)
-        refs = _to_model_names(official)
-        source = TransformerSource("gguf", _dims_from_shapes(refs, path), refs, [path])
-    elif path.is_file() and path.suffix == ".safetensors":
-        refs = _to_model_names(read_safetensors_header(path))
-        source = TransformerSource("single-file", _dims_from_shapes(refs, path), refs, [path])
+    fmt = format_of(path) if path.is_file() else None
+    if fmt is not None and fmt.transformer:
+        refs = _to_model_names(read_index(path))
+        layout = "gguf" if fmt.quantized else "single-file"
+        source = TransformerSource(layout, _dims_from_shapes(refs, path), refs, [path])
     elif path.is_dir() and (path / MODEL_INDEX_NAME).is_file():
         return resolve_transformer(path / "transformer", multitalk)
     elif path.is_dir() and (path / CONFIG_NAME).is_file():
-        config = _read_json(path / CONFIG_NAME)
+        config = read_json(path / CONFIG_NAME)
         refs, files = _sharded_refs(path)
         if config.get("_class_name") in ("WanTransformer3DModel", "MultiTalkTransformer3DModel"):
             try:
@@ -352,25 +314,11 @@ def load_transformer(
             tensors are in, so the bf16 model is never held whole.
         fused_lora: weight deltas (``lora.lora_deltas``) added before quantisation (a speed LoRA with fp8).
 
+    Returns the model; ``model.load_report`` says what was read (layout, files, tensors, bytes, seconds).
+
     Raises:
         CheckpointError: naming the missing file, missing/unexpected keys, wrong shapes or bad config.
     """
-    model, _ = load_transformer_with_report(
-        path, multitalk, dtype=dtype, device=device, workers=workers, fp8=fp8, fused_lora=fused_lora
-    )
-    return model
-
-
-def load_transformer_with_report(
-    path: str | Path,
-    multitalk: str | Path | None = None,
-    *,
-    dtype: torch.dtype = torch.bfloat16,
-    device: str | torch.device = "cpu",
-    workers: int = 4,
-    fp8: bool = False,
-    fused_lora: dict[str, torch.Tensor] | None = None,
-) -> tuple[MultiTalkTransformer3DModel, LoadReport]:
     start = time.perf_counter()
     device = torch.device(device)
     source = resolve_transformer(path, multitalk)
@@ -456,4 +404,5 @@ def load_transformer_with_report(
         report.bytes_read / 1e9,
         report.seconds,
     )
-    return model, report
+    model.load_report = report
+    return model

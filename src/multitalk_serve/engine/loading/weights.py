@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -308,23 +309,24 @@ def read_pth_header(path: Path) -> dict[str, TensorRef]:
 
 
 # --- indexes of sharded files ---------------------------------------------------------------------------------
-def read_header(path: Path) -> dict[str, TensorRef]:
-    """Tensor index of one ``.safetensors``, ``.pth``/``.pt``/``.bin`` (zip) or ``.gguf`` file."""
-    if path.suffix == ".gguf":
-        return read_gguf_header(path)[0]
-    if path.suffix in (".pth", ".pt", ".bin"):
-        return read_pth_header(path)
-    return read_safetensors_header(path)
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON config or index of a checkpoint; ``CheckpointError`` naming the file when missing or malformed."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
 
 
 def index_refs(index_path: Path) -> dict[str, TensorRef]:
     """Tensors of a sharded checkpoint through its ``*.index.json`` (every shard it names must exist)."""
-    try:
-        weight_map = json.loads(index_path.read_text()).get("weight_map")
-    except FileNotFoundError:
-        raise CheckpointError(f"missing file: {index_path}") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{index_path}: not valid JSON ({exc})") from exc
+    from .formats import read_index
+
+    weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: no weight_map")
     by_file: dict[str, list[str]] = {}
@@ -337,7 +339,7 @@ def index_refs(index_path: Path) -> dict[str, TensorRef]:
         )
     refs: dict[str, TensorRef] = {}
     for filename, keys in sorted(by_file.items()):
-        header = read_header(index_path.parent / filename)
+        header = read_index(index_path.parent / filename)
         absent = sorted(k for k in keys if k not in header)
         if absent:
             shown = ", ".join(absent[:8]) + (f" ... and {len(absent) - 8} more" if len(absent) > 8 else "")

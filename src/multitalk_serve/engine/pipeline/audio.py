@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError
+from ..models.attention import MAX_SPEAKERS
+from .video import FPS
 
 SAMPLE_RATE = 16000
-FPS = 25
 TARGET_LUFS = -23.0
 
 
@@ -130,8 +131,8 @@ def arrange_speakers(waves: list[np.ndarray | None], mode: str = "add") -> Speak
     ``add``: speaker 1 speaks, then speaker 2 (each is silent while the other talks); ``para``: both at once,
     the shorter padded with silence (the official code fails on unequal lengths there).
     """
-    if not 1 <= len(waves) <= 2:
-        raise AudioError(f"MultiTalk takes 1 or 2 speakers, got {len(waves)}")
+    if not 1 <= len(waves) <= MAX_SPEAKERS:
+        raise AudioError(f"MultiTalk takes 1 or {MAX_SPEAKERS} speakers, got {len(waves)}")
     if all(w is None for w in waves):
         raise AudioError("every speaker is silent: at least one audio track is needed")
     if len(waves) == 1:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..errors import ImageInputError
+from ..models.attention import MAX_SPEAKERS
 
 # Target [height, width] per height/width ratio (the official ASPECT_RATIO_627 / ASPECT_RATIO_960 tables).
 BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
@@ -140,7 +141,7 @@ def person_masks(height: int, width: int, boxes: list[Box] | None, speakers: int
             )
         return torch.ones(3, height, width)
     if boxes is not None:
-        if len(boxes) != 2:
+        if len(boxes) != MAX_SPEAKERS:
             raise ImageInputError(f"two speakers need two boxes, got {len(boxes)}")
         people = []
         for i, box in enumerate(boxes):

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import EngineError
+from ..errors import AudioError, EngineError
+from ..models.attention import MAX_SPEAKERS
 from ..speed.backends import NATIVE, choose_attention_backend, is_kernel_failure
 from ..speed.lora import load_speed_lora, set_speed_lora
 from ..speed.memory import MemoryPlan, group_offload, parse_plan, plan_memory
@@ -30,8 +31,6 @@ from ..speed.policy import LIBRARY_NAMES, SettingNames, SpeedSetup, fp8_lora_not
 from ..speed.presets import DEFAULT_PRESET, preset_values
 from ..speed.step_cache import StepCache
 from .audio import (
-    FPS,
-    AudioError,
     SpeakerAudio,
     arrange_speakers,
     decode_audio,
@@ -51,7 +50,7 @@ from .conditioning import (
     resize_and_center_crop,
 )
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
-from .video import AUDIO_RATE, Mp4Writer, frames_to_uint8, save_thumbnail
+from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -464,8 +463,8 @@ class MultiTalkPipeline:
         """Decode each speaker at 16 kHz (features) and 48 kHz (the soundtrack), loudness-normalise with one gain
         per speaker, arrange them. Returns (16 kHz audio, 48 kHz audio). A track longer than ``max_seconds`` is an
         ``AudioError`` found while decoding (with ``cut``: it is cut there, the rest never decoded)."""
-        if not 1 <= len(audio) <= 2:
-            raise AudioError(f"MultiTalk takes 1 or 2 speakers, got {len(audio)}")
+        if not 1 <= len(audio) <= MAX_SPEAKERS:
+            raise AudioError(f"MultiTalk takes 1 or {MAX_SPEAKERS} speakers, got {len(audio)}")
         low, high = [], []
         for i, source in enumerate(audio):
             if source is None:
@@ -527,7 +526,7 @@ class MultiTalkPipeline:
 
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
         picture = load_image(image)
-        if boxes is not None and speakers != 2:
+        if boxes is not None and speakers != MAX_SPEAKERS:
             raise ImageInputError(f"boxes are for two speakers; got {len(boxes)} boxes and {speakers} speaker(s)")
         target = tuple(opts.size) if opts.size else choose_bucket(picture.height, picture.width, opts.resolution)
         reference = resize_and_center_crop(picture, target)  # [3, H, W] in [-1, 1]
@@ -734,7 +733,7 @@ class MultiTalkPipeline:
             context[None].to(dtype),
             clip_features.to(dtype),
             audio.to(dtype),
-            masks if audio.shape[0] == 2 else None,
+            masks if audio.shape[0] == MAX_SPEAKERS else None,
         )
         kwargs = {"step_cache": cache} if cache is not None else {}
         saved = cache.save() if cache is not None else None
