@@ -29,7 +29,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
 from ..errors import CheckpointError
-from ..models.transformer import MultiTalkTransformer3DModel
+from ..models.transformer import Fp32Linear, MultiTalkTransformer3DModel
 from .layouts import (
     CONFIG_NAME,
     MODEL_INDEX_NAME,
@@ -313,7 +313,10 @@ def _gguf_linear_plan(model: torch.nn.Module, source: TransformerSource, compute
             torch.empty(ref.byte_shape, dtype=torch.uint8, device="meta"), quant_type=ref.gguf_type
         )
         keep.add(key)
-    _replace_with_gguf_linear(model, compute_dtype, markers, modules_to_not_convert=[])
+    # The float32-computed linears (time projection, output head) keep their GGUF weights and dequantize them
+    # themselves (``Fp32Linear``); GGUFLinear would compute them in ``compute_dtype``.
+    fp32_compute = [name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, Fp32Linear)]
+    _replace_with_gguf_linear(model, compute_dtype, markers, modules_to_not_convert=fp32_compute)
     return keep
 
 
