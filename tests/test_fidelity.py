@@ -158,3 +158,14 @@ def test_ours_keeps_speaker_routing_without_background(model_fp32, reference, in
     assert ((p >= lo1) & (p <= hi1)).any() and ((p >= lo2) & (p <= hi2)).any()
     assert ((p <= hi1) | (p >= lo2)).all()
     assert (ours - swapped).abs().max() > 1e-3  # which person is which matters: routing is on
+
+
+# --- CLIP precision ---------------------------------------------------------------------------------------------
+def test_clip_runs_in_fp16_in_a_bf16_pipeline_as_the_official(tiny_root):
+    from multitalk_serve.engine import MultiTalkPipeline
+    from multitalk_serve.engine.models.encoders import clip_dtype
+
+    assert clip_dtype(BF16) == torch.float16 and clip_dtype(torch.float32) == torch.float32
+    pipe = MultiTalkPipeline.from_pretrained(tiny_root, dtype=BF16)
+    assert next(pipe.image_encoder.model.parameters()).dtype == torch.float16
+    assert pipe.transformer.patch_embedding.weight.dtype == BF16
