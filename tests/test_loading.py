@@ -276,6 +276,29 @@ def test_config_that_contradicts_the_weights(tiny_root, tmp_path):
         load_transformer(wan, tmp_path / MULTITALK_DIR)
 
 
+@pytest.mark.parametrize("text_len", [256, 1024])
+def test_config_text_len_other_than_512_is_refused(tiny_root, tmp_path, text_len):
+    """The official model pads the prompt to ``text_len`` tokens and attends to all of them; ours always uses 512.
+    A config we accept must give the model it describes: any other value is refused, naming the key."""
+    wan = copy_original(tiny_root, tmp_path)
+    config = json.loads((wan / "config.json").read_text())
+    assert config["text_len"] == 512  # the published value, which loads (every other test)
+    (wan / "config.json").write_text(json.dumps({**config, "text_len": text_len}))
+    with pytest.raises(CheckpointError, match=rf"config.json: text_len={text_len} is not supported.*exactly 512 text"):
+        resolve_transformer(wan, tmp_path / MULTITALK_DIR)
+    with pytest.raises(CheckpointError, match=rf"text_len={text_len}"):
+        load_transformer(wan, tmp_path / MULTITALK_DIR)
+
+
+def test_diffusers_config_stating_a_text_len_is_held_to_512_too(tiny_root, tmp_path):
+    transformer = tmp_path / "transformer"
+    shutil.copytree(tiny_root / DIFFUSERS_DIR / "transformer", transformer)
+    config = json.loads((transformer / "config.json").read_text())
+    (transformer / "config.json").write_text(json.dumps({**config, "text_len": 226}))
+    with pytest.raises(CheckpointError, match=r"text_len=226 is not supported"):
+        resolve_transformer(transformer, tiny_root / MULTITALK_DIR)
+
+
 def test_text_to_video_model_is_refused(tiny_root, tmp_path):
     base, _ = transformer_tensors(reference_dims(tiny_root).replace(in_dim=16))
     save_file(base, tmp_path / "t2v.safetensors")

@@ -29,7 +29,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
 from ..errors import CheckpointError
-from ..models.transformer import Fp32Linear, MultiTalkTransformer3DModel
+from ..models.transformer import TEXT_TOKENS, Fp32Linear, MultiTalkTransformer3DModel
 from .layouts import (
     CONFIG_NAME,
     MODEL_INDEX_NAME,
@@ -187,6 +187,18 @@ def _dims_checked_against_config(
     return dims.replace(eps=config_dims.eps)
 
 
+def _check_text_len(config: dict, where: Path) -> None:
+    """``text_len`` (original-layout configs) is how many text tokens the official model pads the prompt to and
+    attends to. Ours always uses 512 (diffusers' Wan cross-attention splits image and text context at 512, and the
+    T5 encoder pads to 512): a config that says otherwise describes a model we would not compute, so it is refused."""
+    text_len = config.get("text_len", TEXT_TOKENS)
+    if text_len != TEXT_TOKENS:
+        raise CheckpointError(
+            f"{where}: text_len={text_len!r} is not supported: this transformer pads and attends to exactly "
+            f"{TEXT_TOKENS} text tokens (every published Wan2.1 I2V / MultiTalk config says text_len {TEXT_TOKENS})"
+        )
+
+
 def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
     """The audio tensors of ``multitalk.safetensors`` (or a GGUF of them), given the file or its directory."""
     if path.is_dir():
@@ -217,6 +229,7 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
         return resolve_transformer(path / "transformer", multitalk)
     elif path.is_dir() and (path / CONFIG_NAME).is_file():
         config = _read_json(path / CONFIG_NAME)
+        _check_text_len(config, path / CONFIG_NAME)
         refs, files = _sharded_refs(path)
         if config.get("_class_name") in ("WanTransformer3DModel", "MultiTalkTransformer3DModel"):
             try:
