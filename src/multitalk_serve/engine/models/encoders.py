@@ -31,6 +31,8 @@ def clip_dtype(dtype: torch.dtype) -> torch.dtype:
     its penultimate features are 8x closer to fp32 (relative L2 7.0e-4 against 5.6e-3 in bf16), at the same memory;
     the official runs the published weights in fp16, so their activations fit its range."""
     return torch.float16 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 NEGATIVE_PROMPT = (
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
     "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "

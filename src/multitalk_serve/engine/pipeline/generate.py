@@ -360,13 +360,14 @@ class MultiTalkPipeline:
         setting_names: SettingNames = LIBRARY_NAMES,
         compile: bool = False,
     ) -> MultiTalkPipeline:
-        """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its
-        dtype and device (``dtype`` for the transformer and T5; the CLIP in fp16 when ``dtype`` is bf16, as the
-        official: ``clip_dtype``; the VAE in ``vae_dtype``). The kernel starts reading the weight files first (``weights.prefetch``) while the libraries
-        import; then, with ``parallel``, the five components load at the same time (their reads overlap each
-        other's model construction and dtype casts). ``parallel=None`` chooses: parallel with 8 CPU cores or more;
-        with fewer, the threads only contend (on 2 cores, sequential loading measured 1-2 s faster for a 4.5 GB
-        directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's seconds.
+        """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its dtype
+        and device (``dtype`` for the transformer and T5; the CLIP in fp16 when ``dtype`` is bf16, as the official:
+        ``clip_dtype``; the VAE in ``vae_dtype``). The kernel starts reading the weight files first
+        (``weights.prefetch``) while the libraries import; then, with ``parallel``, the five components load at the same
+        time (their reads overlap each other's model construction and dtype casts). ``parallel=None`` chooses: parallel
+        with 8 CPU cores or more; with fewer, the threads only contend (on 2 cores, sequential loading measured 1-2 s
+        faster for a 4.5 GB directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's
+        seconds.
 
         ``memory_plan`` (``memory.py``): ``None`` keeps everything resident in ``dtype``; ``"auto"`` picks by the
         GPU's memory for jobs up to ``plan_resolution``; or a plan / its name such as ``"fp8+t5-offload"``.
