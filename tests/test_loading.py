@@ -23,6 +23,7 @@ from multitalk_serve.engine.loading.transformer import (
     resolve_transformer,
 )
 from multitalk_serve.engine.loading.weights import TensorRef
+from multitalk_serve.engine.models.transformer import Fp32Linear
 from multitalk_serve.forward_check import random_inputs
 from multitalk_serve.tiny import (
     DIFFUSERS_DIR,
@@ -142,8 +143,12 @@ def test_default_dtype_is_bf16_with_fp32_norms_and_modulation(tiny_root):
         "condition_embedder.time_embedder.linear_1.weight",
     ):
         assert params[fp32].dtype == torch.float32, fp32
+    # The time projection and the output head keep bf16 weights (as the official holds them) but compute in fp32,
+    # and the velocity comes back in fp32 (the official forward's autocast; tests/test_fidelity.py).
+    assert params["condition_embedder.time_proj.weight"].dtype == torch.bfloat16
+    assert params["proj_out.weight"].dtype == torch.bfloat16
     out = outputs_bf16(model)
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 def outputs_bf16(model):
@@ -166,6 +171,9 @@ def test_gguf_keeps_linears_quantized_and_computes_like_its_dequantized_weights(
     assert modules["blocks.0.attn1.to_q"].weight.dtype == torch.uint8
     assert not isinstance(modules["condition_embedder.time_embedder.linear_1"], GGUFLinear)
     assert not isinstance(modules["blocks.0.audio_cross_attn.q_linear"], GGUFLinear)  # audio layers: plain
+    # time projection and output head: quantized weights kept, dequantized and computed in fp32 by the layer itself
+    for name in ("condition_embedder.time_proj", "proj_out"):
+        assert isinstance(modules[name], Fp32Linear) and isinstance(modules[name].weight, GGUFParameter), name
     assert types["blocks.0.self_attn.q.weight"] == ("Q8_0" if file_type == "Q8_0" else "Q4_K")
     if file_type == "Q4_K_M":
         assert types["blocks.0.ffn.2.weight"] == "Q6_K"
@@ -266,6 +274,29 @@ def test_config_that_contradicts_the_weights(tiny_root, tmp_path):
     (wan / "config.json").write_text(json.dumps({**config, "num_layers": 40, "ffn_dim": 13824}))
     with pytest.raises(CheckpointError, match=r"ffn_dim=13824 but the weights have 512; num_layers=40 but"):
         load_transformer(wan, tmp_path / MULTITALK_DIR)
+
+
+@pytest.mark.parametrize("text_len", [256, 1024])
+def test_config_text_len_other_than_512_is_refused(tiny_root, tmp_path, text_len):
+    """The official model pads the prompt to ``text_len`` tokens and attends to all of them; ours always uses 512.
+    A config we accept must give the model it describes: any other value is refused, naming the key."""
+    wan = copy_original(tiny_root, tmp_path)
+    config = json.loads((wan / "config.json").read_text())
+    assert config["text_len"] == 512  # the published value, which loads (every other test)
+    (wan / "config.json").write_text(json.dumps({**config, "text_len": text_len}))
+    with pytest.raises(CheckpointError, match=rf"config.json: text_len={text_len} is not supported.*exactly 512 text"):
+        resolve_transformer(wan, tmp_path / MULTITALK_DIR)
+    with pytest.raises(CheckpointError, match=rf"text_len={text_len}"):
+        load_transformer(wan, tmp_path / MULTITALK_DIR)
+
+
+def test_diffusers_config_stating_a_text_len_is_held_to_512_too(tiny_root, tmp_path):
+    transformer = tmp_path / "transformer"
+    shutil.copytree(tiny_root / DIFFUSERS_DIR / "transformer", transformer)
+    config = json.loads((transformer / "config.json").read_text())
+    (transformer / "config.json").write_text(json.dumps({**config, "text_len": 226}))
+    with pytest.raises(CheckpointError, match=r"text_len=226 is not supported"):
+        resolve_transformer(transformer, tiny_root / MULTITALK_DIR)
 
 
 def test_text_to_video_model_is_refused(tiny_root, tmp_path):

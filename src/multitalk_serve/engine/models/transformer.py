@@ -6,6 +6,12 @@ Added over ``WanTransformer3DModel`` (names as in the official checkpoint, so ``
 - per block ``norm_x`` (affine LayerNorm, fp32) and ``audio_cross_attn``, applied after the text/image
   cross-attention residual and before the feed-forward, as a plain residual;
 - for two speakers, the reference-attention map of each block's self-attention drives label RoPE.
+
+Precision as the official forward: the official code runs the time embedding, the time projection and the output
+head under ``torch.cuda.amp.autocast(dtype=float32)`` and returns a float32 velocity. Here the time embedder keeps
+float32 weights (``_keep_in_fp32_modules``), ``time_proj`` and ``proj_out`` are :class:`Fp32Linear` (weights in the
+model's dtype, as the official holds them, computed in float32), the modulation stays in float32 and the forward
+returns float32 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -51,6 +57,21 @@ class Float64Timesteps(nn.Module):
         freqs = torch.pow(10000.0, -torch.arange(half, device=position.device, dtype=torch.float64) / half)
         angles = torch.outer(position, freqs)
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+class Fp32Linear(nn.Linear):
+    """A linear layer computed in float32 whatever its weights are stored in (bf16, fp8 upcast by a layerwise-casting
+    hook, a GGUF-quantized tensor, float32): what ``torch.cuda.amp.autocast(dtype=float32)`` does for the official
+    time projection and output head. The weights keep their storage (no extra memory); each call upcasts them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if getattr(weight, "quant_type", None) is not None:  # a GGUFParameter (the loader leaves it quantized)
+            from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+            weight = dequantize_gguf_tensor(weight)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), weight.float(), bias)
 
 
 class MultiTalkAudioProjection(nn.Module):
@@ -244,6 +265,9 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         self.register_to_config(num_layers=num_layers)
         inner_dim = num_attention_heads * attention_head_dim
         self.condition_embedder.timesteps_proj = Float64Timesteps(freq_dim)
+        # Computed in float32 like the official (fp32 autocast); same parameter names and shapes as diffusers'.
+        self.condition_embedder.time_proj = Fp32Linear(inner_dim, 6 * inner_dim)
+        self.proj_out = Fp32Linear(inner_dim, out_channels * math.prod(patch_size))
         self.blocks = nn.ModuleList(
             [
                 MultiTalkTransformerBlock(
@@ -333,10 +357,14 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
 
         rotary_emb = self.rope(hidden_states)
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
-        temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = self.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image
-        )
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        # diffusers' condition embedder would cast the time embedding to the text's dtype (bf16) before the
+        # projection; the official keeps both in float32.
+        embedder = self.condition_embedder
+        features = embedder.timesteps_proj(timestep)  # float32
+        temb = embedder.time_embedder(features.to(embedder.time_embedder.linear_1.weight.dtype)).float()
+        timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1))
+        encoder_hidden_states = embedder.text_embedder(encoder_hidden_states)
+        encoder_hidden_states_image = embedder.image_embedder(encoder_hidden_states_image)
         encoder_hidden_states = torch.cat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
 
         if step_cache is not None and not step_cache.should_compute(timestep_proj):
@@ -356,9 +384,9 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
             if step_cache is not None:
                 step_cache.store(blocks_input, hidden_states)
 
-        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
-        hidden_states = self.proj_out(hidden_states)
+        # Output head in float32 (the official autocast): a float32 velocity whatever the model's dtype.
+        shift, scale = (self.scale_shift_table.to(temb.device).float() + temb.unsqueeze(1)).chunk(2, dim=1)
+        hidden_states = self.proj_out(self.norm_out(hidden_states.float()) * (1 + scale) + shift)
         hidden_states = hidden_states.reshape(batch_size, frames, *grid, p_t, p_h, p_w, -1)
         output = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if not return_dict:

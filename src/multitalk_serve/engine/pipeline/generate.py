@@ -359,12 +359,14 @@ class MultiTalkPipeline:
         setting_names: SettingNames = LIBRARY_NAMES,
         compile: bool = False,
     ) -> MultiTalkPipeline:
-        """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its
-        dtype and device. The kernel starts reading the weight files first (``weights.prefetch``) while the libraries
-        import; then, with ``parallel``, the five components load at the same time (their reads overlap each
-        other's model construction and dtype casts). ``parallel=None`` chooses: parallel with 8 CPU cores or more;
-        with fewer, the threads only contend (on 2 cores, sequential loading measured 1-2 s faster for a 4.5 GB
-        directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's seconds.
+        """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its dtype
+        and device (``dtype`` for the transformer and T5; the CLIP in fp16 when ``dtype`` is bf16, as the official:
+        ``clip_dtype``; the VAE in ``vae_dtype``). The kernel starts reading the weight files first
+        (``weights.prefetch``) while the libraries import; then, with ``parallel``, the five components load at the same
+        time (their reads overlap each other's model construction and dtype casts). ``parallel=None`` chooses: parallel
+        with 8 CPU cores or more; with fewer, the threads only contend (on 2 cores, sequential loading measured 1-2 s
+        faster for a 4.5 GB directory, see ``bench/bench_cold_start.py``). ``timings`` receives each component's
+        seconds.
 
         ``memory_plan`` (``memory.py``): ``None`` keeps everything resident in ``dtype``; ``"auto"`` picks by the
         GPU's memory for jobs up to ``plan_resolution``; or a plan / its name such as ``"fp8+t5-offload"``.
@@ -401,7 +403,7 @@ class MultiTalkPipeline:
         # Import the libraries here, once: imports from several threads at a time serialise on the import lock.
         from ..libraries import import_libraries
         from ..loading.transformer import load_transformer
-        from ..models.encoders import ClipImageEncoder, T5TextEncoder, WanVideoVAE
+        from ..models.encoders import ClipImageEncoder, T5TextEncoder, WanVideoVAE, clip_dtype
         from .audio import Wav2Vec2Features
 
         import_libraries()
@@ -414,7 +416,7 @@ class MultiTalkPipeline:
                 paths.tokenizer, paths.text_encoder, device=t5_device, dtype=dtype
             ),
             "image_encoder": lambda: ClipImageEncoder.from_pretrained(
-                paths.image_encoder, paths.image_processor, device=device, dtype=dtype
+                paths.image_encoder, paths.image_processor, device=device, dtype=clip_dtype(dtype)
             ),
             "vae": lambda: WanVideoVAE.from_pretrained(paths.vae, device=device, dtype=vae_dtype),
             "audio_encoder": lambda: Wav2Vec2Features.from_pretrained(paths.wav2vec, device=device),
