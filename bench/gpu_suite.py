@@ -94,6 +94,7 @@ class Scale:
     repeats: dict[str, int]  # resolution -> timed forwards per case (after one warm-up)
     encoder_repeats: int  # timed calls of the T5, CLIP and wav2vec2 items (after one warm-up)
     plan_steps: int  # sampling steps of a plan's job (peak memory does not depend on it)
+    clip_steps: int | None  # sampling steps of the fast clip (None: the preset's 4)
 
 
 def full_scale() -> Scale:
@@ -109,6 +110,7 @@ def full_scale() -> Scale:
         repeats={"480p": 3, "720p": 2},
         encoder_repeats=3,
         plan_steps=2,
+        clip_steps=None,
     )
 
 
@@ -127,6 +129,7 @@ def smoke_scale() -> Scale:
         repeats={"480p": 1, "720p": 1},
         encoder_repeats=1,
         plan_steps=1,
+        clip_steps=1,
     )
 
 
@@ -400,14 +403,14 @@ def run_items(suite: Suite, items: list[Item]) -> None:
         except Skip as exc:
             estimate, row["status"], row["reason"] = 0.0, "skipped", str(exc)
         row["estimate_s"] = round(estimate, 1)
-        if "status" not in row and estimate > left:
+        if "status" not in row and estimate > max(left, 0.0):  # free items (environment, reasons) always run
             row["status"] = "skipped"
             row["reason"] = f"would take about {estimate:.0f} s; {max(left, 0):.0f} s of --budget-s left"
         if "status" in row:
             log(f"skip {item.name}: {row['reason']}")
         else:
             log(f"run  {item.name} (estimated {estimate:.0f} s, {left:.0f} s left): {item.what}")
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 row.update(item.run(suite))
                 row["status"] = "ok"
@@ -419,6 +422,7 @@ def run_items(suite: Suite, items: list[Item]) -> None:
                 row["status"], row["error"] = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
                 row["traceback"] = traceback.format_exc()[-3000:]
             row["seconds"] = round(time.perf_counter() - start, 2)
+            row["cpu_s"] = round(time.process_time() - cpu, 2)  # this process's CPU time (all threads)
             if row["status"] == "failed":
                 gc.collect()
                 if suite.cuda:
@@ -654,6 +658,8 @@ def forward_estimate(resolution: str, weights: str, backend: str = "native") -> 
     def estimate(suite: Suite) -> float:
         if backend in SDPA_KERNELS and not suite.cuda:
             raise Skip(f"SDPA's {backend.strip('_')} kernel needs CUDA")
+        if resolution != "480p" and suite.scale.name == "smoke":
+            raise Skip("smoke run: the same code as the 480p item, only the shape differs")
         n = suite.scale.repeats[resolution] + 1  # + the warm-up
         cost = n * (suite.fwd_estimate(resolution, 1) + suite.fwd_estimate(resolution, 2))
         if weights not in suite.transformers:
@@ -801,7 +807,7 @@ def item_fast_clip(suite: Suite) -> dict:
     start = time.perf_counter()
     pipe.warm_up()
     warm = time.perf_counter() - start
-    row = run_job(suite, pipe, None, speed_lora=True)
+    row = run_job(suite, pipe, suite.scale.clip_steps, speed_lora=True)
     suite.speed["clip_fast_s"] = row["clip_s"]
     suite.speed["plan_forward_s"] = row["s_per_forward"]
     suite.pipes["bf16"] = pipe
@@ -818,7 +824,8 @@ def item_fast_clip(suite: Suite) -> dict:
 def fast_clip_estimate(suite: Suite) -> float:
     fwd = suite.fwd_estimate("480p", 1)
     extra = suite.prior(25.0, 2.0)  # LoRA file, adapter, warm-up, MP4
-    return 8 * fwd + 2.5 * suite.speed.get("vae_decode_s", suite.prior(8.0, 0.5)) + extra
+    vae = suite.speed.get("vae_decode_s", suite.prior(8.0, 0.5))
+    return 2 * (suite.scale.clip_steps or 4) * fwd + 2.5 * vae + extra
 
 
 def plan_item(plan_name: str) -> Callable[[Suite], dict]:
