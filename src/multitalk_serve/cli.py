@@ -353,9 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("generate", help="image + one or two voices + prompt -> talking MP4")
-    p.add_argument(
-        "--model", required=True, help="model folder (what it holds: docs/generate.md)"
-    )
+    p.add_argument("--model", required=True, help="model folder (what it holds: docs/generate.md)")
     p.add_argument("--image", required=True, help="reference image with one or two people")
     p.add_argument("--audio", required=True, action="append", help="a speaker's audio (twice for two; 'none' = silent)")
     p.add_argument("--prompt", required=True)
