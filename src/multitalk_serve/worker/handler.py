@@ -388,8 +388,8 @@ class Worker:
             raise WorkerError(
                 "E_INPUT", f"{field}: {asked} is over this worker's {cap:g} s limit (MAX_DURATION_SECONDS)"
             )
-        if request.audio_type == "para" and len(request.audio) == 1:
-            warnings.append("audio_type: para arranges two speakers at once; with one audio track it has no effect")
+        if request.audio_type == "para" and sum(track is not None for track in request.audio) == 1:
+            warnings.append("audio_type: para arranges two voices at once; with one audio track it has no effect")
 
     def _allocated(self) -> int:
         return torch.cuda.memory_allocated(self.pipeline.device) if self.pipeline.device.type == "cuda" else 0

@@ -240,6 +240,8 @@ class MediaFetcher:
         return box["data"]
 
     def _url(self, url: str, field: str) -> bytes:
+        import runpod.serverless.utils.rp_ssrf  # noqa: F401 - imported here, not on the deadline's time
+
         shown = redact_url(url)
         return self._bounded(field, shown, lambda watch, state: self._url_tries(url, shown, field, watch, state))
 
