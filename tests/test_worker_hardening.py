@@ -224,6 +224,6 @@ def test_para_with_one_voice_is_reported(tiny_pipeline, tmp_path):
     for audio, warned in (([a], True), ([a, None], True), ([None, b], True), ([a, b], False)):
         warnings: list[str] = []
         request = JobInput.model_validate({"image": "https://example.com/a.png", "audio": audio, "audio_type": "para"})
-        options, params = worker._options(request, warnings)
+        _, params = worker._options(request, warnings)
         assert params["audio_type"] == "para"
         assert any(w.startswith("audio_type: para") and "no effect" in w for w in warnings) == warned, (audio, warnings)
