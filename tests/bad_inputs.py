@@ -125,6 +125,14 @@ def prepare_volume(volume: Path, tmp: Path) -> None:
     write_audio(tmp / "talk.mp3", 0.6)
 
 
+SDP = (  # an RTP session on loopback: FFmpeg's sdp demuxer would listen on UDP port 45678
+    b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 45678 RTP/AVP 0\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\n"
+)
+HLS = b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n#EXT-X-ENDLIST\n"
+CONCAT = b"ffconcat version 1.0\nfile '/etc/passwd'\n"
+
+
 def valid(env: Env, **extra) -> dict:
     return {"input": {"image": env.b64(face()), "audio": env.b64(speech(0.4)), **SMALL, **extra}}
 
@@ -158,6 +166,26 @@ def catalogue(env: Env) -> list[Case]:
         Case("seed as a float", job(seed=1.5), "E_INPUT", ("seed",)),
         Case("audio as a number", job(audio=7), "E_INPUT", ("audio",)),
         Case("boxes as a string", job(boxes="left,right"), "E_INPUT", ("boxes",)),
+        # strict JSON types: nothing is converted (before, true ran one step and "40" forty)
+        Case("steps as true", job(sampling_steps=True), "E_INPUT", ("sampling_steps", "valid integer")),
+        Case("steps as a numeric string", job(sampling_steps="40"), "E_INPUT", ("sampling_steps", "valid integer")),
+        Case("steps as 4.0", job(sampling_steps=4.0), "E_INPUT", ("sampling_steps", "valid integer")),
+        Case("guidance as a numeric string", job(text_guide_scale="5"), "E_INPUT", ("text_guide_scale",)),
+        Case("a boolean as 1", job(use_apg=1), "E_INPUT", ("use_apg", "valid boolean")),
+        Case("a boolean as text", job(output={"thumbnail": "true"}), "E_INPUT", ("output.thumbnail",)),
+        Case(
+            "boxes as strings",
+            job(audio=[aud, aud], boxes=["0,0,200,300", "250,0,480,300"]),
+            "E_INPUT",
+            ("boxes.0", "valid list"),
+        ),
+        Case(
+            "box numbers as strings",
+            job(audio=[aud, aud], boxes=[["0", 0, 200, 300], [250, 0, 480, 300]]),
+            "E_INPUT",
+            ("boxes.0.0", "valid number"),
+        ),
+        Case("a NaN guidance", job(audio_guide_scale=math.nan), "E_INPUT", ("audio_guide_scale", "finite")),
         Case("nested junk media", job(image={"url": 5}), "E_INPUT", ("image",)),
         Case("two names for the steps", job(sample_steps=4), "E_INPUT", ("sample_steps",)),
         Case("resolution 1080p", job(resolution="1080p"), "E_INPUT", ("resolution",)),
@@ -175,7 +203,16 @@ def catalogue(env: Env) -> list[Case]:
             ("s3Config", "accessSecret"),
         ),
         Case("three speakers", job(audio=[aud, aud, aud]), "E_INPUT", ("audio",)),
-        Case("duration over the cap", job(duration=3000), "E_AUDIO", ("over the", "limit")),
+        Case("duration over the cap", job(duration=3000), "E_INPUT", ("duration: 3000 s", "120 s limit")),
+        Case("duration of an hour", job(duration=3600), "E_INPUT", ("duration: 3600 s", "120 s limit")),
+        Case("num_frames over the cap", job(num_frames=3001), "E_INPUT", ("num_frames: 3001 frames", "120 s limit")),
+        Case(
+            "s3Config as a string",
+            {**job(), "s3Config": "https://s3.example.com AKIAEXAMPLEKEY1234 secret"},
+            "E_INPUT",
+            ("s3Config must be an object",),
+        ),
+        Case("s3Config as a list", {**job(), "s3Config": ["a", "b"]}, "E_INPUT", ("s3Config must be an object",)),
         # -- images -----------------------------------------------------------------------------------------------
         Case("image is text", job(image=env.b64(b"hello, I am not a picture")), "E_IMAGE", ("image", "not a readable")),
         Case("truncated PNG", job(image=env.b64(face()[:300])), "E_IMAGE", ("image",)),
@@ -185,6 +222,18 @@ def catalogue(env: Env) -> list[Case]:
         Case("animated GIF (first frame used)", job(image=env.b64(gif.getvalue())), None),
         Case("CMYK JPEG", job(image=env.b64(cmyk)), None),
         Case("16-bit PNG", job(image=env.b64(png(deep))), None),
+        Case(
+            "TGA image",
+            job(image=env.b64(png(Image.fromarray(stubs.scenario_image()), format="TGA"))),
+            "E_IMAGE",
+            ("image", "accepted format"),
+        ),
+        Case(
+            "EPS image",
+            job(image=env.b64(png(Image.new("RGB", (64, 64)), format="EPS"))),
+            "E_IMAGE",
+            ("image", "accepted format"),
+        ),
         # -- audio ------------------------------------------------------------------------------------------------
         Case("empty audio payload", job(audio=""), "E_INPUT", ("audio",)),
         Case("WAV with no samples", job(audio=env.b64(wav_bytes(np.zeros(0)))), "E_AUDIO", ("empty",)),
@@ -195,6 +244,10 @@ def catalogue(env: Env) -> list[Case]:
         Case("video without sound", job(audio=str(env.volume / "in/silent.mp4")), "E_AUDIO", ("no audio track",)),
         Case("text file named .wav", job(audio=env.b64(b"just some words\n" * 20)), "E_AUDIO", ("audio of speaker 1",)),
         Case("unknown codec", job(audio=env.b64(unknown_codec_wav())), "E_AUDIO", ("audio of speaker 1",)),
+        # containers whose demuxers reach the network or the disk: refused before they run (no socket, no file)
+        Case("SDP description as audio", job(audio=env.b64(SDP)), "E_AUDIO", ("speaker 1", "accepted audio container")),
+        Case("HLS playlist as audio", job(audio=env.b64(HLS)), "E_AUDIO", ("audio of speaker 1",)),
+        Case("concat list as audio", job(audio=env.b64(CONCAT)), "E_AUDIO", ("accepted audio container",)),
         # -- media sources ----------------------------------------------------------------------------------------
         Case("base64 that is not base64", job(image="%%% not base64 %%%"), "E_INPUT", ("image", "base64")),
         Case(

@@ -136,3 +136,53 @@ def test_docs_publish_the_current_schema():
     assert published == json_schema(), (
         f"{SCHEMA_FILE} is stale: python -m multitalk_serve.worker.schema > {SCHEMA_FILE}"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"sampling_steps": True}, "sampling_steps: Input should be a valid integer (got True)"),
+        ({"sampling_steps": "40"}, "sampling_steps: Input should be a valid integer (got '40')"),
+        ({"sampling_steps": 40.0}, "sampling_steps: Input should be a valid integer (got 40.0)"),
+        ({"sample_steps": "8"}, "sample_steps: Input should be a valid integer (got '8')"),
+        ({"seed": "7"}, "seed: Input should be a valid integer (got '7')"),
+        ({"text_guide_scale": "5"}, "text_guide_scale: Input should be a valid number (got '5')"),
+        ({"audio_guide_scale": False}, "audio_guide_scale: Input should be a valid number (got False)"),
+        ({"duration": "3"}, "duration: Input should be a valid number (got '3')"),
+        ({"shift": float("nan")}, "shift: Input should be a finite number"),
+        ({"use_apg": 1}, "use_apg: Input should be a valid boolean (got 1)"),
+        ({"turbo": "true"}, "turbo: Input should be a valid boolean (got 'true')"),
+        ({"output": {"thumbnail": "yes"}}, "output.thumbnail: Input should be a valid boolean (got 'yes')"),
+        ({"output": {"crf": "19"}}, "output.crf: Input should be a valid integer (got '19')"),
+        ({"audio": [A1, A2], "boxes": ["0,0,1,1", "1,1,2,2"]}, "boxes.0: Input should be a valid list"),
+        ({"audio": [A1, A2], "boxes": [["0", 0, 1, 1], [1, 1, 2, 2]]}, "boxes.0.0: Input should be a valid number"),
+        ({"audio": [A1, A2], "bbox": {"person1": ["0", 0, 1, 1], "person2": [1, 1, 2, 2]}}, "bbox.person1.0"),
+        ({"width": "64", "height": 64}, "width: Input should be a valid integer (got '64')"),
+    ],
+)
+def test_json_types_are_not_converted(given, message):
+    """A number must be a JSON number (an integer where an integer is meant), a boolean a JSON boolean: before,
+    ``true`` ran one step and ``"40"`` forty, boxes given as text were accepted."""
+    text = error(**{"image": IMG, "audio": A1, **given})
+    assert message in text, text
+
+
+def test_documented_names_and_json_numbers_keep_working():
+    job = parse(
+        cond_image=IMG,
+        cond_audio={"person1": A1, "person2": "None"},
+        bbox={"person1": [0, 0, 300, 250], "person2": [0, 250, 300, 500.5]},
+        sample_steps=8,
+        sample_text_guide_scale=5,  # an integer where a number is meant: a JSON number
+        sample_audio_guide_scale=4.5,
+        sample_shift=3,
+        color_correction_strength=1,
+        base_seed=-1,
+        duration=2,
+        turbo=False,
+        output_format="base64",
+    )
+    assert (job.sampling_steps, job.text_guide_scale, job.shift, job.color_correction, job.duration) == (8, 5, 3, 1, 2)
+    assert job.audio == [A1, None] and job.bbox["person2"][3] == 500.5 and job.output.format == "base64"
+    job = parse(image={"url": IMG}, audio_1=A1, use_apg=True, boxes=None, output={"thumbnail": True, "crf": 20})
+    assert job.audio == [A1] and job.use_apg is True

@@ -32,6 +32,11 @@ _EXPORTS: dict[str, str] = {
     "SAMPLE_RATE": ".pipeline.audio",
     "DTYPES": ".dtypes",
     "default_dtype": ".dtypes",
+    # what media may be: containers and image formats that are opened (nothing else, and nothing they name)
+    "AUDIO_CONTAINERS": ".pipeline.media",
+    "VIDEO_CONTAINERS": ".pipeline.media",
+    "IMAGE_FORMATS": ".pipeline.media",
+    "open_container": ".pipeline.media",
     # presets and the speed policy
     "PRESETS": ".speed.presets",
     "DEFAULT_PRESET": ".speed.presets",
@@ -65,16 +70,19 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
+    "AUDIO_CONTAINERS",
     "CLI_NAMES",
     "DEFAULT_PRESET",
     "DTYPES",
     "FPS",
+    "IMAGE_FORMATS",
     "LIBRARY_NAMES",
     "MAX_SPEAKERS",
     "PRESETS",
     "SAMPLE_RATE",
     "STAGES",
     "T5_BYTES",
+    "VIDEO_CONTAINERS",
     "WORKER_NAMES",
     "AudioError",
     "Box",
@@ -98,6 +106,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "default_dtype",
     "find_speed_lora",
     "inspect_model_dir",
+    "open_container",
     "parse_plan",
     "plan_memory",
     "plan_speed_setup",
@@ -135,6 +144,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .pipeline.audio import SAMPLE_RATE
     from .pipeline.conditioning import Box
     from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
+    from .pipeline.media import AUDIO_CONTAINERS, IMAGE_FORMATS, VIDEO_CONTAINERS, open_container
     from .pipeline.video import FPS
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (

@@ -115,6 +115,9 @@ class WorkerConfig:
     max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))
     download_timeout_s: float = field(default_factory=lambda: _float("DOWNLOAD_TIMEOUT_SECONDS", 30.0))
     download_retries: int = field(default_factory=lambda: int(_float("DOWNLOAD_RETRIES", 3)))
+    # total time for one fetch (URL or S3 key, retries included) and for all of a job's inputs together
+    download_deadline_s: float = field(default_factory=lambda: _float("DOWNLOAD_DEADLINE_SECONDS", 120.0))
+    input_deadline_s: float = field(default_factory=lambda: _float("INPUT_DEADLINE_SECONDS", 300.0))
     inline_max_bytes: int = field(default_factory=lambda: int(_float("INLINE_MAX_MB", 14) * 1_000_000))
     output_prefix: str = field(default_factory=lambda: (_env("OUTPUT_PREFIX", "multitalk") or "").strip("/"))
     presign_expiry_s: int = field(default_factory=lambda: int(_float("PRESIGN_EXPIRY_SECONDS", 7 * 24 * 3600)))

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..engine import (
     DTYPES,
+    FPS,
     WORKER_NAMES,
     Box,
     ConfigError,
@@ -211,13 +212,14 @@ class Worker:
         warnings: list[str] = []
         cold = self.jobs_done == 0
 
+        options, params = self._options(request, warnings)  # every check of the request comes before any fetch
+
         t = time.perf_counter()
-        fetcher = MediaFetcher(self.config, request_s3 or self.config.s3)
+        fetcher = MediaFetcher(self.config, request_s3 or self.config.s3, cancel)  # bounded in time, cancellable
         image = fetcher.fetch(request.image, "image", "image")
         audio = [None if a is None else fetcher.fetch(a, f"audio[{i}]", "audio") for i, a in enumerate(request.audio)]
         timings["download"] = time.perf_counter() - t
 
-        options, params = self._options(request, warnings)
         boxes = None
         if request.boxes is not None:
             boxes = [Box(*b) for b in request.boxes]
@@ -331,7 +333,8 @@ class Worker:
         cache_threshold = request.cache_threshold if request.cache_threshold is not None else values["cache_threshold"]
         frames = request.num_frames
         if request.duration is not None:
-            frames = max(1, round(request.duration * 25))
+            frames = max(1, round(request.duration * FPS))
+        self._check_length_and_speakers(request, frames, warnings)
         seed = None if request.seed in (None, -1) else request.seed
         options = GenerateOptions(
             resolution=request.resolution,
@@ -370,6 +373,24 @@ class Worker:
             "size": f"{request.width}x{request.height}" if request.width else "bucket",
         }
         return options, params
+
+    def _check_length_and_speakers(self, request: JobInput, frames: int | None, warnings: list[str]) -> None:
+        """An explicit length over the cap is refused before anything is fetched; ``para`` with one speaker is
+        reported (it only arranges two tracks)."""
+        cap = self.config.max_duration_s
+        if frames is not None and frames / FPS > cap:
+            if request.duration is not None:
+                field, asked = "duration", f"{request.duration:g} s"
+            else:
+                field, asked = (
+                    "num_frames",
+                    f"{request.num_frames} frames ({request.num_frames / FPS:g} s at {FPS} fps)",
+                )
+            raise WorkerError(
+                "E_INPUT", f"{field}: {asked} is over this worker's {cap:g} s limit (MAX_DURATION_SECONDS)"
+            )
+        if request.audio_type == "para" and sum(track is not None for track in request.audio) == 1:
+            warnings.append("audio_type: para arranges two voices at once; with one audio track it has no effect")
 
     def _allocated(self) -> int:
         return torch.cuda.memory_allocated(self.pipeline.device) if self.pipeline.device.type == "cuda" else 0

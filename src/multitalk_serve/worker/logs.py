@@ -1,8 +1,16 @@
-"""Keeping secrets and payloads out of the logs, whatever the log level.
+"""Keeping secrets and payloads out of the logs, whatever the log level and whatever shape a request has.
 
 The RunPod SDK logs whole jobs and results at DEBUG (inputs with base64 media, ``s3Config`` credentials, results
 with inline videos and presigned URLs). ``install()`` routes every SDK and Python log line through ``scrub``:
-long base64 runs, data URIs, credential values and URL query strings (signatures, tokens) are replaced.
+
+- the value of a secret-bearing key (``s3Config`` and its variants, ``accessId``/``accessSecret``, ``password``,
+  ``token``, ``api_key``, ``authorization``, ``credentials``, ...) is replaced whole, whatever it is: a string, a
+  number, a list, an object (however nested), JSON inside a string, in Python-repr, JSON or ``key=value`` form;
+- long base64 runs, data URIs, AWS signatures and access key ids, URL query strings and ``user:password@`` parts of
+  URLs are replaced wherever they appear.
+
+Python logging is scrubbed when each record is made (``logging.setLogRecordFactory``), so every logger and every
+handler, also ones added later, sees only scrubbed text, exceptions' tracebacks included.
 """
 
 from __future__ import annotations
@@ -11,22 +19,100 @@ import logging
 import re
 
 SECRET_KEYS = (
-    r"(?:accessSecret|accessId|access[_-]?key(?:[_-]?id)?|secret[_a-z]*|password|token|api[_-]?key"
-    r"|aws_secret_access_key|aws_access_key_id|credentials?|authorization|x-amz-security-token)"
+    r"(?:s3[_-]?config|accessSecret|accessId|access[_-]?key(?:[_-]?id)?|secret[_a-z]*|password|passwd|token"
+    r"|api[_-]?key|aws_secret_access_key|aws_access_key_id|aws_session_token|credentials?|authorization"
+    r"|x-amz-security-token)"
 )
+# A secret-bearing key, quoted or not (also escaped quotes: JSON inside a string), then ':' or '='.
+_KEY = re.compile(rf"(\\*['\"]?){SECRET_KEYS}\1\s*[:=]\s*", re.IGNORECASE)
 _PATTERNS = [
     (re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=\s]+"), "<data-uri redacted>"),
     (re.compile(r"[A-Za-z0-9+/]{120,}={0,2}"), lambda m: f"<{len(m.group(0))} base64 characters redacted>"),
-    # key: 'value', key="value", 'key': b'value' (botocore logs header dicts with bytes values)
-    (re.compile(rf"(['\"]?{SECRET_KEYS}['\"]?\s*[:=]\s*b?)(['\"])(.*?)\2", re.IGNORECASE), r"\1\2<redacted>\2"),
     # AWS signature pieces wherever they appear (Authorization headers, presigned URLs, canonical requests)
     (re.compile(r"(Credential=|Signature=|X-Amz-Credential=|X-Amz-Signature=)[^\s,;&'\"]+"), r"\1<redacted>"),
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{12,}\b"), "<access key redacted>"),
     (re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*"), r"\1?<query redacted>"),
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/@'\"]+@", re.IGNORECASE), r"\1<redacted>@"),
 ]
+_ESCAPED_QUOTE = re.compile(r"\\+['\"]")
+_CLOSER = re.compile(r"\s*(?:[,:}\])]|$)")
+_STOP = set(",;&}])\n\r\t ")
+
+
+def _closes(text: str, i: int) -> bool:
+    """A quote at ``i`` closes its string only when what follows is structure (``, : } ] )``) or the end: escaping
+    is ambiguous in text that went through repr or JSON more than once, structure is not."""
+    return _CLOSER.match(text, i) is not None
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the value starting at ``start`` ends: a quoted string (also an escaped-quoted one, as JSON inside a
+    string shows), a bracketed structure (brackets inside strings ignored), or a bare word. An unterminated value
+    runs to the end of the text (too much is redacted rather than too little)."""
+    n = len(text)
+    if text.startswith(("b'", 'b"'), start):  # bytes repr: b'...'
+        start += 1
+    escaped = _ESCAPED_QUOTE.match(text, start)
+    if escaped:  # \"value\" inside JSON inside a string: up to the same escaped quote followed by structure
+        delim = escaped.group(0)
+        i = text.find(delim, escaped.end())
+        while i >= 0 and not _closes(text, i + len(delim)):
+            i = text.find(delim, i + 1)
+        return n if i < 0 else i + len(delim)
+    first = text[start] if start < n else ""
+    if first in ("'", '"'):
+        i = start + 1
+        while i < n:
+            if text[i] == "\\":
+                i += 2
+                continue
+            if text[i] == first and _closes(text, i + 1):
+                return i + 1
+            i += 1
+        return n
+    if first and first in "{[(":
+        depth, quote, i = 0, "", start
+        while i < n:
+            ch = text[i]
+            if quote:
+                if ch == "\\":
+                    i += 2
+                    continue
+                if ch == quote and _closes(text, i + 1):
+                    quote = ""
+            elif ch in "'\"":
+                quote = ch
+            elif ch in "{[(":
+                depth += 1
+            elif ch in "}])":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return n
+    i = start
+    while i < n and text[i] not in _STOP:
+        i += 1
+    return i
+
+
+def _redact_keyed(text: str) -> str:
+    """Replace the whole value of every secret-bearing key, whatever its shape."""
+    out, pos = [], 0
+    while (match := _KEY.search(text, pos)) is not None:
+        start = match.end()
+        end = _value_end(text, start)
+        out.append(text[pos:start])
+        if end > start:
+            quote = text[start] if text[start] in "'\"" else ""
+            out.append(f"{quote}<redacted>{quote}")
+        pos = end if end > start else start
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def scrub(text: str) -> str:
+    text = _redact_keyed(text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -34,15 +120,28 @@ def scrub(text: str) -> str:
 
 class ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = scrub(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        _scrub_record(record)
         return True
 
 
+def _scrub_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: keep what there is, scrubbed
+        message = f"{record.msg} {record.args}"
+    cleaned = scrub(message)
+    if cleaned != message:  # (args kept otherwise: some formatters read them)
+        record.msg, record.args = cleaned, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = scrub(record.exc_text)
+    if record.stack_info:
+        record.stack_info = scrub(record.stack_info)
+
+
 def install() -> None:
-    """Scrub the RunPod SDK's own logger and every handler of the root logger (idempotent)."""
+    """Scrub the RunPod SDK's own printer and every Python log record (idempotent)."""
     from runpod.serverless.modules.rp_logger import RunPodLogger
 
     if not getattr(RunPodLogger.log, "_scrubbed", False):
@@ -53,6 +152,16 @@ def install() -> None:
 
         log._scrubbed = True
         RunPodLogger.log = log
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "_scrubbed", False):
+
+        def make_record(*args, **kwargs):
+            record = factory(*args, **kwargs)
+            _scrub_record(record)
+            return record
+
+        make_record._scrubbed = True
+        logging.setLogRecordFactory(make_record)
     root = logging.getLogger()
     for handler in root.handlers:
         if not any(isinstance(f, ScrubFilter) for f in handler.filters):

@@ -1,16 +1,24 @@
 """Fetching a job's media: http(s) URL, data URI or plain base64, a path on the network volume, an S3 key.
 
 URLs go through the RunPod SDK's SSRF-safe fetch (public addresses only, every redirect re-checked, connection
-pinned to the checked address) with a size cap, a timeout and retries. Volume paths must resolve (symlinks too)
-inside the volume. Every failure is a ``WorkerError`` naming the field, never echoing base64 or URL secrets.
+pinned to the checked address) with a size cap, a stall timeout and retries. Every network fetch (URL or S3) also
+has a total deadline (``DOWNLOAD_DEADLINE_SECONDS``, retries included) and all of a job's inputs share one
+(``INPUT_DEADLINE_SECONDS``): a server trickling one byte a second cannot hold a job. A fetch runs in a helper
+thread; past its deadline, or when the job is cancelled, its sockets are shut down and the job goes on at once.
+Volume paths must resolve (symlinks too) inside the volume. Every failure is a ``WorkerError`` naming the field,
+never echoing base64 or URL secrets.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
+import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,21 +31,98 @@ from .schema import Media, MediaObject
 RAW_BASE64 = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
 DATA_URI = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,(.*)$", re.DOTALL)
 EXPECTED_TYPES = {"image": ("image/",), "audio": ("audio/", "video/", "application/octet-stream")}
+CHUNK = 1 << 16
 
 
 def redact_url(url: str) -> str:
-    """scheme://host/path only: query strings often carry signatures or tokens."""
+    """scheme://host[:port]/path only: query strings and user:password@ often carry signatures or tokens."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # a port that is not a number
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+# --- cutting off a fetch in progress ----------------------------------------------------------------------------
+_local = threading.local()
+_hook_lock = threading.Lock()
+
+
+class _Watch:
+    """The sockets one fetch thread opened (urllib3: the SDK's fetch and botocore), shut down on ``abort``."""
+
+    def __init__(self) -> None:
+        self.aborted = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            aborted = self.aborted.is_set()
+        if aborted:
+            _shut(sock)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted.set()
+            sockets = list(self._sockets)
+        for sock in sockets:  # a recv blocked in the fetch thread returns at once
+            _shut(sock)
+
+    def check(self) -> None:
+        if self.aborted.is_set():
+            raise _Aborted()
+
+
+class _Aborted(Exception):
+    pass
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _install_socket_hook() -> None:
+    """Let a fetch thread see the sockets urllib3 opens for it (every other thread is left alone)."""
+    from urllib3.util import connection
+
+    with _hook_lock:
+        if getattr(connection.create_connection, "_multitalk_watched", False):
+            return
+        original = connection.create_connection
+
+        def create_connection(*args, **kwargs):
+            sock = original(*args, **kwargs)
+            watch = getattr(_local, "watch", None)
+            if watch is not None:
+                watch.add(sock)
+            return sock
+
+        create_connection._multitalk_watched = True
+        connection.create_connection = create_connection
 
 
 class MediaFetcher:
-    def __init__(self, config: WorkerConfig, s3: S3Settings | None):
+    """Fetches one job's media. ``cancel`` (the job's cancel event) stops a fetch in progress; all fetches of one
+    fetcher share the input stage's deadline, counted from its creation."""
+
+    def __init__(self, config: WorkerConfig, s3: S3Settings | None, cancel: threading.Event | None = None):
         self.config = config
         self.s3 = s3
+        self.cancel = cancel or threading.Event()
+        self.started = time.monotonic()
+        self.stage_deadline = self.started + config.input_deadline_s
 
     def fetch(self, media: Media, field: str, kind: str) -> bytes:
         """The bytes of one media input. ``kind`` is ``image`` or ``audio`` (checks data-URI types)."""
+        if self.cancel.is_set():
+            raise WorkerError("E_CANCELLED", f"the job was cancelled before {field} was fetched")
         if isinstance(media, MediaObject):
             if media.url is not None:
                 return self._url(media.url, field)
@@ -108,36 +193,94 @@ class MediaFetcher:
         self._check_size(resolved.stat().st_size, field)
         return resolved.read_bytes()
 
+    # --- network fetches: bounded in total time, cancellable --------------------------------------------------
+    def _bounded(self, field: str, shown: str, work: Callable[[_Watch, dict], bytes]) -> bytes:
+        """Run ``work`` in a helper thread and wait for it until the fetch's deadline (the sooner of
+        ``download_deadline_s`` from now and the input stage's), or until the job is cancelled. ``work`` gets the
+        watch (it checks ``watch.aborted`` between reads) and a dict where it notes ``tries`` and ``last``."""
+        _install_socket_hook()
+        start = time.monotonic()
+        own = start + self.config.download_deadline_s
+        deadline = min(own, self.stage_deadline)
+        watch, state, box = _Watch(), {"tries": 0, "last": ""}, {}
+        done = threading.Event()
+
+        def run() -> None:
+            _local.watch = watch
+            try:
+                box["data"] = work(watch, state)
+            except BaseException as exc:  # handed to the job thread
+                box["error"] = exc
+            finally:
+                _local.watch = None
+                done.set()
+
+        threading.Thread(target=run, name=f"multitalk-fetch-{field}", daemon=True).start()
+        while not done.wait(min(0.05, max(deadline - time.monotonic(), 0.0))):
+            waited = time.monotonic() - start
+            if self.cancel.is_set():
+                watch.abort()
+                raise WorkerError("E_CANCELLED", f"the job was cancelled while fetching {field} (after {waited:.1f} s)")
+            if time.monotonic() >= deadline:
+                watch.abort()
+                tries = f"{state['tries']} {'try' if state['tries'] == 1 else 'tries'}"
+                last = state["last"] or "still receiving"
+                if own <= self.stage_deadline:
+                    limit = f"the {self.config.download_deadline_s:g} s download deadline (DOWNLOAD_DEADLINE_SECONDS)"
+                else:
+                    limit = (
+                        f"the {self.config.input_deadline_s:g} s deadline for all of a job's inputs "
+                        "(INPUT_DEADLINE_SECONDS)"
+                    )
+                raise WorkerError(
+                    "E_DOWNLOAD", f"{field}: gave up on {shown} after waiting {waited:.1f} s, {limit}; {tries} ({last})"
+                )
+        if "error" in box:
+            raise box["error"]
+        return box["data"]
+
     def _url(self, url: str, field: str) -> bytes:
-        from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
+        import runpod.serverless.utils.rp_ssrf  # noqa: F401 - imported here, not on the deadline's time
 
         shown = redact_url(url)
-        last_error = ""
+        return self._bounded(field, shown, lambda watch, state: self._url_tries(url, shown, field, watch, state))
+
+    def _url_tries(self, url: str, shown: str, field: str, watch: _Watch, state: dict) -> bytes:
+        from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
+
         for attempt in range(max(1, self.config.download_retries)):
-            if attempt:
-                time.sleep(min(2**attempt, 8) * 0.5)
+            if attempt and watch.aborted.wait(min(2**attempt, 8) * 0.5):
+                raise _Aborted()
+            state["tries"] = attempt + 1
             try:
                 response = safe_get(url, timeout=self.config.download_timeout_s, max_bytes=self.config.max_input_bytes)
             except SSRFError as exc:
                 raise WorkerError("E_DOWNLOAD", f"{field}: refused to fetch {shown}: {_reason(exc)}") from None
             except Exception as exc:  # connection errors, timeouts: retried
-                last_error = f"{type(exc).__name__}"
+                watch.check()
+                state["last"] = f"{type(exc).__name__}"
                 continue
             try:
                 if response.status_code >= 500 or response.status_code == 429:
-                    last_error = f"HTTP {response.status_code}"
+                    state["last"] = f"HTTP {response.status_code}"
                     continue
                 if response.status_code != 200:
                     raise WorkerError("E_DOWNLOAD", f"{field}: HTTP {response.status_code} for {shown}")
+                chunks = []
                 try:
-                    chunks = list(iter_content_capped(response, 1 << 20, self.config.max_input_bytes))
+                    for chunk in iter_content_capped(response, CHUNK, self.config.max_input_bytes):
+                        watch.check()
+                        chunks.append(chunk)
                 except SSRFError:
                     raise WorkerError(
                         "E_DOWNLOAD",
                         f"{field}: {shown} is larger than the {self.config.max_input_bytes / 1e6:.3g} MB limit",
                     ) from None
+                except _Aborted:
+                    raise
                 except Exception as exc:
-                    last_error = type(exc).__name__
+                    watch.check()
+                    state["last"] = type(exc).__name__
                     continue
                 data = b"".join(chunks)
                 if not data:
@@ -146,7 +289,7 @@ class MediaFetcher:
             finally:
                 response.close()
         raise WorkerError(
-            "E_DOWNLOAD", f"{field}: could not fetch {shown} after {self.config.download_retries} tries ({last_error})"
+            "E_DOWNLOAD", f"{field}: could not fetch {shown} after {state['tries']} tries ({state['last']})"
         )
 
     def _s3(self, key: str | None, field: str) -> bytes:
@@ -156,16 +299,30 @@ class MediaFetcher:
             )
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise WorkerError("E_INPUT", f"{field}: invalid S3 key")
+        return self._bounded(
+            field, f"s3://{self.s3.bucket}/{key}", lambda watch, state: self._s3_read(key, field, watch, state)
+        )
+
+    def _s3_read(self, key: str, field: str, watch: _Watch, state: dict) -> bytes:
         from .storage import s3_client
 
+        state["tries"] = 1
         client = s3_client(self.s3)
         try:
             head = client.head_object(Bucket=self.s3.bucket, Key=key)
             self._check_size(int(head["ContentLength"]), field)
-            return client.get_object(Bucket=self.s3.bucket, Key=key)["Body"].read()
-        except WorkerError:
+            body = client.get_object(Bucket=self.s3.bucket, Key=key)["Body"]
+            chunks, total = [], 0
+            for chunk in body.iter_chunks(CHUNK):
+                watch.check()
+                total += len(chunk)
+                self._check_size(total, field)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (WorkerError, _Aborted):
             raise
         except Exception as exc:
+            watch.check()
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
             raise WorkerError("E_DOWNLOAD", f"{field}: cannot read s3://{self.s3.bucket}/{key} ({code})") from None
 

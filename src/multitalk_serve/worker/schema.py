@@ -1,4 +1,5 @@
-"""The job input: one pydantic model, strict (unknown fields are errors), published as JSON Schema in docs/schema/.
+"""The job input: one pydantic model, strict (unknown fields are errors, JSON types are not converted), published
+as JSON Schema in docs/schema/.
 
 Besides our canonical fields it accepts the names other MultiTalk front ends use, so their clients keep working:
 the official JSON (``cond_image``, ``cond_audio{person1,person2}``, ``audio_type``, ``bbox``, ``sample_steps`` ...),
@@ -22,7 +23,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
 class MediaObject(BaseModel):
     """A media input given as an object: exactly one of ``url``, ``base64``, ``path``, ``s3_key``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     url: str | None = Field(None, description="http(s) URL (public addresses only)")
     base64: str | None = Field(None, description="plain base64 or a data URI")
     path: str | None = Field(None, description="path on the network volume (absolute, or relative to it)")
@@ -41,7 +42,7 @@ MEDIA_DOC = "an http(s) URL, a data URI or plain base64, an absolute path under 
 
 
 class OutputOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     format: Literal["auto", "s3", "volume", "base64"] = Field(
         "auto", description="auto: per-request s3Config, else the environment's bucket, else the volume, else inline"
     )
@@ -70,7 +71,9 @@ class OutputOptions(BaseModel):
 class JobInput(BaseModel):
     """What a job's ``input`` may contain. Only ``image`` and one or two audio tracks are required."""
 
-    model_config = ConfigDict(extra="forbid", title="MultiTalk job input")
+    # strict: numbers must be JSON numbers (integers for integer fields), booleans JSON booleans, text JSON strings:
+    # "40", true for a number, 1 or "yes" for a boolean, boxes as text are refused, never converted; no NaN/Infinity
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, title="MultiTalk job input")
 
     prompt: str = Field(DEFAULT_PROMPT, min_length=1, max_length=4000, description="what happens in the video")
     image: Media | None = Field(None, description=f"reference image with one or two people: {MEDIA_DOC}")

@@ -1,7 +1,7 @@
 """Audio front end: decode, normalise, arrange speakers, wav2vec2 features, per-frame windows.
 
-- Any container/codec FFmpeg (through PyAV) decodes: wav, mp3, m4a/aac, flac, ogg/opus, the audio track of
-  mp4/mov/webm. Mono, 16 kHz, float32.
+- Decoded with FFmpeg (through PyAV) from the containers of ``media.AUDIO_CONTAINERS`` (wav, mp3, flac, ogg/opus,
+  mp4/m4a/mov, matroska/webm, aac, aiff: also the sound of a video), any codec in them. Mono, 16 kHz, float32.
 - Loudness normalised to -23 LUFS (ITU-R BS.1770 via pyloudnorm, as the official code), skipped when the loudness
   cannot be measured (silence, or shorter than one 0.4 s gating block).
 - Two speakers: ``add`` (speaker 1 talks, then speaker 2) or ``para`` (simultaneous); a speaker may be silent.
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import AudioError
 from ..models.attention import MAX_SPEAKERS
+from .media import AUDIO_CONTAINERS, MediaRefused, open_container
 from .video import FPS
 
 SAMPLE_RATE = 16000
@@ -38,37 +38,39 @@ def decode_audio(
 ) -> np.ndarray:
     """Decode the first audio stream of ``source`` (a path or the file's bytes) to mono float32 at ``rate`` Hz.
 
-    Decoding stops past ``max_seconds``: an over-long input is an ``AudioError`` (or, with ``cut``, cut there), so
-    hours of audio are never decoded to be refused afterwards."""
+    Only the containers of ``AUDIO_CONTAINERS`` are opened, and nothing the data names (files, URLs) ever is
+    (``media.py``). Decoding stops past ``max_seconds`` (give or take one video frame, as the frame count rounds
+    down): an over-long input is an ``AudioError`` (or, with ``cut``, cut there), so hours of audio are never
+    decoded to be refused afterwards."""
     import av
 
-    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source)
+    chunks = []
+    limit = None if max_seconds is None else int(max_seconds * rate) + rate // FPS
     try:
-        container = av.open(handle)
+        with open_container(source, AUDIO_CONTAINERS, "audio") as container:
+            streams = container.streams.audio
+            if not streams:
+                raise AudioError(f"{name}: the file has no audio track")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            decoded = 0
+            try:
+                for frame in container.decode(streams[0]):
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray().reshape(-1))
+                        decoded += chunks[-1].size
+                    if limit is not None and decoded > limit:
+                        if not cut:
+                            raise AudioError(f"{name}: longer than the {max_seconds:g} s limit")
+                        break
+                else:
+                    for out in resampler.resample(None):
+                        chunks.append(out.to_ndarray().reshape(-1))
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise AudioError(f"{name}: cannot decode the audio ({_first_line(exc)})") from exc
+    except MediaRefused as exc:
+        raise AudioError(f"{name}: {exc}") from exc
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"{name}: cannot open as audio ({_first_line(exc)})") from exc
-    with container:
-        streams = container.streams.audio
-        if not streams:
-            raise AudioError(f"{name}: the file has no audio track")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks = []
-        limit = None if max_seconds is None else int(max_seconds * rate) + 1
-        decoded = 0
-        try:
-            for frame in container.decode(streams[0]):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                    decoded += chunks[-1].size
-                if limit is not None and decoded > limit:
-                    if not cut:
-                        raise AudioError(f"{name}: longer than the {max_seconds:g} s limit")
-                    break
-            else:
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise AudioError(f"{name}: cannot decode the audio ({_first_line(exc)})") from exc
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if limit is not None:
         wave = wave[:limit]

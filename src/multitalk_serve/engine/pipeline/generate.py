@@ -49,6 +49,7 @@ from .conditioning import (
     person_masks,
     resize_and_center_crop,
 )
+from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
 
@@ -234,13 +235,14 @@ def plan_clips(
 
 
 def load_image(source: str | Path | bytes | Image.Image, name: str = "image") -> Image.Image:
-    """Open and check the reference image: decodable, not huge, not tiny; returns RGB (first frame if animated)."""
+    """Open and check the reference image: in an accepted format (``IMAGE_FORMATS``: Pillow tries no other plugin),
+    decodable, not huge, not tiny; returns RGB (first frame if animated)."""
     if isinstance(source, Image.Image):
         image = source
     else:
         handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
         try:
-            image = Image.open(handle)
+            image = Image.open(handle, formats=IMAGE_FORMATS)
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageInputError(
                     f"{name}: {image.width}x{image.height} is over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit"
@@ -254,7 +256,7 @@ def load_image(source: str | Path | bytes | Image.Image, name: str = "image") ->
             ) from exc
         except Image.UnidentifiedImageError:
             raise ImageInputError(
-                f"{name}: not a readable image (not a format Pillow reads: PNG, JPEG, WebP, ...)"
+                f"{name}: not a readable image in an accepted format ({', '.join(IMAGE_FORMATS)})"
             ) from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageInputError(f"{name}: not a readable image ({exc})") from exc
@@ -515,7 +517,7 @@ class MultiTalkPipeline:
         t = time.perf_counter()
         # An explicit length needs at most the cap's worth of each track; without one, a track over the cap is refused.
         speech16, speech48 = self.prepare_audio(
-            audio, opts.audio_type, max_seconds=opts.max_duration_s + 1, cut=opts.num_frames is not None
+            audio, opts.audio_type, max_seconds=opts.max_duration_s, cut=opts.num_frames is not None
         )
         if opts.num_frames is not None:
             speech16, speech48 = speech16.fitted(opts.num_frames), speech48.fitted(opts.num_frames, AUDIO_RATE)

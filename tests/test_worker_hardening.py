@@ -1,0 +1,229 @@
+"""The worker's front door holds (issue 11, "Holes found"): a trickling server cannot hold a job (total deadlines,
+cancellation reaches a fetch in progress), strict JSON types, an over-long ``duration`` refused before any fetch,
+messages that state the real cap and keep a URL's port, ``para`` with one speaker reported."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import runpod.serverless.utils.rp_ssrf  # noqa: F401 - the SDK imported before the clocks start
+
+from bad_inputs import face, speech
+from multitalk_serve.worker.config import WorkerConfig
+from multitalk_serve.worker.errors import WorkerError
+from multitalk_serve.worker.handler import Worker
+from multitalk_serve.worker.media import MediaFetcher, redact_url
+
+
+class Trickle:
+    """A loopback server that sends one byte a second: ``/body`` after the headers (Content-Length 100), ``/headers``
+    inside the headers. Records when each client went away."""
+
+    def __init__(self):
+        self.closed: list[float] = []  # monotonic time a client was seen gone
+        self.requests = 0
+        self.stop = threading.Event()
+        trickle = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                trickle.requests += 1
+                try:
+                    if self.path.startswith("/headers"):
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    else:
+                        self.send_response(200)
+                        self.send_header("Content-Length", "100")
+                        self.end_headers()
+                    for _ in range(100):
+                        if trickle.stop.wait(1.0):
+                            return
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                except OSError:
+                    trickle.closed.append(time.monotonic())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def close(self):
+        self.stop.set()
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def trickle(monkeypatch):
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")  # the SSRF guard would refuse loopback
+    server = Trickle()
+    yield server
+    server.close()
+
+
+def config(tmp_path: Path, **changes) -> WorkerConfig:
+    volume = tmp_path / "volume"
+    volume.mkdir(exist_ok=True)
+    settings = {
+        "model_path": tmp_path,
+        "volume_path": volume,
+        "s3": None,
+        "download_timeout_s": 3.0,  # per read: a byte a second never trips it
+        "download_retries": 2,
+        "download_deadline_s": 2.0,
+        "input_deadline_s": 60.0,
+        "progress_interval_s": 0.0,
+    }
+    return WorkerConfig(**{**settings, **changes})
+
+
+def timed_failure(fn, *args) -> tuple[WorkerError, float]:
+    started = time.monotonic()
+    with pytest.raises(WorkerError) as exc:
+        fn(*args)
+    return exc.value, time.monotonic() - started
+
+
+# --- 1. trickling downloads -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/body", "/headers"])
+def test_a_trickling_download_stops_at_its_total_deadline(tmp_path, trickle, path):
+    """One byte a second, a 3 s stall timeout, 2 tries: before, the fetch took 25 s and more; now it ends at the
+    2 s deadline, says how long it waited, and its connection is cut (the server sees it go)."""
+    fetcher = MediaFetcher(config(tmp_path), None)
+    error, seconds = timed_failure(fetcher.fetch, f"{trickle.base}{path}?sig=secret", "audio[0]", "audio")
+    assert error.code == "E_DOWNLOAD" and seconds < 2.0 + 1.0, (seconds, error.message)
+    assert f"audio[0]: gave up on {trickle.base}{path} after waiting 2." in error.message, error.message
+    assert "the 2 s download deadline (DOWNLOAD_DEADLINE_SECONDS)" in error.message and "secret" not in error.message
+    deadline = time.monotonic() + 5
+    while not trickle.closed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert trickle.closed, "the trickling connection was left open"
+
+
+def test_all_inputs_share_the_input_stage_deadline(tmp_path, trickle):
+    fetcher = MediaFetcher(config(tmp_path, download_deadline_s=30.0, input_deadline_s=1.5), None)
+    error, seconds = timed_failure(fetcher.fetch, f"{trickle.base}/body", "image", "image")
+    assert error.code == "E_DOWNLOAD" and seconds < 1.5 + 1.0, seconds
+    assert "the 1.5 s deadline for all of a job's inputs (INPUT_DEADLINE_SECONDS)" in error.message, error.message
+    error, seconds = timed_failure(fetcher.fetch, f"{trickle.base}/body", "audio[0]", "audio")
+    assert error.code == "E_DOWNLOAD" and seconds < 0.5, seconds  # the stage's time is spent
+
+
+def test_cancelling_reaches_a_fetch_in_progress(tmp_path, trickle):
+    cancel = threading.Event()
+    fetcher = MediaFetcher(config(tmp_path, download_deadline_s=60.0), None, cancel)
+    threading.Timer(0.5, cancel.set).start()
+    error, seconds = timed_failure(fetcher.fetch, f"{trickle.base}/body", "image", "image")
+    assert error.code == "E_CANCELLED" and "while fetching image" in error.message, error.message
+    assert seconds < 0.5 + 0.5, seconds
+
+
+@pytest.fixture(scope="module")
+def media_b64() -> dict:
+    return {"image": base64.b64encode(face()).decode(), "audio": base64.b64encode(speech(0.4)).decode()}
+
+
+SMALL = {"width": 64, "height": 64, "sampling_steps": 1, "seed": 3, "mode": "clip"}
+
+
+def test_a_job_with_a_trickling_input_fails_at_the_deadline(tiny_pipeline, tmp_path, trickle, media_b64):
+    worker = Worker(tiny_pipeline, config(tmp_path))
+    job = {"id": "trickle", "input": {"image": media_b64["image"], "audio": f"{trickle.base}/body", **SMALL}}
+    started = time.monotonic()
+    result = worker.run(job)
+    assert result["error"].startswith("E_DOWNLOAD: audio[0]: gave up on"), result
+    assert time.monotonic() - started < 2.0 + 1.5
+
+
+def test_a_job_cancelled_during_its_download_ends_promptly(tiny_pipeline, tmp_path, trickle, media_b64):
+    """The handler's cancel event (set when RunPod stops the job) reaches the fetch: the job thread is free at once
+    for the next job."""
+    worker = Worker(tiny_pipeline, config(tmp_path, download_deadline_s=60.0))
+    job = {"id": "cancel", "input": {"image": f"{trickle.base}/body", "audio": media_b64["audio"], **SMALL}}
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    result = worker.run(job, cancel)
+    assert result["error"].startswith("E_CANCELLED: the job was cancelled while fetching image"), result
+    assert time.monotonic() - started < 0.5 + 0.7
+
+
+# --- 5. smaller holes -----------------------------------------------------------------------------------------------
+class NoFetch(MediaFetcher):
+    def fetch(self, *args, **kwargs):
+        raise AssertionError("a fetch started")
+
+
+@pytest.mark.parametrize(
+    ("length", "says"),
+    [
+        ({"duration": 3600}, "duration: 3600 s is over this worker's 120 s limit (MAX_DURATION_SECONDS)"),
+        ({"duration": 120.5}, "duration: 120.5 s is over this worker's 120 s limit"),
+        ({"num_frames": 3001}, "num_frames: 3001 frames (120.04 s at 25 fps) is over this worker's 120 s limit"),
+    ],
+)
+def test_a_length_over_the_cap_is_refused_before_any_fetch(tiny_pipeline, tmp_path, monkeypatch, length, says):
+    import multitalk_serve.worker.handler as handler
+
+    monkeypatch.setattr(handler, "MediaFetcher", NoFetch)
+    worker = Worker(tiny_pipeline, config(tmp_path))
+    job = {"input": {"image": "https://example.com/a.png", "audio": "https://example.com/a.wav", **length}}
+    started = time.monotonic()
+    result = worker.run({"id": "long", **job})
+    assert result["error"].startswith(f"E_INPUT: {says}"), result
+    assert time.monotonic() - started < 1.0
+
+
+def test_the_duration_cap_message_states_the_real_cap(tiny_pipeline, tmp_path):
+    """Audio over the cap, no explicit length: the message says 120 s, not the decoder's 121 s margin."""
+    import wave
+
+    import numpy as np
+
+    path = tmp_path / "volume" / "long.wav"
+    config_ = config(tmp_path, max_duration_s=2.0)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes((np.sin(np.arange(8000 * 5) / 10) * 9000).astype("<i2").tobytes())
+    result = Worker(tiny_pipeline, config_).run(
+        {"id": "cap", "input": {"image": base64.b64encode(face()).decode(), "audio": str(path), **SMALL}}
+    )
+    assert result["error"].startswith("E_AUDIO: audio of speaker 1: longer than the 2 s limit"), result
+
+
+def test_urls_in_messages_keep_their_port_but_not_secrets():
+    assert redact_url("http://127.0.0.1:8080/a.wav?X-Amz-Signature=abc") == "http://127.0.0.1:8080/a.wav"
+    assert redact_url("https://user:pass@example.com:8443/a.png?token=t") == "https://example.com:8443/a.png"
+    assert redact_url("http://[::1]:9000/x") == "http://[::1]:9000/x"
+    assert redact_url("https://example.com/x") == "https://example.com/x"
+
+
+def test_a_404_names_the_url_with_its_port(tmp_path, http_server, monkeypatch):
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    base, _ = http_server
+    error, _ = timed_failure(MediaFetcher(config(tmp_path), None).fetch, f"{base}/files/none.png?k=v", "image", "image")
+    assert error.message == f"image: HTTP 404 for {base}/files/none.png", error.message
+
+
+def test_para_with_one_voice_is_reported(tiny_pipeline, tmp_path):
+    """The warning lands in the result's ``warnings`` (``_options`` fills the list the result reports)."""
+    from multitalk_serve.worker.schema import JobInput
+
+    worker = Worker(tiny_pipeline, config(tmp_path))
+    a, b = "https://example.com/a.wav", "https://example.com/b.wav"
+    for audio, warned in (([a], True), ([a, None], True), ([None, b], True), ([a, b], False)):
+        warnings: list[str] = []
+        request = JobInput.model_validate({"image": "https://example.com/a.png", "audio": audio, "audio_type": "para"})
+        _, params = worker._options(request, warnings)
+        assert params["audio_type"] == "para"
+        assert any(w.startswith("audio_type: para") and "no effect" in w for w in warnings) == warned, (audio, warnings)
