@@ -17,7 +17,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -44,6 +43,7 @@ from .config import S3Settings, WorkerConfig
 from .errors import WorkerError, classify
 from .logs import install as install_log_scrubbing
 from .media import MediaFetcher
+from .response import JobOutput, JobParams, VideoInfo, WorkerInfo
 from .schema import JobInput, describe_errors
 from .storage import Storage
 
@@ -192,7 +192,7 @@ class Worker:
             except ValidationError as exc:
                 raise WorkerError("E_INPUT", describe_errors(exc)) from None
             request_s3 = S3Settings.from_request(job["s3Config"]) if job.get("s3Config") else None
-            output = self._generate(job, job_id, request, request_s3, workdir, cancel, started)
+            output = self._generate(job, job_id, request, request_s3, workdir, cancel, started).payload()
             self.jobs_done += 1
             return output
         except BaseException as exc:
@@ -207,12 +207,12 @@ class Worker:
                 torch.cuda.empty_cache()
 
     # --- one generation ---------------------------------------------------------------------------------------
-    def _generate(self, job, job_id, request: JobInput, request_s3, workdir: Path, cancel, started) -> dict:
+    def _generate(self, job, job_id, request: JobInput, request_s3, workdir: Path, cancel, started) -> JobOutput:
         timings: dict[str, float] = {}
         warnings: list[str] = []
         cold = self.jobs_done == 0
 
-        options, params = self._options(request, warnings)  # every check of the request comes before any fetch
+        options, preset = self._options(request, warnings)  # every check of the request comes before any fetch
 
         t = time.perf_counter()
         fetcher = MediaFetcher(self.config, request_s3 or self.config.s3, cancel)  # bounded in time, cancellable
@@ -241,56 +241,47 @@ class Worker:
         timings["upload"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         warnings += stored.warnings
-        size = video.stat().st_size
 
-        out: dict[str, Any] = {}
-        if stored.url:
-            out["video_url"] = stored.url
-        if stored.key:
-            out["video_s3_key"] = stored.key
-        if stored.path:
-            out["video_path"] = stored.path
-        if stored.base64:
-            out["video_base64"] = stored.base64
-        out["video"] = {
-            "storage": stored.storage,
-            "url": stored.url,
-            "path": stored.path,
-            "content_type": "video/mp4",
-            "file_name": Path(stored.key or stored.path or f"{job_id}.mp4").name,
-            "bytes": size,
-            "duration_s": round(result.seconds, 3),
-            "frames": result.frames,
-            "fps": 25,
-            "width": result.width,
-            "height": result.height,
-            "has_audio": True,
-        }
+        where = {"video_url": stored.url, "video_s3_key": stored.key, "video_path": stored.path}
+        where["video_base64"] = stored.base64
+        thumbnails = {}
         if thumbnail is not None:
-            out["thumbnail_url"] = stored.thumbnail_url
-            if stored.thumbnail_path:
-                out["thumbnail_path"] = stored.thumbnail_path
-            if stored.thumbnail_base64:
-                out["thumbnail_base64"] = stored.thumbnail_base64
-        out["seed"] = result.seed
-        out["params"] = {
-            **params,
-            "seed": result.seed,
-            "shift": result.options["shift"],
-            "speakers": result.speakers,
-            "clips": result.clips,
-        }
-        if result.forwards:
-            out["params"]["forwards"] = result.forwards
-        out["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        out["worker"] = {
-            "gpu": self.gpu,
-            "cold_start": cold,
-            "model_load_s": round(self.load_seconds, 2),
-            "version": __version__,
-            **self._setup(),
-        }
-        out["warnings"] = warnings + result.notes
+            thumbnails = {"thumbnail_url": stored.thumbnail_url, "thumbnail_path": stored.thumbnail_path}
+            thumbnails["thumbnail_base64"] = stored.thumbnail_base64
+            thumbnails = {k: v for k, v in thumbnails.items() if v or k == "thumbnail_url"}
+        output = JobOutput(
+            **{k: v for k, v in where.items() if v},
+            video=VideoInfo(
+                storage=stored.storage,
+                url=stored.url,
+                path=stored.path,
+                file_name=Path(stored.key or stored.path or f"{job_id}.mp4").name,
+                bytes=video.stat().st_size,
+                duration_s=round(result.seconds, 3),
+                frames=result.frames,
+                width=result.width,
+                height=result.height,
+            ),
+            **thumbnails,
+            seed=result.seed,
+            params=JobParams.from_options(
+                GenerateOptions(**result.options),
+                preset=preset,
+                turbo=request.turbo,
+                speakers=result.speakers,
+                clips=result.clips,
+                **({"forwards": result.forwards} if result.forwards else {}),
+            ),
+            timings={k: round(v, 3) for k, v in timings.items()},
+            worker=WorkerInfo(
+                gpu=self.gpu,
+                cold_start=cold,
+                model_load_s=round(self.load_seconds, 2),
+                version=__version__,
+                **self._setup(),
+            ),
+            warnings=warnings + result.notes,
+        )
         log.info(
             "job %s done: %d frames %dx%d, %d speaker(s), %d clip(s), %.1f s, stored: %s",
             job_id,
@@ -302,7 +293,7 @@ class Worker:
             timings["total"],
             stored.storage,
         )
-        return out
+        return output
 
     def _preset(self, request: JobInput, warnings: list[str]) -> tuple[str, dict]:
         """The preset this job starts from, and its values (the engine's preset policy)."""
@@ -318,7 +309,7 @@ class Worker:
         except EngineError as exc:
             raise WorkerError("E_INPUT", str(exc)) from exc
 
-    def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, dict]:
+    def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, str]:
         given = request.model_fields_set
         preset, values = self._preset(request, warnings)
 
@@ -355,24 +346,7 @@ class Worker:
             cache_threshold=cache_threshold,
             speed_lora=bool(values["speed_lora"]),
         )
-        params = {
-            "preset": preset,
-            "resolution": request.resolution,
-            "mode": request.mode,
-            "sampling_steps": steps,
-            "text_guide_scale": text_scale,
-            "audio_guide_scale": audio_scale,
-            "use_apg": request.use_apg,
-            "audio_type": request.audio_type,
-            "color_correction": request.color_correction,
-            "negative_prompt": "default" if request.negative_prompt is None else "custom",
-            "turbo": request.turbo,
-            "cache_threshold": cache_threshold,
-            "speed_lora": bool(values["speed_lora"]),
-            "num_frames": frames,
-            "size": f"{request.width}x{request.height}" if request.width else "bucket",
-        }
-        return options, params
+        return options, preset
 
     def _check_length_and_speakers(self, request: JobInput, frames: int | None, warnings: list[str]) -> None:
         """An explicit length over the cap is refused before anything is fetched; ``para`` with one speaker is

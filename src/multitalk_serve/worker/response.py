@@ -1,0 +1,156 @@
+"""The job result: one pydantic model beside ``JobInput``, published as JSON Schema in
+``docs/schema/job_output.schema.json`` (regenerate: ``python -m multitalk_serve.worker.response > that file``).
+
+``params`` is derived from the ``GenerateOptions`` the job ran with: every option is either reported (under the
+API's name for it, ``PARAM_NAMES``) or deliberately left out (``NOT_REPORTED``); a test fails when an option is
+added to the engine without deciding which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import GenerateOptions
+
+# GenerateOptions field -> the name the API uses for it (its input field's name)
+PARAM_NAMES = {
+    "resolution": "resolution",
+    "mode": "mode",
+    "steps": "sampling_steps",
+    "text_scale": "text_guide_scale",
+    "audio_scale": "audio_guide_scale",
+    "use_apg": "use_apg",
+    "audio_type": "audio_type",
+    "color_correction": "color_correction",
+    "negative_prompt": "negative_prompt",
+    "cache_threshold": "cache_threshold",
+    "speed_lora": "speed_lora",
+    "num_frames": "num_frames",
+    "size": "size",
+    "seed": "seed",
+    "shift": "shift",
+}
+# options a job cannot choose through the API, or that are the worker's (reported elsewhere or not at all)
+NOT_REPORTED = {
+    "apg_momentum": "fixed (official value)",
+    "apg_norm_threshold": "fixed (official value)",
+    "max_duration_s": "the worker's MAX_DURATION_SECONDS",
+    "frames_per_clip": "fixed: 81",
+    "motion_frames": "fixed: 25",
+    "crf": "output.crf, as asked",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VideoInfo(_Model):
+    storage: Literal["s3", "volume", "inline"] = Field(description="where the MP4 is")
+    url: str | None = Field(description="presigned GET URL (S3)")
+    path: str | None = Field(description="file on the network volume")
+    content_type: Literal["video/mp4"] = "video/mp4"
+    file_name: str
+    bytes: int = Field(description="size of the MP4")
+    duration_s: float
+    frames: int
+    fps: int = 25
+    width: int
+    height: int
+    has_audio: bool = True
+
+
+class JobParams(_Model):
+    """The effective settings (``GenerateOptions`` under the API's names) and what the job found."""
+
+    preset: str = Field(description="quality, balanced, fast, or turbo-base (turbo without a speed LoRA)")
+    resolution: str
+    mode: str
+    sampling_steps: int
+    text_guide_scale: float
+    audio_guide_scale: float
+    use_apg: bool
+    audio_type: str
+    color_correction: float
+    negative_prompt: Literal["default", "custom"]
+    turbo: bool
+    cache_threshold: float
+    speed_lora: bool
+    num_frames: int | None = Field(description="as asked (duration x 25 or num_frames); null: as long as the audio")
+    size: str = Field(description="WxH when width/height were given, else 'bucket'")
+    seed: int
+    shift: float
+    speakers: int
+    clips: int
+    forwards: dict[str, int] | None = Field(None, description="step caching: transformer forwards computed / reused")
+
+    @classmethod
+    def from_options(cls, options: GenerateOptions, **extra: Any) -> JobParams:
+        """``options`` as run (resolved: seed and shift filled in), plus what is not an option (preset, turbo,
+        speakers, clips, forwards)."""
+        values = asdict(options)
+        reported = {PARAM_NAMES[k]: v for k, v in values.items() if k in PARAM_NAMES}
+        reported["negative_prompt"] = "default" if options.negative_prompt is None else "custom"
+        reported["size"] = f"{options.size[1]}x{options.size[0]}" if options.size else "bucket"
+        return cls(**reported, **extra)
+
+
+class WorkerInfo(_Model):
+    gpu: str
+    cold_start: bool = Field(description="the first job of this worker")
+    model_load_s: float
+    version: str
+    attention: str = Field(description="attention kernel in use")
+    memory_plan: str
+    speed_lora: str | None = Field(description="speed LoRA file name, or null")
+    default_preset: str
+
+
+class JobOutput(_Model):
+    """What a successful job returns (``output``). Optional fields are absent, not null, when they do not apply."""
+
+    model_config = ConfigDict(extra="forbid", title="MultiTalk job output")
+
+    video_url: str | None = Field(None, description="presigned GET URL (S3)")
+    video_s3_key: str | None = Field(None, description="object key (S3)")
+    video_path: str | None = Field(None, description="file on the network volume")
+    video_base64: str | None = Field(None, description="the MP4, base64 (inline)")
+    video: VideoInfo
+    thumbnail_url: str | None = Field(None, description="first frame, JPEG (S3), when output.thumbnail")
+    thumbnail_path: str | None = Field(None, description="first frame on the volume, when output.thumbnail")
+    thumbnail_base64: str | None = Field(None, description="first frame inline, when output.thumbnail")
+    seed: int
+    params: JobParams
+    timings: dict[str, float] = Field(description="seconds per stage (download, audio, ..., upload, total)")
+    worker: WorkerInfo
+    warnings: list[str]
+
+    def payload(self) -> dict:
+        """The job's ``output``: optional fields (default ``None``) that were not given are left out."""
+        return _present(self)
+
+
+def _present(model: BaseModel) -> dict:
+    out = {}
+    for name, info in type(model).model_fields.items():
+        if info.default is None and name not in model.model_fields_set:
+            continue
+        value = getattr(model, name)
+        out[name] = _present(value) if isinstance(value, BaseModel) else value
+    return out
+
+
+def output_schema() -> dict[str, Any]:
+    return JobOutput.model_json_schema()
+
+
+SCHEMA_FILE = "docs/schema/job_output.schema.json"
+
+
+if __name__ == "__main__":  # python -m multitalk_serve.worker.response > docs/schema/job_output.schema.json
+    import json
+
+    print(json.dumps(output_schema(), indent=1))
