@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -50,6 +51,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,14 +446,16 @@ def _brief(row: dict) -> str:
 
 # --- items: environment and encoders -----------------------------------------------------------------------------
 def item_environment(suite: Suite) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     from multitalk_serve.engine.speed.backends import installed_backends
 
     versions = {}
     for name in ("torch", "diffusers", "transformers", "torchao", "peft", "av", "gguf", "huggingface_hub", "numpy"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception as exc:  # reported, the items that need it fail on their own
-            versions[name] = f"missing ({type(exc).__name__})"
+            versions[name] = version(name)
+        except PackageNotFoundError:  # reported; the items that need it fail on their own
+            versions[name] = "missing"
     machine = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -915,6 +919,18 @@ def item_official(suite: Suite) -> dict:
     return json.loads(out.read_text())
 
 
+class _Absent(types.ModuleType):
+    """Stands in for a library that is imported but not used on the measured path; fails if it is used."""
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Absent(f"{self.__name__}.{attr}")
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self.__name__} is not installed here (stand-in)")
+
+
 def official_worker(args: argparse.Namespace) -> None:
     """In the official environment: the official ``WanModel`` at the scale's dims with random weights on the device
     (built there in bf16, as the official pipeline holds it), one and two speakers at 480p."""
@@ -930,7 +946,7 @@ def official_worker(args: argparse.Namespace) -> None:
 
         scale = Scale(**{**scale.__dict__, "dims": PARITY_DIMS})
     d, dtype = scale.dims, torch.bfloat16
-    real = {}
+    real, kernels = {}, []
     if device.type == "cuda":
         for name in ("xformers", "xformers.ops"):
             try:
@@ -940,11 +956,17 @@ def official_worker(args: argparse.Namespace) -> None:
                 break
     make_fixtures.install_stand_ins(Path(args.official))
     sys.modules.update(real)
+    # I/O libraries wan/utils/multitalk_utils.py imports for saving videos and audio; the forward never calls them
+    for name in ("imageio", "soundfile", "skimage"):
+        if importlib.util.find_spec(name) is None:
+            sys.modules[name] = _Absent(name)
+            kernels.append(f"{name} absent (unused by the forward)")
     import wan.modules.attention as wan_attention
     import wan.modules.multitalk_model as wan_model
     import wan.utils.multitalk_utils as wan_utils
 
-    kernels = ["xformers" if real else "xformers->SDPA"]
+    kernels.insert(0, "xformers" if real else "xformers->SDPA")
+
     fa = device.type == "cuda" and (wan_attention.FLASH_ATTN_3_AVAILABLE or wan_attention.FLASH_ATTN_2_AVAILABLE)
     if fa:
         kernels.append("flash-attn " + ("3" if wan_attention.FLASH_ATTN_3_AVAILABLE else "2"))
