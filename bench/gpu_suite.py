@@ -330,6 +330,7 @@ class Suite:
         the bf16 model (37.8 GB) or the fp8 one, not both beside the encoders."""
         for kind in [k for k in self.transformers if k != keep]:
             del self.transformers[kind]
+            self.pipes.pop(kind, None)  # a pipeline holds its transformer too
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
