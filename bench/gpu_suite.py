@@ -45,6 +45,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -869,10 +870,15 @@ def plan_item(plan_name: str) -> Callable[[Suite], dict]:
             if plan.offload_text_encoder:
                 text.home = suite.device
                 text.model.to(suite.device)
-        bf16 = suite.speed.get("plan_forward_s")
         row |= {"plan": plan_name, "estimate_gb": plan.gpu_gb}
-        if bf16 and row["s_per_forward"]:
-            row["vs_bf16"] = round(row["s_per_forward"] / bf16, 3)
+        # against the bf16 fast job's forwards (speed LoRA as an adapter, as a bf16 worker runs fast) and against
+        # the plain bf16 480p forward (no adapter): the second is the stricter comparison for the step-time target
+        for key, bf16 in (
+            ("vs_bf16", suite.speed.get("plan_forward_s")),
+            ("vs_bf16_forward", suite.speed.get("fwd_480p_s")),
+        ):
+            if bf16 and row["s_per_forward"]:
+                row[key] = round(row["s_per_forward"] / bf16, 3)
         if plan.weights == "fp8":
             row["fp8"] = "weight-only (host memory)" if plan.group_offload or not suite.cuda else "fp8 matmuls"
         if notes:
@@ -1217,14 +1223,16 @@ def markdown(report: dict) -> str:
         lines += [
             "## Memory plans (fast job, 480p, one speaker)",
             "",
-            "| plan | planner estimate GB | measured peak GB (reserved) | s / forward | vs bf16 |",
-            "|---|---|---|---|---|",
+            "| plan | planner estimate GB | measured peak GB (reserved) | s / forward | vs bf16 fast job"
+            " | vs bf16 forward |",
+            "|---|---|---|---|---|---|",
         ]
         for r in plans:
             reserved = f" ({r['peak_reserved_gb']})" if r.get("peak_reserved_gb") is not None else ""
             lines.append(
                 f"| {r['plan']} | {r['estimate_gb']} | {_cell(r.get('peak_gb'))}{reserved} |"
                 f" {_cell(r.get('s_per_forward'), '{:.3f}')} | {_cell(r.get('vs_bf16'), '{:.2f}x')} |"
+                f" {_cell(r.get('vs_bf16_forward'), '{:.2f}x')} |"
             )
         lines.append("")
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -1249,7 +1257,8 @@ def targets(report: dict) -> list[tuple[str, float | None, float]]:
     fwd = by.get("forward.bf16.480p.native")
     fwd_s = fwd["cases"][0]["s_per_forward"] if fwd else None
     clip = by.get("clip.fast", {}).get("clip_s")
-    plan = by.get(f"plan.{PLAN_24GB}", {}).get("vs_bf16")
+    plan_row = by.get(f"plan.{PLAN_24GB}", {})
+    plan = plan_row.get("vs_bf16_forward", plan_row.get("vs_bf16"))
     return [
         (
             f"480p forward, 1 speaker, bf16, s (<= {TARGETS['forward_480p_s']} on an H100)",
@@ -1290,7 +1299,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     suite = Suite(args, smoke_scale() if args.smoke else full_scale(), device)
     log(f"scale {suite.scale.name}, device {device}, budget {args.budget_s:.0f} s, out {args.out}")
-    run_items(suite, items_for(suite))
+    try:
+        run_items(suite, items_for(suite))
+    finally:
+        shutil.rmtree(suite.tmp, ignore_errors=True)  # the random LoRA file (1.4 GB at full size), the MP4s
     suite.write()
     counts = {s: sum(r["status"] == s for r in suite.results) for s in ("ok", "skipped", "failed")}
     log(f"done in {suite.elapsed():.0f} s: {counts}; wrote {Path(args.out) / 'gpu_suite.json'} and gpu_suite.md")
