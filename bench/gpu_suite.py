@@ -25,7 +25,7 @@ materialised with random values straight on the device. Items, in order (each wr
 - the official ``WanModel`` forward on the same GPU (``--official CHECKOUT``; skipped otherwise);
 - InfiniteTalk's forward: skipped with its reason until that model is in the engine (issue 13).
 
-Time bound: ``--budget-s`` (default 400 s, counted from the start of this process, imports included) keeps the run
+Time bound: ``--budget-s`` (default 450 s, counted from the start of this process, imports included) keeps the run
 under 8 minutes on one H100 / H200. Before each item its cost is estimated from what was already measured (forward
 FLOPs scaled by the measured 480p forward, etc.); an item that would not fit what is left is skipped and the JSON says
 so. Outputs: ``OUT/gpu_suite.json`` (every item: status, seconds, estimate, figures, or the reason it was skipped or
@@ -41,15 +41,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +76,7 @@ PLANS = ("bf16", "bf16+t5-offload", "fp8", "fp8+t5-offload", "fp8+t5-offload+gro
 PLAN_24GB = "fp8+t5-offload+group-offload"
 # SDPA's own kernels, selectable through diffusers' dispatcher: always there with a CUDA build of torch
 SDPA_KERNELS = ("_native_flash", "_native_cudnn", "_native_efficient")
-DEFAULT_BUDGET_S = 400.0
+DEFAULT_BUDGET_S = 450.0
 # 24 GB plan and fast clip targets (issue 6 / 17): H100 bf16 480p forward <= ~3 s, fast clip < 30 s, 24 GB < 2x
 TARGETS = {"forward_480p_s": 3.0, "fast_clip_s": 30.0, "plan_24gb_vs_bf16": 2.0}
 
@@ -107,7 +110,7 @@ def full_scale() -> Scale:
         frames_per_clip=81,
         motion_frames=25,
         lora_rank=128,  # lightx2v_I2V_14B_480p_cfg_step_distill_rank128
-        repeats={"480p": 3, "720p": 2},
+        repeats={"480p": 2, "720p": 1},
         encoder_repeats=3,
         plan_steps=2,
         clip_steps=None,
@@ -328,6 +331,7 @@ class Suite:
         the bf16 model (37.8 GB) or the fp8 one, not both beside the encoders."""
         for kind in [k for k in self.transformers if k != keep]:
             del self.transformers[kind]
+            self.pipes.pop(kind, None)  # a pipeline holds its transformer too
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
@@ -444,14 +448,16 @@ def _brief(row: dict) -> str:
 
 # --- items: environment and encoders -----------------------------------------------------------------------------
 def item_environment(suite: Suite) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     from multitalk_serve.engine.speed.backends import installed_backends
 
     versions = {}
     for name in ("torch", "diffusers", "transformers", "torchao", "peft", "av", "gguf", "huggingface_hub", "numpy"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception as exc:  # reported, the items that need it fail on their own
-            versions[name] = f"missing ({type(exc).__name__})"
+            versions[name] = version(name)
+        except PackageNotFoundError:  # reported; the items that need it fail on their own
+            versions[name] = "missing"
     machine = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -864,10 +870,15 @@ def plan_item(plan_name: str) -> Callable[[Suite], dict]:
             if plan.offload_text_encoder:
                 text.home = suite.device
                 text.model.to(suite.device)
-        bf16 = suite.speed.get("plan_forward_s")
         row |= {"plan": plan_name, "estimate_gb": plan.gpu_gb}
-        if bf16 and row["s_per_forward"]:
-            row["vs_bf16"] = round(row["s_per_forward"] / bf16, 3)
+        # against the bf16 fast job's forwards (speed LoRA as an adapter, as a bf16 worker runs fast) and against
+        # the plain bf16 480p forward (no adapter): the second is the stricter comparison for the step-time target
+        for key, bf16 in (
+            ("vs_bf16", suite.speed.get("plan_forward_s")),
+            ("vs_bf16_forward", suite.speed.get("fwd_480p_s")),
+        ):
+            if bf16 and row["s_per_forward"]:
+                row[key] = round(row["s_per_forward"] / bf16, 3)
         if plan.weights == "fp8":
             row["fp8"] = "weight-only (host memory)" if plan.group_offload or not suite.cuda else "fp8 matmuls"
         if notes:
@@ -915,6 +926,18 @@ def item_official(suite: Suite) -> dict:
     return json.loads(out.read_text())
 
 
+class _Absent(types.ModuleType):
+    """Stands in for a library that is imported but not used on the measured path; fails if it is used."""
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Absent(f"{self.__name__}.{attr}")
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self.__name__} is not installed here (stand-in)")
+
+
 def official_worker(args: argparse.Namespace) -> None:
     """In the official environment: the official ``WanModel`` at the scale's dims with random weights on the device
     (built there in bf16, as the official pipeline holds it), one and two speakers at 480p."""
@@ -930,7 +953,7 @@ def official_worker(args: argparse.Namespace) -> None:
 
         scale = Scale(**{**scale.__dict__, "dims": PARITY_DIMS})
     d, dtype = scale.dims, torch.bfloat16
-    real = {}
+    real, kernels = {}, []
     if device.type == "cuda":
         for name in ("xformers", "xformers.ops"):
             try:
@@ -940,11 +963,17 @@ def official_worker(args: argparse.Namespace) -> None:
                 break
     make_fixtures.install_stand_ins(Path(args.official))
     sys.modules.update(real)
+    # I/O libraries wan/utils/multitalk_utils.py imports for saving videos and audio; the forward never calls them
+    for name in ("imageio", "soundfile", "skimage"):
+        if importlib.util.find_spec(name) is None:
+            sys.modules[name] = _Absent(name)
+            kernels.append(f"{name} absent (unused by the forward)")
     import wan.modules.attention as wan_attention
     import wan.modules.multitalk_model as wan_model
     import wan.utils.multitalk_utils as wan_utils
 
-    kernels = ["xformers" if real else "xformers->SDPA"]
+    kernels.insert(0, "xformers" if real else "xformers->SDPA")
+
     fa = device.type == "cuda" and (wan_attention.FLASH_ATTN_3_AVAILABLE or wan_attention.FLASH_ATTN_2_AVAILABLE)
     if fa:
         kernels.append("flash-attn " + ("3" if wan_attention.FLASH_ATTN_3_AVAILABLE else "2"))
@@ -1107,18 +1136,18 @@ def items_for(suite: Suite) -> list[Item]:
             forward_estimate("720p", "bf16"),
             "seconds per forward at 720p, 1 and 2 speakers, bf16, PyTorch SDPA",
         ),
+        Item(
+            "official.forward.480p",
+            item_official,
+            lambda s: 6 * s.fwd_estimate("480p", 2) + s.prior(20.0, 3.0) if s.args.official else 0.0,
+            "the official WanModel forward at 480p, 1 and 2 speakers, bf16, same GPU (--official)",
+        ),
         *backend_items(suite),
         Item(
             "forward.fp8.720p.native",
             forward_item("720p", "fp8", "native"),
             forward_estimate("720p", "fp8"),
             "seconds per forward at 720p, 1 and 2 speakers, fp8 weights, PyTorch SDPA",
-        ),
-        Item(
-            "official.forward.480p",
-            item_official,
-            lambda s: 6 * s.fwd_estimate("480p", 2) + s.prior(20.0, 3.0) if s.args.official else 0.0,
-            "the official WanModel forward at 480p, 1 and 2 speakers, bf16, same GPU (--official)",
         ),
         Item("infinitetalk.forward.480p", item_infinitetalk, fixed(0.0, 0.0), "InfiniteTalk's forward (issue 13)"),
     ]
@@ -1194,14 +1223,16 @@ def markdown(report: dict) -> str:
         lines += [
             "## Memory plans (fast job, 480p, one speaker)",
             "",
-            "| plan | planner estimate GB | measured peak GB (reserved) | s / forward | vs bf16 |",
-            "|---|---|---|---|---|",
+            "| plan | planner estimate GB | measured peak GB (reserved) | s / forward | vs bf16 fast job"
+            " | vs bf16 forward |",
+            "|---|---|---|---|---|---|",
         ]
         for r in plans:
             reserved = f" ({r['peak_reserved_gb']})" if r.get("peak_reserved_gb") is not None else ""
             lines.append(
                 f"| {r['plan']} | {r['estimate_gb']} | {_cell(r.get('peak_gb'))}{reserved} |"
                 f" {_cell(r.get('s_per_forward'), '{:.3f}')} | {_cell(r.get('vs_bf16'), '{:.2f}x')} |"
+                f" {_cell(r.get('vs_bf16_forward'), '{:.2f}x')} |"
             )
         lines.append("")
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -1226,7 +1257,8 @@ def targets(report: dict) -> list[tuple[str, float | None, float]]:
     fwd = by.get("forward.bf16.480p.native")
     fwd_s = fwd["cases"][0]["s_per_forward"] if fwd else None
     clip = by.get("clip.fast", {}).get("clip_s")
-    plan = by.get(f"plan.{PLAN_24GB}", {}).get("vs_bf16")
+    plan_row = by.get(f"plan.{PLAN_24GB}", {})
+    plan = plan_row.get("vs_bf16_forward", plan_row.get("vs_bf16"))
     return [
         (
             f"480p forward, 1 speaker, bf16, s (<= {TARGETS['forward_480p_s']} on an H100)",
@@ -1267,7 +1299,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     suite = Suite(args, smoke_scale() if args.smoke else full_scale(), device)
     log(f"scale {suite.scale.name}, device {device}, budget {args.budget_s:.0f} s, out {args.out}")
-    run_items(suite, items_for(suite))
+    try:
+        run_items(suite, items_for(suite))
+    finally:
+        shutil.rmtree(suite.tmp, ignore_errors=True)  # the random LoRA file (1.4 GB at full size), the MP4s
     suite.write()
     counts = {s: sum(r["status"] == s for r in suite.results) for s in ("ok", "skipped", "failed")}
     log(f"done in {suite.elapsed():.0f} s: {counts}; wrote {Path(args.out) / 'gpu_suite.json'} and gpu_suite.md")

@@ -56,6 +56,7 @@ EXTRAS = ("fp8",)
 ALWAYS_CARRY = {"peft"}
 NEVER_CARRY = {"torch", "triton"}  # the machine's CUDA build and its compiler stay
 MANIFEST = "gpu_wheels.json"
+CARRIED_EXTRAS = (".official",)  # other ignored folders a suite run carries (the official checkout's wan/)
 
 # The machine's Python packages (KINDS.md, "Python packages already there", read 2026-11-17) with the versions its
 # pip list showed where known (None: present, version not recorded). ``--machine-freeze`` replaces this with a
@@ -193,6 +194,10 @@ def build_project(out: Path) -> Path:
     return next(out.glob("multitalk_serve-*.whl"))
 
 
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
 def tree_bytes() -> int:
     """Bytes of what the device tool sends: tracked files and untracked files git does not ignore."""
     listed = subprocess.run(
@@ -221,6 +226,8 @@ def build(out: Path, machine: dict[str, str | None], limit_mib: float) -> dict:
         row = {"name": name, "requirement": str(req), "wanted_by": wanted_by, "decision": how}
         if how.startswith("machine"):
             row["machine_version"] = machine.get(name)
+        if how == "never":
+            row["machine_version"] = "the machine's own build"
         if how == "carry":
             if version is None:
                 raise SystemExit(f"{req}: missing on the machine and not installed here: no version to carry")
@@ -239,13 +246,15 @@ def build(out: Path, machine: dict[str, str | None], limit_mib: float) -> dict:
     for name in stale:
         (out / name).unlink()
     wheels = sum(p.stat().st_size for p in out.glob("*.whl"))
-    tree = tree_bytes()
+    extras = {name: folder_bytes(REPO / name) for name in CARRIED_EXTRAS if (REPO / name).is_dir()}
+    tree = tree_bytes() + sum(extras.values())
     report = {
         "python": PYTHON_VERSION,
         "platforms": list(PLATFORMS),
         "wheels": sorted(carried.values()),
         "wheels_mib": round(wheels / MIB, 2),
-        "working_tree_mib": round(tree / MIB, 2),
+        "working_tree_mib": round(tree / MIB, 2),  # with the carried extras
+        "carried_extras_mib": {name: round(size / MIB, 2) for name, size in extras.items()},
         "total_mib": round((wheels + tree) / MIB, 2),
         "limit_mib": limit_mib,
         "fits": wheels + tree <= limit_mib * MIB,
@@ -313,6 +322,8 @@ def main() -> int:
         detail = row.get("wheel") or f"machine {row.get('machine_version') or '(version not recorded)'}"
         size = f" {row['bytes'] / MIB:6.2f} MiB" if "bytes" in row else ""
         print(f"{row['decision']:>22}  {row['name']:<20}{size}  {detail}  <- {row.get('wanted_by', '')}")
+    for name, size in report["carried_extras_mib"].items():
+        print(f"carried beside the working tree: {name} {size} MiB")
     print(
         f"wheels {report['wheels_mib']} MiB + working tree {report['working_tree_mib']} MiB = "
         f"{report['total_mib']} MiB of {report['limit_mib']} MiB: {'fits' if report['fits'] else 'DOES NOT FIT'}"
