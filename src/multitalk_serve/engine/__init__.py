@@ -51,6 +51,13 @@ _EXPORTS: dict[str, str] = {
     # model folders
     "inspect_model_dir": ".loading.inventory",
     "Inventory": ".loading.inventory",
+    # models: the audio adapters one base transformer switches between (MultiTalk, InfiniteTalk single / multi)
+    "AUDIO_ADAPTERS": ".loading.adapters",
+    "DEFAULT_ADAPTER": ".loading.adapters",
+    "AdapterSpec": ".loading.adapters",
+    "AdapterBank": ".loading.adapters",
+    "SwitchReport": ".loading.adapters",
+    "adapter_spec": ".loading.adapters",
     # errors
     "EngineError": ".errors",
     "CheckpointError": ".errors",
@@ -63,7 +70,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
+    "AUDIO_ADAPTERS",
     "CLI_NAMES",
+    "DEFAULT_ADAPTER",
     "DEFAULT_PRESET",
     "FPS",
     "LIBRARY_NAMES",
@@ -73,6 +82,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "STAGES",
     "T5_BYTES",
     "WORKER_NAMES",
+    "AdapterBank",
+    "AdapterSpec",
     "AudioError",
     "Box",
     "CheckpointError",
@@ -90,6 +101,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "SettingNames",
     "SpeakerCountError",
     "SpeedSetup",
+    "SwitchReport",
+    "adapter_spec",
     "check_loaded",
     "choose_preset",
     "find_speed_lora",
@@ -124,6 +137,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         ImageInputError,
         InputError,
         SpeakerCountError,
+    )
+    from .loading.adapters import (
+        AUDIO_ADAPTERS,
+        DEFAULT_ADAPTER,
+        AdapterBank,
+        AdapterSpec,
+        SwitchReport,
+        adapter_spec,
     )
     from .loading.inventory import Inventory, inspect_model_dir
     from .models.attention import MAX_SPEAKERS
