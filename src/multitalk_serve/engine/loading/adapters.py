@@ -260,20 +260,23 @@ class AdapterBank:
         params = audio_parameters(self.model)
         modules = dict(self.model.named_modules())
         fp8_config = None
+        targets, sources = [], []
         with torch.no_grad():
             for key, value in adapter.tensors.items():
                 param = params[key]
-                if _is_fp8(param):
-                    module = modules[key.rpartition(".")[0]]
-                    if fp8_config is None:
-                        from ..speed.memory import fp8_config as make_fp8_config
-
-                        fp8_config = make_fp8_config(param.device)
-                    _requantize_fp8(module, value.to(param.device, non_blocking=True), fp8_config)
-                    requantized += 1
-                else:
-                    param.data.copy_(value, non_blocking=True)
                 copied += value.numel() * value.element_size()
+                if not _is_fp8(param):
+                    targets.append(param.data)
+                    sources.append(value)
+                    continue
+                if fp8_config is None:
+                    from ..speed.memory import fp8_config as make_fp8_config
+
+                    fp8_config = make_fp8_config(param.device)
+                module = modules[key.rpartition(".")[0]]
+                _requantize_fp8(module, value.to(param.device, non_blocking=True), fp8_config)
+                requantized += 1
+            torch._foreach_copy_(targets, sources, non_blocking=True)  # one dispatch for all plain tensors
         if any(p.is_cuda for p in params.values()):
             torch.cuda.synchronize()
         apply_spec(self.model, adapter.spec, name)

@@ -63,8 +63,10 @@ def _transformer(located: dict, report: ComponentReport, problems: list[str]) ->
     ``problems``, so one bad adapter does not hide the others)."""
     from .transformer import _check_keys_and_shapes, build_empty_model, resolve_transformer
 
+    # The transformer as the pipeline loads it (with MultiTalk's weights); InfiniteTalk-only installs wait for the
+    # pipeline to load InfiniteTalk (docs/infinitetalk.md).
     adapters = [k for k in ("infinitetalk_single", "infinitetalk_multi") if located.get(k) is not None]
-    audio = located["multitalk"] or next((located[k] for k in adapters), None)
+    audio = located["multitalk"]
     source = resolve_transformer(located["transformer"], audio)
     model = build_empty_model(source.dims)
     _check_keys_and_shapes(model, source)
