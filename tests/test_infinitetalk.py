@@ -292,3 +292,23 @@ def test_verify_reports_a_broken_infinitetalk_file(tiny_root, tmp_path):
     assert any("infinitetalk_multi" in p and "blocks.1.norm_x.bias" in p for p in inventory.problems), (
         inventory.problems
     )
+
+
+def test_infinitetalk_is_found_in_a_hugging_face_cache(tiny_root, tmp_path):
+    """``huggingface-cli download MeiGen-AI/InfiniteTalk`` into a cache: used in place, as the other repositories."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for entry in tiny_root.iterdir():
+        if entry.name != "InfiniteTalk":
+            (root / entry.name).symlink_to(entry)
+    found, _ = find_components(root, cache_dirs=[])
+    assert found["infinitetalk_single"] is None and found["infinitetalk_multi"] is None
+    snapshot = tmp_path / "hub" / "models--MeiGen-AI--InfiniteTalk" / "snapshots" / "abc123"
+    (snapshot / "single").mkdir(parents=True)
+    (snapshot / "single" / "infinitetalk.safetensors").symlink_to(
+        AUDIO_ADAPTERS["infinitetalk-single"].local_path(tiny_root)
+    )
+    found, problems = find_components(root, cache_dirs=[tmp_path / "hub"])
+    assert not problems
+    assert found["infinitetalk_single"] == snapshot / "single" / "infinitetalk.safetensors"
+    assert found["infinitetalk_multi"] is None  # only the single file was downloaded
