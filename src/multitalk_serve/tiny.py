@@ -12,6 +12,8 @@ A tiny random model generates noise, not faces: it tests plumbing and numerics, 
                                         models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth, Wan2.1_VAE.pth
                                         (the diffusers-layout encoders below, renamed back to the official names)
       MeiGen-MultiTalk/                 multitalk.safetensors + its replacement index
+      InfiniteTalk/single/infinitetalk.safetensors   InfiniteTalk's audio weights (one speaker) and
+      InfiniteTalk/multi/infinitetalk.safetensors    (two speakers): MultiTalk's keys and shapes, other values
       Wan2.1-I2V-14B-480P-Diffusers/   diffusers layout: model_index.json, transformer/ vae/ text_encoder/
                                         tokenizer/ image_encoder/ image_processor/ scheduler/
       wan2.1-i2v-14b-480p-Q8_0.gguf     community GGUF layout (base weights), Q8_0
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .engine.loading.adapters import AUDIO_ADAPTERS
 from .engine.loading.gguf_quant import write_wan_gguf
 from .engine.loading.layouts import (
     MULTITALK_WEIGHTS_NAME,
@@ -107,6 +110,30 @@ def transformer_tensors(dims: WanDims, seed: int = 0) -> tuple[dict[str, torch.T
     return base, audio
 
 
+def adapter_tensors(dims: WanDims, name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The audio state dict of the adapter ``name`` (``AUDIO_ADAPTERS``), official key names, float32.
+
+    Every adapter has the MultiTalk key set and shapes (``multitalk_shapes``: the published ``infinitetalk.safetensors``
+    files hold exactly those 330 tensors at 14B, in float32, as ``multitalk.safetensors`` does); the values are
+    drawn per adapter, so switching adapters changes the output. ``multitalk`` is ``transformer_tensors``' audio.
+    """
+    if name == "multitalk":
+        return transformer_tensors(dims, seed)[1]
+    return {k: random_tensor(f"{name}:{k}", s, seed) for k, s in multitalk_shapes(dims).items()}
+
+
+def write_infinitetalk_layout(root: Path, dims: WanDims, seed: int = 0) -> dict[str, Path]:
+    """``InfiniteTalk/single/infinitetalk.safetensors`` and ``InfiniteTalk/multi/infinitetalk.safetensors``, as
+    ``huggingface-cli download MeiGen-AI/InfiniteTalk --local-dir weights/InfiniteTalk`` lays them out."""
+    paths = {}
+    for name in ("infinitetalk-single", "infinitetalk-multi"):
+        path = AUDIO_ADAPTERS[name].local_path(root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(adapter_tensors(dims, name, seed), path, metadata={"format": "pt"})
+        paths[name] = path
+    return paths
+
+
 def _write_sharded(directory: Path, tensors: dict[str, torch.Tensor], shards: int) -> dict[str, str]:
     """Write ``tensors`` as ``diffusion_pytorch_model-0000N-of-0000M.safetensors`` + index; return the weight map."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,7 +156,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def write_original_layout(root: Path, dims: WanDims, seed: int = 0, shards: int = 3) -> None:
-    """``Wan2.1-I2V-14B-480P`` (base only, as downloaded) and ``MeiGen-MultiTalk`` next to it."""
+    """``Wan2.1-I2V-14B-480P`` (base only, as downloaded), ``MeiGen-MultiTalk`` and ``InfiniteTalk`` next to it."""
     base, audio = transformer_tensors(dims, seed)
     wan = root / ORIGINAL_DIR
     base_map = _write_sharded(wan, base, shards)
@@ -141,6 +168,7 @@ def write_original_layout(root: Path, dims: WanDims, seed: int = 0, shards: int 
     total = sum(t.numel() * t.element_size() for t in (*base.values(), *audio.values()))
     weight_map = base_map | dict.fromkeys(audio, MULTITALK_WEIGHTS_NAME)
     _write_json(mt / WEIGHTS_INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_infinitetalk_layout(root, dims, seed)
 
 
 def link_multitalk_into_original(root: Path) -> Path:
@@ -541,11 +569,14 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
     write_wav2vec2_layout(root, dims, seed)
     write_speed_lora(root, dims, seed)
     manifest = {
-        "what": "seeded random-weight MultiTalk models in the published layouts; they generate noise, not video",
+        "what": "seeded random-weight MultiTalk / InfiniteTalk models in the published layouts; they generate noise",
         "seed": seed,
         "dims": asdict(dims),
         "original": ORIGINAL_DIR,
         "multitalk": f"{MULTITALK_DIR}/{MULTITALK_WEIGHTS_NAME}",
+        "infinitetalk": {
+            n: str(AUDIO_ADAPTERS[n].local_path(".")) for n in ("infinitetalk-single", "infinitetalk-multi")
+        },
         "diffusers": DIFFUSERS_DIR,
         "gguf": {k: p.name for k, p in gguf.items()},
         "wav2vec2": WAV2VEC_DIR,

@@ -58,6 +58,13 @@ _EXPORTS: dict[str, str] = {
     # model folders
     "inspect_model_dir": ".loading.inventory",
     "Inventory": ".loading.inventory",
+    # models: the audio adapters one base transformer switches between (MultiTalk, InfiniteTalk single / multi)
+    "AUDIO_ADAPTERS": ".loading.adapters",
+    "DEFAULT_ADAPTER": ".loading.adapters",
+    "AdapterSpec": ".loading.adapters",
+    "AdapterBank": ".loading.adapters",
+    "SwitchReport": ".loading.adapters",
+    "adapter_spec": ".loading.adapters",
     # errors
     "EngineError": ".errors",
     "CheckpointError": ".errors",
@@ -70,8 +77,10 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
+    "AUDIO_ADAPTERS",
     "AUDIO_CONTAINERS",
     "CLI_NAMES",
+    "DEFAULT_ADAPTER",
     "DEFAULT_PRESET",
     "DTYPES",
     "FPS",
@@ -84,6 +93,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "T5_BYTES",
     "VIDEO_CONTAINERS",
     "WORKER_NAMES",
+    "AdapterBank",
+    "AdapterSpec",
     "AudioError",
     "Box",
     "CheckpointError",
@@ -101,6 +112,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "SettingNames",
     "SpeakerCountError",
     "SpeedSetup",
+    "SwitchReport",
+    "adapter_spec",
     "check_loaded",
     "choose_preset",
     "default_dtype",
@@ -138,6 +151,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         ImageInputError,
         InputError,
         SpeakerCountError,
+    )
+    from .loading.adapters import (
+        AUDIO_ADAPTERS,
+        DEFAULT_ADAPTER,
+        AdapterBank,
+        AdapterSpec,
+        SwitchReport,
+        adapter_spec,
     )
     from .loading.inventory import Inventory, inspect_model_dir
     from .models.attention import MAX_SPEAKERS

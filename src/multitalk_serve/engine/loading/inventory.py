@@ -58,14 +58,31 @@ class Inventory:
             raise CheckpointError(f"{self.root}: " + "; ".join(self.problems))
 
 
-def _transformer(located: dict, report: ComponentReport) -> dict:
+def _transformer(located: dict, report: ComponentReport, problems: list[str]) -> dict:
+    """The transformer with its audio weights; each InfiniteTalk file found is checked against it too (into
+    ``problems``, so one bad adapter does not hide the others)."""
     from .transformer import _check_keys_and_shapes, build_empty_model, resolve_transformer
 
-    source = resolve_transformer(located["transformer"], located["multitalk"])
-    _check_keys_and_shapes(build_empty_model(source.dims), source)
+    # The transformer as the pipeline loads it (with MultiTalk's weights); InfiniteTalk-only installs wait for the
+    # pipeline to load InfiniteTalk (docs/infinitetalk.md).
+    adapters = [k for k in ("infinitetalk_single", "infinitetalk_multi") if located.get(k) is not None]
+    audio = located["multitalk"]
+    source = resolve_transformer(located["transformer"], audio)
+    model = build_empty_model(source.dims)
+    _check_keys_and_shapes(model, source)
     report.layout = source.layout
     report.files = [str(f) for f in source.files]
     report.bytes = sum(r.nbytes for r in source.refs.values())
+    for key in adapters:
+        if located[key] == audio:
+            continue
+        try:
+            other = resolve_transformer(located["transformer"], located[key])
+            _check_keys_and_shapes(model, other)
+        except CheckpointError as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        report.files.append(str(located[key]))
     return {"text": source.dims.text_dim, "image": source.dims.image_dim, "audio": source.dims}
 
 
@@ -159,7 +176,7 @@ def inspect_model_dir(
             continue
         try:
             if name == "transformer":
-                found[name] = _transformer(located, report)
+                found[name] = _transformer(located, report, inventory.problems)
             elif name in ("text_encoder", "image_encoder", "vae"):
                 found[name] = _encoder(name, path, report)
             elif name == "tokenizer":

@@ -5,7 +5,9 @@ Layouts we load (docs/engine.md):
 - **original**: ``Wan-AI/Wan2.1-I2V-14B-480P`` (``config.json`` with ``_class_name: WanModel``, sharded
   ``diffusion_pytorch_model-0000N-of-0000M.safetensors`` + index, official key names) and
   ``MeiGen-AI/MeiGen-MultiTalk`` (``multitalk.safetensors`` with the 330 audio tensors, plus a replacement index
-  that maps the base keys to the 7 base shards and the audio keys to ``multitalk.safetensors``);
+  that maps the base keys to the 7 base shards and the audio keys to ``multitalk.safetensors``), and
+  ``MeiGen-AI/InfiniteTalk`` (``single/infinitetalk.safetensors``, ``multi/infinitetalk.safetensors``: the same
+  330 audio keys and shapes, float32, no index);
 - **diffusers**: ``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`` (``model_index.json`` + ``transformer/`` ...);
 - **gguf**: community Wan2.1 I2V GGUF files (city96 layout: arch ``wan``, official tensor names, 1-D tensors,
   small tensors and ``*.modulation`` in F32, the 5-D ``patch_embedding.weight`` in F32).
@@ -20,6 +22,7 @@ from typing import Any
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 MULTITALK_WEIGHTS_NAME = "multitalk.safetensors"
+INFINITETALK_WEIGHTS_NAME = "infinitetalk.safetensors"  # MeiGen-AI/InfiniteTalk: single/ and multi/, same keys
 MODEL_INDEX_NAME = "model_index.json"
 CONFIG_NAME = "config.json"
 

@@ -7,6 +7,7 @@ A model root may hold any mix of the published layouts (``multitalk-serve downlo
                                           Wan2.1_VAE.pth, google/umt5-xxl/
     ROOT/*.gguf                           a GGUF transformer
     ROOT/MeiGen-MultiTalk/multitalk.safetensors
+    ROOT/InfiniteTalk/single/infinitetalk.safetensors, ROOT/InfiniteTalk/multi/infinitetalk.safetensors
     ROOT/chinese-wav2vec2-base/
     ROOT/.multitalk/manifest.json         written by ``download``: which profile, and which file is which component
 
@@ -26,12 +27,20 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .formats import GGUF, format_of
-from .layouts import CONFIG_NAME, MODEL_INDEX_NAME, MULTITALK_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from .layouts import (
+    CONFIG_NAME,
+    INFINITETALK_WEIGHTS_NAME,
+    MODEL_INDEX_NAME,
+    MULTITALK_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 from .original_encoders import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
 
 DIFFUSERS_DIR = "Wan2.1-I2V-14B-480P-Diffusers"
 ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"
 MULTITALK_DIR = "MeiGen-MultiTalk"
+INFINITETALK_DIR = "InfiniteTalk"  # MeiGen-AI/InfiniteTalk as its README downloads it: single/ multi/ quant_models/
 WAV2VEC_DIR = "chinese-wav2vec2-base"
 MANIFEST = Path(".multitalk") / "manifest.json"
 RUNPOD_HF_CACHE = Path("/runpod-volume/huggingface-cache/hub")
@@ -41,6 +50,7 @@ REPOS = {
     "diffusers": ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
     "original": ("Wan-AI/Wan2.1-I2V-14B-480P", "Wan-AI/Wan2.1-I2V-14B-720P"),
     "multitalk": ("MeiGen-AI/MeiGen-MultiTalk",),
+    "infinitetalk": ("MeiGen-AI/InfiniteTalk",),
     "wav2vec": ("TencentGameMate/chinese-wav2vec2-base",),
 }
 
@@ -55,6 +65,17 @@ class ModelPaths:
     image_processor: Path | None  # None: the official CLIP normalisation
     vae: Path  # diffusers folder or the original .pth
     wav2vec: Path
+    infinitetalk_single: Path | None = None  # InfiniteTalk's audio weights, if present (loading/adapters.py)
+    infinitetalk_multi: Path | None = None
+
+    def adapters(self) -> dict[str, Path]:
+        """The audio adapters found, by name (``multitalk``, ``infinitetalk-single``, ``infinitetalk-multi``)."""
+        named = {
+            "multitalk": self.multitalk,
+            "infinitetalk-single": self.infinitetalk_single,
+            "infinitetalk-multi": self.infinitetalk_multi,
+        }
+        return {k: v for k, v in named.items() if v is not None}
 
     def as_dict(self) -> dict[str, str | None]:
         return {f.name: (str(getattr(self, f.name)) if getattr(self, f.name) else None) for f in fields(self)}
@@ -217,6 +238,15 @@ def find_components(
     )
     if audio is not None and audio.is_dir():
         audio = audio / MULTITALK_WEIGHTS_NAME
+    infinitetalk: dict[str, Path | None] = {}
+    for kind in ("single", "multi"):
+
+        def has_file(p: Path, kind: str = kind) -> bool:
+            return (p / kind / INFINITETALK_WEIGHTS_NAME).is_file()
+
+        folder = _find_named(root, INFINITETALK_DIR, "infinitetalk", caches, has_file)
+        file = folder / kind / INFINITETALK_WEIGHTS_NAME if folder is not None else None
+        infinitetalk[kind] = pick(f"infinitetalk_{kind}", None, file)
     speech = pick(
         "wav2vec",
         wav2vec,
@@ -250,5 +280,7 @@ def find_components(
         "image_processor": image_processor,
         "vae": vae,
         "wav2vec": speech,
+        "infinitetalk_single": infinitetalk["single"],
+        "infinitetalk_multi": infinitetalk["multi"],
     }
     return {k: (v if v is None or v.exists() else None) for k, v in found.items()}, problems

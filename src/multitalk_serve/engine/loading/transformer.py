@@ -8,9 +8,10 @@
 - a single ``.safetensors`` or ``.gguf`` transformer file with official key names (community repacks,
   city96's GGUF quantizations); the architecture is read off the tensor shapes,
 
-plus the MultiTalk audio weights (``multitalk.safetensors`` or the ``MeiGen-MultiTalk`` directory) unless the
-source already holds them. Tensors are read one by one, cast straight to their final dtype and device, and never
-held twice: peak host memory stays near the size of the loaded model (see ``bench/bench_load.py``).
+plus the audio weights (``multitalk.safetensors`` or the ``MeiGen-MultiTalk`` directory, or InfiniteTalk's
+``single/`` / ``multi/infinitetalk.safetensors``: ``adapters.py``) unless the source already holds them.
+Tensors are read one by one, cast straight to their final dtype and device, and never held twice: peak host
+memory stays near the size of the loaded model (see ``bench/bench_load.py``).
 GGUF-quantized linears stay quantized (diffusers' ``GGUFLinear``); the audio layers stay in ``dtype``.
 """
 
@@ -32,6 +33,7 @@ from ..models.transformer import TEXT_TOKENS, Fp32Linear, MultiTalkTransformer3D
 from .formats import GGUF, SAFETENSORS, format_of, read_index
 from .layouts import (
     CONFIG_NAME,
+    INFINITETALK_WEIGHTS_NAME,
     MODEL_INDEX_NAME,
     MULTITALK_WEIGHTS_NAME,
     WEIGHTS_NAME,
@@ -55,6 +57,7 @@ class TransformerSource:
     dims: WanDims
     refs: dict[str, TensorRef] = field(default_factory=dict)  # keyed by the model's (diffusers) parameter names
     files: list[Path] = field(default_factory=list)
+    audio_file: Path | None = None  # the separate audio-weights file, if any (which adapter: adapters.py)
 
     @property
     def quantized(self) -> bool:
@@ -162,17 +165,22 @@ def _check_text_len(config: dict, where: Path) -> None:
 
 
 def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
-    """The audio tensors of ``multitalk.safetensors`` (or a GGUF of them), given the file or its directory."""
+    """The audio tensors of ``multitalk.safetensors`` / ``infinitetalk.safetensors`` (or a GGUF of them), given the
+    file or its directory."""
     if path.is_dir():
-        path = path / MULTITALK_WEIGHTS_NAME
+        found = [path / n for n in (MULTITALK_WEIGHTS_NAME, INFINITETALK_WEIGHTS_NAME) if (path / n).is_file()]
+        path = found[0] if found else path / MULTITALK_WEIGHTS_NAME
     if not path.is_file():
-        raise CheckpointError(f"missing MultiTalk weights: {path}")
+        raise CheckpointError(f"missing audio weights (multitalk.safetensors or infinitetalk.safetensors): {path}")
     if format_of(path) not in (SAFETENSORS, GGUF):
-        raise CheckpointError(f"{path}: MultiTalk weights are a .safetensors or .gguf file")
+        raise CheckpointError(f"{path}: audio weights are a .safetensors or .gguf file")
     refs = read_index(path)
     other = [k for k in refs if not is_audio_key(k.removeprefix("model.diffusion_model."))]
     if other:
-        raise CheckpointError(f"{path}: holds non-audio tensors, is it multitalk.safetensors? ({_fmt_keys(other)})")
+        raise CheckpointError(
+            f"{path}: holds non-audio tensors, is it multitalk.safetensors or infinitetalk.safetensors? "
+            f"({_fmt_keys(other)})"
+        )
     return refs, path
 
 
@@ -224,6 +232,7 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
             logger.info("using audio weights from %s instead of the %d in %s", audio_path, len(dropped), path)
         source.refs = {k: v for k, v in source.refs.items() if not is_audio_key(k)} | _to_model_names(audio)
         source.files.append(audio_path)
+        source.audio_file = audio_path
     elif not any(is_audio_key(k) for k in source.refs):
         beside = (path if path.is_dir() else path.parent) / MULTITALK_WEIGHTS_NAME
         if not beside.is_file():
@@ -316,6 +325,7 @@ def load_transformer(
     workers: int = 4,
     fp8: bool = False,
     fused_lora: dict[str, torch.Tensor] | None = None,
+    audio_adapter: str | None = None,
 ) -> MultiTalkTransformer3DModel:
     """Load the MultiTalk transformer from any supported layout (see module docstring).
 
@@ -329,15 +339,23 @@ def load_transformer(
         fp8: store the linears of every block in fp8 (``memory.py``), each block quantised as soon as its
             tensors are in, so the bf16 model is never held whole.
         fused_lora: weight deltas (``lora.lora_deltas``) added before quantisation (a speed LoRA with fp8).
+        audio_adapter: which published adapter the audio weights are (``adapters.AUDIO_ADAPTERS``); by default it
+            is read off the audio file's name (``multitalk.safetensors``, ``single|multi/infinitetalk.safetensors``).
+            It sets ``model.audio_adapter`` and the adapter's numerics (``audio_norm_fp32``).
 
     Returns the model; ``model.load_report`` says what was read (layout, files, tensors, bytes, seconds).
 
     Raises:
         CheckpointError: naming the missing file, missing/unexpected keys, wrong shapes or bad config.
     """
+    from .adapters import adapter_for_file, adapter_spec, apply_spec
+
     start = time.perf_counter()
     device = torch.device(device)
+    spec = adapter_spec(audio_adapter) if audio_adapter is not None else None
     source = resolve_transformer(path, multitalk)
+    if spec is None and source.audio_file is not None:
+        spec = adapter_for_file(source.audio_file)
     if fp8 and source.quantized:
         raise CheckpointError(f"{path}: fp8 is for bf16/fp32 checkpoints; this GGUF file is quantized already")
     fp8_config = None
@@ -346,6 +364,7 @@ def load_transformer(
 
         fp8_config = make_fp8_config(device)
     model = build_empty_model(source.dims)
+    apply_spec(model, spec)
     _check_keys_and_shapes(model, source)
     with building():  # swapping in GGUF layers constructs modules too
         quantized_keys = _gguf_linear_plan(model, source, dtype) if source.quantized else set()

@@ -80,6 +80,10 @@ class MultiTalkAudioProjection(nn.Module):
     The first latent frame sees one ``window``-frame window; every later latent frame (``vae_scale`` video frames)
     sees ``window + vae_scale - 1`` consecutive entries. Each is flattened (window, layer, channel), then
     ``proj1``/``proj1_vf`` -> ReLU -> ``proj2`` -> ReLU -> ``proj3`` -> tokens -> LayerNorm.
+
+    ``norm_fp32`` (InfiniteTalk): the LayerNorm computes in float32 and its result is cast back to the activation
+    dtype (InfiniteTalk's ``AudioProjModel`` wraps the norm in a float32 autocast; MultiTalk's does not). In float32
+    both are the same computation.
     """
 
     def __init__(
@@ -92,8 +96,10 @@ class MultiTalkAudioProjection(nn.Module):
         output_dim: int,
         context_tokens: int,
         norm_output: bool,
+        norm_fp32: bool = False,
     ):
         super().__init__()
+        self.norm_fp32 = norm_fp32
         self.window = window
         self.vae_scale = vae_scale
         self.context_tokens = context_tokens
@@ -130,6 +136,11 @@ class MultiTalkAudioProjection(nn.Module):
         later = torch.relu(self.proj1_vf(later.flatten(2)))
         hidden = torch.relu(self.proj2(torch.cat([first, later], dim=1)))
         tokens = self.proj3(hidden).unflatten(-1, (self.context_tokens, self.output_dim))
+        if self.norm_fp32 and isinstance(self.norm, nn.LayerNorm):
+            norm = self.norm
+            weight = None if norm.weight is None else norm.weight.float()
+            bias = None if norm.bias is None else norm.bias.float()
+            return F.layer_norm(tokens.float(), norm.normalized_shape, weight, bias, norm.eps).to(tokens.dtype)
         return self.norm(tokens)
 
 
@@ -205,7 +216,8 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
     """Wan2.1 I2V transformer with MultiTalk's audio conditioning.
 
     The audio hyper-parameters are not in the published configs: they default to the MultiTalk-14B values and
-    the loader derives them from the weights.
+    the loader derives them from the weights. ``audio_norm_fp32`` is InfiniteTalk's one model-code difference
+    (``MultiTalkAudioProjection``); ``loading/adapters.py`` sets it with the audio weights it loads.
     """
 
     _supports_gradient_checkpointing = False
@@ -243,6 +255,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         audio_output_dim: int = 768,
         audio_context_tokens: int = 32,
         norm_output_audio: bool = True,
+        audio_norm_fp32: bool = False,
     ) -> None:
         super().__init__(
             patch_size=patch_size,
@@ -292,6 +305,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
             output_dim=audio_output_dim,
             context_tokens=audio_context_tokens,
             norm_output=norm_output_audio,
+            norm_fp32=audio_norm_fp32,
         )
 
     def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
