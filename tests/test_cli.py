@@ -48,7 +48,9 @@ def test_generate_command(tiny_root, tmp_path, capsys):
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["seed"] == 5 and summary["size"] == "96x64" and (tmp_path / "m.png").exists()
+    # reported in the order --size takes it (HEIGHTxWIDTH), and spelt out
+    assert summary["seed"] == 5 and summary["size"] == "64x96" and (tmp_path / "m.png").exists()
+    assert (summary["height"], summary["width"]) == (64, 96) and "resolution" not in summary
     assert probe(tmp_path / "o.mp4").frames == summary["frames"]
 
 

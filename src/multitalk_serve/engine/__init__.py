@@ -18,6 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .libraries import quiet_library_noise
+
+quiet_library_noise()  # before any library loads: only what a user can act on is printed
+
 # public name -> module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {
     # the pipeline and what a job passes in and gets back
@@ -27,7 +31,15 @@ _EXPORTS: dict[str, str] = {
     "Progress": ".pipeline.generate",
     "STAGES": ".pipeline.generate",
     "Box": ".pipeline.conditioning",
-    "MAX_SPEAKERS": ".models.attention",
+    "check_inputs": ".pipeline.inputs",
+    "check_output_path": ".pipeline.inputs",
+    "CheckedInputs": ".pipeline.inputs",
+    "InputNames": ".pipeline.inputs",
+    "LIBRARY_INPUT_NAMES": ".pipeline.inputs",
+    "VIDEO_SUFFIXES": ".pipeline.inputs",
+    "ProgressClock": ".pipeline.progress",
+    "MAX_SPEAKERS": ".limits",
+    "MAX_STEPS": ".limits",
     "FPS": ".pipeline.video",
     "SAMPLE_RATE": ".pipeline.audio",
     # presets and the speed policy
@@ -66,15 +78,19 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "CLI_NAMES",
     "DEFAULT_PRESET",
     "FPS",
+    "LIBRARY_INPUT_NAMES",
     "LIBRARY_NAMES",
     "MAX_SPEAKERS",
+    "MAX_STEPS",
     "PRESETS",
     "SAMPLE_RATE",
     "STAGES",
     "T5_BYTES",
+    "VIDEO_SUFFIXES",
     "WORKER_NAMES",
     "AudioError",
     "Box",
+    "CheckedInputs",
     "CheckpointError",
     "ConfigError",
     "EngineError",
@@ -83,14 +99,18 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "GenerationResult",
     "ImageInputError",
     "InputError",
+    "InputNames",
     "Inventory",
     "MemoryPlan",
     "MultiTalkPipeline",
     "Progress",
+    "ProgressClock",
     "SettingNames",
     "SpeakerCountError",
     "SpeedSetup",
+    "check_inputs",
     "check_loaded",
+    "check_output_path",
     "choose_preset",
     "find_speed_lora",
     "inspect_model_dir",
@@ -125,11 +145,20 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         InputError,
         SpeakerCountError,
     )
+    from .limits import MAX_SPEAKERS, MAX_STEPS
     from .loading.inventory import Inventory, inspect_model_dir
-    from .models.attention import MAX_SPEAKERS
     from .pipeline.audio import SAMPLE_RATE
     from .pipeline.conditioning import Box
     from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
+    from .pipeline.inputs import (
+        LIBRARY_INPUT_NAMES,
+        VIDEO_SUFFIXES,
+        CheckedInputs,
+        InputNames,
+        check_inputs,
+        check_output_path,
+    )
+    from .pipeline.progress import ProgressClock
     from .pipeline.video import FPS
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (

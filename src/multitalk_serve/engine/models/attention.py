@@ -14,13 +14,14 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttention
 
+from ..limits import MAX_SPEAKERS  # noqa: F401 (transformer.py imports it from here)
+
 # Label-RoPE constants of the official model (class_range 24, class_interval 4): queries of person 1 get
 # positions in [0, 4], of person 2 in [20, 24], background tokens 12; the audio keys of person 1 sit at the
 # centre of their range (2) and those of person 2 at 22.
 PERSON_RANGES = ((0.0, 4.0), (20.0, 24.0))
 BACKGROUND_POSITION = 12.0
 ROPE_BASE = 10000.0
-MAX_SPEAKERS = 2
 
 
 def _map_backend(backend: AttentionBackendName | None) -> AttentionBackendName | None:
