@@ -456,14 +456,25 @@ def _show_layouts(root: Path, speakers: int) -> None:
         write_tiny_models(root)
     print("one transformer forward from each layout (tiny random weights: the numbers are noise, the plumbing is real)")
     rows = compare_layouts(root, speakers=speakers)
-    header = f"{'layout':<22}{'load s':>8}{'forward s':>11}  {'output shape':<22}{'max |diff| vs original':>24}"
+    header = f"{'layout':<22}{'load s':>8}{'forward s':>11}  {'output shape':<22}{'max |diff| vs original':>24}  note"
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
             f"{row['layout']:<22}{row['load_s']:>8.2f}{row['forward_s']:>11.3f}  {row['shape']!s:<22}"
-            f"{row['max_abs_diff_vs_original']:>24.2e}"
+            f"{row['max_abs_diff_vs_original']:>24.2e}  {_layout_note(row['layout'])}"
         )
+
+
+def _layout_note(layout: str) -> str:
+    """What the difference column should show for each layout (so that 1e+00 for Q4 reads as expected)."""
+    if layout == "original":
+        return "the reference"
+    if "Q4" in layout:
+        return "expected: 4-bit weights (random tiny weights quantize badly)"
+    if "Q8" in layout:
+        return "expected: 8-bit weights"
+    return "same weights: only float rounding"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -59,6 +59,18 @@ def _device_and_dtype(config: WorkerConfig) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
+LOCAL_TEST_ID = "local_test"  # the RunPod SDK's id for every ``--test_input`` run
+
+
+def job_id_of(job: dict) -> str:
+    """The job's id; local ``--test_input`` runs all share one, so each gets a time stamp (their outputs would
+    otherwise overwrite each other)."""
+    job_id = str(job.get("id") or "job")
+    if job_id == LOCAL_TEST_ID:
+        job_id = f"{LOCAL_TEST_ID}-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 1_000_000:06d}"
+    return job_id
+
+
 class ProgressReporter:
     """Sends throttled ``progress_update``s (stage changes always; sampling steps at most every ``interval`` s)
     and turns a set cancel flag into ``GenerationCancelled`` between steps."""
@@ -176,7 +188,7 @@ class Worker:
     def run(self, job: dict, cancel: threading.Event | None = None) -> dict:
         """Process one job synchronously; always returns a result dict (errors as ``{"error": "CODE: ..."}``)."""
         cancel = cancel or threading.Event()
-        job_id = str(job.get("id") or "job")
+        job_id = job_id_of(job)
         started = time.perf_counter()
         workdir = Path(tempfile.mkdtemp(prefix="multitalk-job-"))
         try:
@@ -212,8 +224,11 @@ class Worker:
 
         t = time.perf_counter()
         fetcher = MediaFetcher(self.config, request_s3 or self.config.s3)
-        image = fetcher.fetch(request.image, "image", "image")
-        audio = [None if a is None else fetcher.fetch(a, f"audio[{i}]", "audio") for i, a in enumerate(request.audio)]
+        image = fetcher.fetch(request.image, request.image_field, "image")
+        audio = [
+            None if a is None else fetcher.fetch(a, request.audio_field(i), "audio")
+            for i, a in enumerate(request.audio)
+        ]
         timings["download"] = time.perf_counter() - t
 
         options, params = self._options(request, warnings)
@@ -353,7 +368,7 @@ class Worker:
         )
         params = {
             "preset": preset,
-            "resolution": request.resolution,
+            "resolution": "custom" if request.width else request.resolution,  # width/height replace the bucket
             "mode": request.mode,
             "sampling_steps": steps,
             "text_guide_scale": text_scale,

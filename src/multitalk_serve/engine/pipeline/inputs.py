@@ -67,10 +67,10 @@ def check_output_path(path: str | Path, name: str = "output", suffixes: tuple[st
     """The folder of ``path`` exists and a file can be created there; ``path`` is not a folder; its suffix is one of
     ``suffixes``. Creates (and removes) a temporary file in the folder: read-only mounts fail here, not at the end."""
     path = Path(path)
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise InputError(f"{name}: {path} should end in {' or '.join(suffixes)} (the suffix sets the file format)")
     if path.is_dir():
         raise InputError(f"{name}: {path} is a folder; give a file name in it")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise InputError(f"{name}: {path} should end in {' or '.join(suffixes)} (the suffix sets the file format)")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{name}: the folder {folder} does not exist (create it first)")
