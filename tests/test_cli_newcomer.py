@@ -376,7 +376,7 @@ def _one_clip_events(steps=4, latent=21):
     yield 0.0, P("audio")
     yield 1.0, P("conditioning", total_clips=1, total_steps=steps)
     yield 2.0, P("encoding", 1, 1, 0, steps, done=0, total=latent)
-    yield 12.0, P("sampling", 1, 1, 0, steps)  # the encode took 10 s
+    yield 12.0, P("encoding", 1, 1, 0, steps, done=latent, total=latent)  # the encode took 10 s
     for i in range(1, steps + 1):
         yield 12.0 + 5 * i, P("sampling", 1, 1, i, steps)  # 5 s a step
     yield 32.0, P("decoding", 1, 1, steps, steps, done=0, total=latent)
@@ -410,12 +410,12 @@ def test_eta_of_a_second_clip_uses_the_measured_decode():
     P = engine.Progress
     events = [
         (0, P("encoding", 1, 2, 0, 2, 0, 21)),
-        (10, P("sampling", 1, 2, 0, 2)),
+        (10, P("encoding", 1, 2, 0, 2, 21, 21)),
         (15, P("sampling", 1, 2, 1, 2)),
         (20, P("sampling", 1, 2, 2, 2)),
         (20, P("decoding", 1, 2, 2, 2, 0, 21)),
         (50, P("encoding", 2, 2, 0, 2, 0, 21)),  # decode + colour + writing: 30 s
-        (60, P("sampling", 2, 2, 0, 2)),
+        (60, P("encoding", 2, 2, 0, 2, 21, 21)),
         (65, P("sampling", 2, 2, 1, 2)),
     ]
     for t, event in events:

@@ -31,6 +31,7 @@ from ..engine import (
     GenerationCancelled,
     MultiTalkPipeline,
     Progress,
+    ProgressClock,
     check_loaded,
     choose_preset,
     parse_plan,
@@ -79,6 +80,7 @@ class ProgressReporter:
         self.job, self.cancel, self.interval = job, cancel, interval
         self.send = send if send is not None else _runpod_progress
         self.start = time.monotonic()
+        self.clock = ProgressClock(time.monotonic)  # time left with the VAE counted, not only the sampling steps
         self.last_sent = -1e9
         self.last_stage = None
         self.sent: list[dict] = []
@@ -86,12 +88,13 @@ class ProgressReporter:
     def __call__(self, progress: Progress) -> None:
         if self.cancel.is_set():
             raise GenerationCancelled("cancelled")
+        _, left = self.clock.update(progress)
         now = time.monotonic()
         changed = progress.stage != self.last_stage
         if not changed and now - self.last_sent < self.interval:
             return
         elapsed = now - self.start
-        pct = round(100 * progress.fraction, 1)
+        pct = round(100 * progress.fraction, 1)  # of the sampling steps; eta_s counts the VAE too
         body = {"stage": progress.stage, "pct": pct, "elapsed_s": round(elapsed, 1)}
         if progress.total_steps:
             body.update(
@@ -100,8 +103,10 @@ class ProgressReporter:
                 clip=progress.clip,
                 total_clips=progress.total_clips,
             )
-        if progress.stage == "sampling" and 0 < progress.fraction < 1:
-            body["eta_s"] = round(elapsed / progress.fraction * (1 - progress.fraction), 1)
+        if progress.total:
+            body.update(done=progress.done, total=progress.total)
+        if left is not None and progress.stage != "done":
+            body["eta_s"] = round(left, 1)
         self.last_sent, self.last_stage = now, progress.stage
         self.sent.append(body)
         try:

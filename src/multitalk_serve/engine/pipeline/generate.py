@@ -139,9 +139,10 @@ class GenerateOptions:
 @dataclass
 class Progress:
     """Where a job is. Stages in order: ``audio``, ``conditioning``, then per clip ``encoding`` (CLIP and the VAE
-    encoder on the condition frames), ``sampling`` (step 0 = started, then after every step) and ``decoding`` (VAE
-    decoder, colour correction), then ``muxing`` and ``done``. Inside ``encoding`` and ``decoding``, ``done`` of
-    ``total`` counts the VAE's frame chunks (latent frames). For time left, feed the events to a ``ProgressClock``."""
+    encoder on the condition frames; its last event, ``done == total``, marks its end), ``sampling`` (after every
+    step) and ``decoding`` (VAE decoder, colour correction), then ``muxing`` and ``done``. Inside ``encoding`` and
+    ``decoding``, ``done`` of ``total`` counts the VAE's frame chunks (latent frames). For the time left, feed the
+    events to a ``ProgressClock``."""
 
     stage: str
     clip: int = 0
@@ -706,6 +707,7 @@ class MultiTalkPipeline:
         clip_features = self.image_encoder(cond[:, -1])  # CLIP of the last condition frame
         video = torch.cat([cond, torch.zeros(3, frames - n_cond, height, width, device=cond.device)], dim=1)
         y_latent = self.vae.encode(video, progress=encoding)  # [16, T, h, w]
+        encoding(lat_t, lat_t)  # encoded (again if the VAE said so already: the clock reads the first)
         # 4 mask channels: 1 on the condition frames; frame 0 counts 4 times so the frames fold into latent frames.
         mask = torch.ones(1, frames, lat_h, lat_w, device=self.device)
         mask[:, n_cond:] = 0
@@ -729,7 +731,6 @@ class MultiTalkPipeline:
             latent[:, : motion_latents.shape[1]] = noisy
         buffers = guidance.new_buffers()
         cache = job.step_cache
-        notify(Progress("sampling", clip_no, clips, 0, steps))
         for i in range(opts.steps):
             preds = {}
             for name in guidance.passes():

@@ -33,6 +33,7 @@ class ProgressClock:
         self._last_step: float | None = None  # time of the last sampling event (step i done, or sampling started)
         self._phase: tuple[str, int] | None = None  # (stage, clip) of the phase now running
         self._phase_start = self.start
+        self._encoded = False  # the running clip's encode has been timed (its last chunk reported)
 
     # --- events -----------------------------------------------------------------------------------------------
     def update(self, progress) -> tuple[float, float | None]:
@@ -46,13 +47,16 @@ class ProgressClock:
         if phase != self._phase:
             self._close_phase(now)
             self._phase, self._phase_start = phase, now
-            if stage == "sampling":
+            if stage == "sampling":  # without an encode end seen, the first step's time is unknown: skip it
                 self._last_step = now
         elif stage == "sampling" and self._last_step is not None:
             self.step_seconds.append(now - self._last_step)
             self._last_step = now
-        if stage == "sampling" and progress.step == 0:
-            self._last_step = now
+        if stage == "encoding" and progress.total and progress.done >= progress.total and not self._encoded:
+            self.encode_seconds.append(now - self._phase_start)  # the encoder is done: sampling starts now
+            self._encoded = True
+            self._phase = ("sampling", progress.clip)
+            self._phase_start = self._last_step = now
         if stage == "done":
             return 1.0, 0.0
         left = self._left(progress, now)
@@ -65,10 +69,11 @@ class ProgressClock:
         if self._phase is None:
             return
         stage, _ = self._phase
-        if stage == "encoding":
+        if stage == "encoding" and not self._encoded:
             self.encode_seconds.append(now - self._phase_start)
         elif stage == "decoding":
             self.decode_seconds.append(now - self._phase_start)
+        self._encoded = False
 
     # --- estimates ----------------------------------------------------------------------------------------------
     def _per_step(self) -> float | None:
