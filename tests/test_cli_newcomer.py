@@ -590,3 +590,27 @@ def test_worker_names_the_official_field_and_suggests_the_fix(tmp_path):
     assert '{"path": "examples/multi/1/multi1.png"}' in message and str(tmp_path) in message
     assert JobInput.model_validate({"image": "a", "audio": ["b", "c"]}).audio_field(1) == "audio[1]"
     assert JobInput.model_validate({"image": "a", "audio_1": "b", "audio_2": "c"}).audio_field(1) == "audio_2"
+
+
+def test_the_vae_reports_every_latent_frame():
+    """Progress inside the long stages: the VAE calls back once per chunk of frames, encoding and decoding."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from multitalk_serve.engine.models.encoders import WanVideoVAE
+
+    torch.manual_seed(0)
+    vae = WanVideoVAE(
+        AutoencoderKLWan(
+            base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+            temperal_downsample=[False, True, True], dropout=0.0,
+        )
+    )  # fmt: skip
+    calls = []
+    latent = vae.encode(torch.zeros(3, 9, 32, 32), progress=lambda done, total: calls.append(("encode", done, total)))
+    assert latent.shape[1] == 3 and calls == [("encode", k, 3) for k in (1, 2, 3)]
+    calls.clear()
+    video = vae.decode(latent, progress=lambda done, total: calls.append(("decode", done, total)))
+    assert video.shape[1] == 9 and calls == [("decode", k, 3) for k in (1, 2, 3)]
+    vae.decode(latent)  # no callback, no hook left behind
+    assert calls == [("decode", k, 3) for k in (1, 2, 3)]

@@ -1,4 +1,4 @@
-"""Command line: multitalk-serve <verb>.
+"""multitalk-serve: talking videos from a picture, one or two voices and a prompt (MeiGen MultiTalk).
 
 Verbs:
   generate           image + one or two voices + prompt -> talking MP4
