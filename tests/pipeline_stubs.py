@@ -36,14 +36,14 @@ def clip_features(frame: torch.Tensor) -> torch.Tensor:
     return (_CLIP_BASE * frame.std() + frame.mean())[None]
 
 
-def vae_encode(video: torch.Tensor) -> torch.Tensor:
+def vae_encode(video: torch.Tensor, progress=None) -> torch.Tensor:
     """[3, F, H, W] -> [16, T, H/8, W/8]: 8x8 average pooling, frame 0 alone then groups of 4, a fixed 3->16 map."""
     pooled = F.avg_pool2d(video.float().transpose(0, 1), 8).transpose(0, 1)  # [3, F, h, w]
     folded = torch.cat([pooled[:, :1], pooled[:, 1:].unflatten(1, (-1, 4)).mean(2)], dim=1)
     return torch.einsum("oc,cthw->othw", _PROJ, folded)
 
 
-def vae_decode(latent: torch.Tensor) -> torch.Tensor:
+def vae_decode(latent: torch.Tensor, progress=None) -> torch.Tensor:
     """[16, T, h, w] -> [3, 4(T-1)+1, 8h, 8w] in [-1, 1]."""
     rgb = torch.einsum("co,othw->cthw", _UNPROJ, latent.float())
     frames = torch.cat([rgb[:, :1], rgb[:, 1:].repeat_interleave(4, dim=1)], dim=1)

@@ -48,30 +48,39 @@ def test_generate_command(tiny_root, tmp_path, capsys):
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["seed"] == 5 and summary["size"] == "96x64" and (tmp_path / "m.png").exists()
+    # reported in the order --size takes it (HEIGHTxWIDTH), and spelt out
+    assert summary["seed"] == 5 and summary["size"] == "64x96" and (tmp_path / "m.png").exists()
+    assert (summary["height"], summary["width"]) == (64, 96) and "resolution" not in summary
     assert probe(tmp_path / "o.mp4").frames == summary["frames"]
 
 
 def test_errors_are_one_line(tiny_root, tmp_path, capsys):
     bad = tmp_path / "x.wav"
     bad.write_text("not audio")
-    code = main(
-        [
-            "generate",
-            "--model",
-            str(tiny_root),
-            "--image",
-            "nope.png",
-            "--audio",
-            str(bad),
-            "--prompt",
-            "x",
-            "--out",
-            str(tmp_path / "o.mp4"),
-            "--size",
-            "64x96",
-            "--quiet",
-        ]
-    )
-    assert code == 2
-    assert "error: audio of speaker 1: cannot open as audio" in capsys.readouterr().err
+    image = tmp_path / "face.png"
+    Image.fromarray((np.random.RandomState(0).rand(120, 180, 3) * 255).astype(np.uint8)).save(image)
+    for picture, message in (
+        ("nope.png", "error: --image: no such file: nope.png\n"),
+        (str(image), "error: --audio (speaker 1): cannot open as audio"),  # named as the option, found before loading
+    ):
+        code = main(
+            [
+                "generate",
+                "--model",
+                str(tiny_root),
+                "--image",
+                picture,
+                "--audio",
+                str(bad),
+                "--prompt",
+                "x",
+                "--out",
+                str(tmp_path / "o.mp4"),
+                "--size",
+                "64x96",
+                "--quiet",
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1
+        assert message in err

@@ -1,11 +1,11 @@
-"""Command line: ``multitalk-serve <verb>``.
+"""multitalk-serve: talking videos from a picture, one or two voices and a prompt (MeiGen MultiTalk).
 
 Verbs:
   generate           image + one or two voices + prompt -> talking MP4
   profiles           the download profiles: sizes on disk and GPU memory for the weights
   download           fetch a profile into a model directory (a network volume), verified and resumable
   verify             check a model directory is complete and consistent (what the worker checks at start)
-  make-tiny DIR      write seeded random-weight models in every published layout (see ``multitalk_serve.tiny``)
+  make-tiny DIR      write seeded random-weight models in every published layout (see multitalk_serve.tiny)
   forward MODEL      load a transformer from any layout and time one forward pass on random inputs
   layouts [DIR]      make-tiny if needed, then one forward from each layout, side by side
   demo [DIR]         layouts, then a whole video on the tiny model
@@ -59,24 +59,39 @@ def _cmd_forward(args: argparse.Namespace) -> int:
 
 
 class ProgressBar:
-    """One status line on stderr: stage, clip, step, a bar, elapsed and remaining time."""
+    """One status line on stderr: stage, clip, step or frames, a bar for the whole job, elapsed and remaining time
+    (``ProgressClock``: the VAE's encode and decode counted, not only the sampling steps). On a terminal the line
+    is redrawn in place; in a log, a line per stage and at most one every ``log_every`` seconds within one."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.start, self.tty = stream, time.perf_counter(), stream.isatty()
+    def __init__(self, stream=None, log_every: float = 5.0):
+        from .engine import ProgressClock
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.clock = ProgressClock()
+        self.log_every, self.last_line, self.last_stage = log_every, -1e9, None
 
     def __call__(self, progress) -> None:
-        elapsed = time.perf_counter() - self.start
-        frac = progress.fraction
-        if progress.stage == "sampling":
-            eta = elapsed / frac * (1 - frac) if frac > 0 else 0.0
-            bar = "#" * int(frac * 24)
-            line = (
-                f"clip {progress.clip}/{progress.total_clips} step {progress.step}/{progress.total_steps} "
-                f"[{bar:<24}] {frac:5.1%}  {elapsed:6.1f}s elapsed, ~{eta:.0f}s left"
-            )
+        fraction, left = self.clock.update(progress)
+        elapsed = self.clock.now() - self.clock.start
+        where = f"clip {progress.clip}/{progress.total_clips} " if progress.total_clips > 1 else ""
+        stage = progress.stage
+        if stage == "sampling":
+            what = f"{where}step {progress.step}/{progress.total_steps}"
+        elif stage in ("encoding", "decoding"):
+            unit = "condition frames" if stage == "encoding" else "frames"
+            count = f" {unit} {progress.done}/{progress.total}" if progress.total else ""
+            what = f"{where}{'VAE encode' if stage == 'encoding' else 'VAE decode'}{count}"
         else:
-            line = f"{progress.stage} ... {elapsed:6.1f}s"
-        end = "\n" if progress.stage == "done" or not self.tty else ""
+            what = {"audio": "audio: decoding, wav2vec2", "conditioning": "image, masks, prompt"}.get(stage, stage)
+        eta = "" if left is None else f", ~{left:.0f}s left"
+        bar = "#" * int(fraction * 24)
+        line = f"{what:<34} [{bar:<24}] {fraction:4.0%}  {elapsed:6.1f}s elapsed{eta}"
+        now = self.clock.now()
+        if not self.tty and stage == self.last_stage and now - self.last_line < self.log_every:
+            return
+        self.last_line, self.last_stage = now, stage
+        end = "\n" if stage == "done" or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line.ljust(100)[:100] + end)
         self.stream.flush()
 
@@ -185,9 +200,104 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import CLI_NAMES, GenerateOptions, MultiTalkPipeline, find_speed_lora, plan_speed_setup
+def _parse_steps(text: str) -> int:
+    from .engine import MAX_STEPS
 
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if not 1 <= steps <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"steps is a whole number 1..{MAX_STEPS}, got {text!r}")
+    return steps
+
+
+CLI_INPUT_NAMES_KW = {
+    "image": "--image",
+    "audio": "--audio",
+    "speaker": "--audio (speaker {n})",
+    "boxes": "--box",
+    "box": "--box (person {n})",
+    "output": "--out",
+    "mask_preview": "--mask-preview",
+    "thumbnail": "--thumbnail",
+    "prompt": "--prompt",
+}
+
+
+def _job_inputs(args: argparse.Namespace):
+    """image, audio list, prompt, boxes, audio type, output and the names to use in messages, from the options and
+    (with --input-json) the official JSON file; a value given both ways is an error."""
+    from .engine import EngineError, InputError, InputNames
+
+    names = InputNames(**CLI_INPUT_NAMES_KW)
+    image, prompt, boxes, audio_type, out = args.image, args.prompt, args.box, args.audio_type, args.out
+    audio = None if args.audio is None else [None if a.lower() == "none" else a for a in args.audio]
+    if args.input_json:
+        from .input_json import JSON_NAMES, read_input_json
+
+        job = read_input_json(args.input_json)
+        given = {
+            "--image": (image, "cond_image"),
+            "--audio": (audio, "cond_audio"),
+            "--prompt": (prompt, "prompt" if job.prompt is not None else None),
+            "--box": (boxes, "bbox" if job.boxes is not None else None),
+            "--audio-type": (audio_type, "audio_type" if job.audio_type is not None else None),
+        }
+        for option, (value, field) in given.items():
+            if value is not None and field is not None:
+                raise InputError(f"{option} and {field} in {args.input_json} both give the same input: give one")
+        image, audio = job.image, job.audio
+        prompt = prompt if job.prompt is None else job.prompt
+        boxes = boxes if job.boxes is None else job.boxes
+        audio_type = audio_type if job.audio_type is None else job.audio_type
+        out = out or str(Path(job.path.stem + ".mp4"))
+        field_names = dict(vars(JSON_NAMES))
+        # what came from the command line keeps its option's name
+        for key, option in (("prompt", "--prompt"), ("boxes", "--box"), ("box", "--box (person {n})")):
+            if (key == "prompt" and job.prompt is None) or (key != "prompt" and job.boxes is None):
+                field_names[key] = option
+        names = InputNames(**field_names)
+    missing = [f for f, v in (("--image", image), ("--audio", audio), ("--prompt", prompt), ("--out", out)) if not v]
+    if missing:
+        raise EngineError(f"{', '.join(missing)} required (or --input-json FILE, the official JSON)")
+    return image, audio, prompt, boxes, audio_type or "add", out, names
+
+
+def _place(made: Path, final: Path, option: str = "--out", what: str = "finished video") -> Path:
+    """Move a finished file to where it was asked for; a failure keeps it where it is and says so."""
+    import shutil
+
+    try:
+        return Path(shutil.move(str(made), str(final)))
+    except OSError as exc:
+        raise VideoKeptError(
+            f"{option}: could not write {final} ({exc.strerror or exc}); the {what} is kept at {made}"
+        ) from None
+
+
+class VideoKeptError(Exception):
+    """Writing the video where it was asked for failed at the end; it was kept elsewhere (named in the message)."""
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from .engine import (
+        CLI_NAMES,
+        AudioError,
+        GenerateOptions,
+        InputError,
+        MultiTalkPipeline,
+        check_inputs,
+        find_speed_lora,
+        plan_speed_setup,
+    )
+
+    image, audio, prompt, boxes, audio_type, out, names = _job_inputs(args)
+    if not Path(args.model).is_dir():
+        raise InputError(f"--model: no such folder: {args.model}")
     chosen = {
         "steps": args.steps,
         "shift": args.shift,
@@ -203,17 +313,40 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         use_apg=args.apg,
         seed=args.seed,
         negative_prompt=args.negative_prompt,
-        audio_type=args.audio_type,
+        audio_type=audio_type,
         color_correction=args.color_correction,
         max_duration_s=args.max_duration,
+        num_frames=None if args.duration is None else max(1, round(args.duration * 25)),
         crf=args.crf,
         size=args.size,
     )
-    options.validate()
+    # everything that can be checked without a model, before the minutes of loading one
+    start = time.perf_counter()
+    try:
+        checked = check_inputs(
+            image,
+            audio,
+            prompt,
+            out,
+            boxes=boxes,
+            options=options,
+            mask_preview_path=args.mask_preview,
+            thumbnail=args.thumbnail,
+            names=names,
+        )
+    except AudioError as exc:
+        if "s limit" not in str(exc):
+            raise
+        raise AudioError(f"{exc} (--duration SECONDS cuts the audio; --max-duration raises the limit)") from None
     # one run, one preset: the LoRA is loaded only when the preset uses it, and then merged (no per-step cost)
     speed_lora = find_speed_lora(args.model, args.speed_lora) if options.speed_lora else None
     speed = plan_speed_setup(args.preset, speed_lora, args.speed_lora_scale, bool(options.speed_lora), CLI_NAMES)
-    audio = [None if a.lower() == "none" else a for a in args.audio]
+    height, width = checked.size
+    print(
+        f"inputs checked in {time.perf_counter() - start:.2f} s: {checked.speakers} speaker(s), "
+        f"{checked.seconds:.1f} s of video, {height}x{width} (height x width); loading the models ...",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     pipe = MultiTalkPipeline.from_pretrained(
         args.model,
@@ -234,36 +367,54 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         f"{pipe.attention_backend})",
         file=sys.stderr,
     )
-    result = pipe.generate(
-        args.image,
-        audio,
-        args.prompt,
-        args.out,
-        boxes=args.box,
-        options=options,
-        callback=None if args.quiet else ProgressBar(),
-        thumbnail=args.thumbnail,
-        mask_preview_path=args.mask_preview,
-    )
+    # the video is written in a temporary folder and moved at the end: a failure there cannot lose it
+    final = Path(out)
+    workdir = Path(tempfile.mkdtemp(prefix="multitalk-"))
+    video = workdir / final.name
+    thumb = workdir / Path(args.thumbnail).name if args.thumbnail else None
+    try:
+        result = pipe.generate(
+            image,
+            audio,
+            prompt,
+            video,
+            boxes=boxes,
+            options=options,
+            callback=None if args.quiet else ProgressBar(),
+            thumbnail=thumb,
+            mask_preview_path=args.mask_preview,
+        )
+        placed = _place(video, final)
+        thumb_placed = _place(thumb, Path(args.thumbnail), "--thumbnail", "thumbnail") if thumb is not None else None
+    except VideoKeptError:
+        raise
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     summary = {
-        "video": str(result.video_path),
+        "video": str(placed),
         "frames": result.frames,
         "seconds": result.seconds,
-        "size": f"{result.width}x{result.height}",
+        "size": f"{result.height}x{result.width}",  # as --size: HEIGHTxWIDTH
+        "height": result.height,
+        "width": result.width,
         "seed": result.seed,
         "clips": result.clips,
         "preset": args.preset,
         "options": {k: result.options[k] for k in ("steps", "text_scale", "audio_scale", "shift", "cache_threshold")},
         "timings": result.timings,
     }
+    if args.size is None:
+        summary["resolution"] = args.resolution
     if result.forwards:
         summary["forwards"] = result.forwards
     if result.notes:
         summary["notes"] = result.notes
     if result.mask_preview_path:
         summary["mask_preview"] = str(result.mask_preview_path)
-    if result.thumbnail_path:
-        summary["thumbnail"] = str(result.thumbnail_path)
+    if thumb_placed:
+        summary["thumbnail"] = str(thumb_placed)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -303,14 +454,25 @@ def _show_layouts(root: Path, speakers: int) -> None:
         write_tiny_models(root)
     print("one transformer forward from each layout (tiny random weights: the numbers are noise, the plumbing is real)")
     rows = compare_layouts(root, speakers=speakers)
-    header = f"{'layout':<22}{'load s':>8}{'forward s':>11}  {'output shape':<22}{'max |diff| vs original':>24}"
+    header = f"{'layout':<22}{'load s':>8}{'forward s':>11}  {'output shape':<22}{'max |diff| vs original':>24}  note"
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
             f"{row['layout']:<22}{row['load_s']:>8.2f}{row['forward_s']:>11.3f}  {row['shape']!s:<22}"
-            f"{row['max_abs_diff_vs_original']:>24.2e}"
+            f"{row['max_abs_diff_vs_original']:>24.2e}  {_layout_note(row['layout'])}"
         )
+
+
+def _layout_note(layout: str) -> str:
+    """What the difference column should show for each layout (so that 1e+00 for Q4 reads as expected)."""
+    if layout == "original":
+        return "the reference"
+    if "Q4" in layout:
+        return "expected: 4-bit weights (random tiny weights quantize badly)"
+    if "Q8" in layout:
+        return "expected: 8-bit weights"
+    return "same weights: only float rounding"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -350,14 +512,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("generate", help="image + one or two voices + prompt -> talking MP4")
+    p = sub.add_parser(
+        "generate",
+        help="image + one or two voices + prompt -> talking MP4",
+        description="Generate a talking video. Every input is checked (files, speakers, boxes, sizes, the output "
+        "folder) before any model loads, so a mistake costs a second.",
+    )
     p.add_argument("--model", required=True, help="model folder (what it holds: docs/generate.md)")
-    p.add_argument("--image", required=True, help="reference image with one or two people")
-    p.add_argument("--audio", required=True, action="append", help="a speaker's audio (twice for two; 'none' = silent)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--audio-type", choices=("add", "para"), default="add", help="two speakers: in turn or at once")
-    p.add_argument("--box", type=_parse_box, action="append", help="X_MIN,Y_MIN,X_MAX,Y_MAX of a person (twice)")
+    p.add_argument(
+        "--input-json",
+        metavar="FILE",
+        help="the official repository's input JSON (prompt, cond_image, cond_audio, audio_type, bbox); relative "
+        "paths are read from the current folder, then from the file's folder; other options still apply",
+    )
+    p.add_argument("--image", help="reference image with one or two people")
+    p.add_argument("--audio", action="append", help="a speaker's audio (twice for two; 'none' = silent)")
+    p.add_argument("--prompt", help="what happens in the video")
+    p.add_argument("--out", help="output .mp4 (with --input-json: default FILE's name .mp4, here)")
+    p.add_argument(
+        "--audio-type", choices=("add", "para"), help="two speakers: add = in turn (default), para = at once"
+    )
+    p.add_argument(
+        "--box",
+        type=_parse_box,
+        action="append",
+        help="X_MIN,Y_MIN,X_MAX,Y_MAX of a person in image pixels, x = column (twice; the official JSON's bbox is "
+        "y first)",
+    )
     p.add_argument("--resolution", choices=("480p", "720p"), default="480p")
     p.add_argument("--size", type=_parse_size, help="explicit HEIGHTxWIDTH (multiples of 16) instead of the bucket")
     p.add_argument("--mode", choices=("streaming", "clip"), default="streaming")
@@ -367,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PRESET,
         help="quality: 40 steps, 3-pass; balanced: + step caching; fast: speed LoRA (--speed-lora), 4 steps, 2-pass",
     )
-    p.add_argument("--steps", type=int, help="default: the preset's (quality 40, fast 4)")
+    p.add_argument("--steps", type=_parse_steps, help="default: the preset's (quality 40, fast 4)")
     p.add_argument("--shift", type=float, help="default: the preset's (7 at 480p, 11 at 720p; fast 2)")
     p.add_argument("--text-scale", type=float, help="default: the preset's (5; fast 1 = 2-pass guidance)")
     p.add_argument("--audio-scale", type=float, help="default: the preset's (4; fast 2)")
@@ -388,7 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--negative-prompt")
     p.add_argument("--color-correction", type=float, default=1.0)
-    p.add_argument("--max-duration", type=float, default=120.0, help="seconds of audio accepted")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="seconds of video: the audio is cut there, or padded with silence (default: as long as the audio)",
+    )
+    p.add_argument(
+        "--max-duration",
+        type=float,
+        default=120.0,
+        help="longest audio accepted, in seconds (default 120); longer audio is refused: --duration cuts it",
+    )
     p.add_argument("--crf", type=int, default=19)
     p.add_argument("--thumbnail", help="save the first frame here")
     p.add_argument("--mask-preview", help="save the person regions drawn over the reference image here")
@@ -479,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except VideoKeptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

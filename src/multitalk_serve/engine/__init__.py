@@ -18,6 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .libraries import quiet_library_noise
+
+quiet_library_noise()  # before any library loads: only what a user can act on is printed
+
 # public name -> module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {
     # the pipeline and what a job passes in and gets back
@@ -27,7 +31,15 @@ _EXPORTS: dict[str, str] = {
     "Progress": ".pipeline.generate",
     "STAGES": ".pipeline.generate",
     "Box": ".pipeline.conditioning",
-    "MAX_SPEAKERS": ".models.attention",
+    "check_inputs": ".pipeline.inputs",
+    "check_output_path": ".pipeline.inputs",
+    "CheckedInputs": ".pipeline.inputs",
+    "InputNames": ".pipeline.inputs",
+    "LIBRARY_INPUT_NAMES": ".pipeline.inputs",
+    "VIDEO_SUFFIXES": ".pipeline.inputs",
+    "ProgressClock": ".pipeline.progress",
+    "MAX_SPEAKERS": ".limits",
+    "MAX_STEPS": ".limits",
     "FPS": ".pipeline.video",
     "SAMPLE_RATE": ".pipeline.audio",
     "DTYPES": ".dtypes",
@@ -85,18 +97,22 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "DTYPES",
     "FPS",
     "IMAGE_FORMATS",
+    "LIBRARY_INPUT_NAMES",
     "LIBRARY_NAMES",
     "MAX_SPEAKERS",
+    "MAX_STEPS",
     "PRESETS",
     "SAMPLE_RATE",
     "STAGES",
     "T5_BYTES",
     "VIDEO_CONTAINERS",
+    "VIDEO_SUFFIXES",
     "WORKER_NAMES",
     "AdapterBank",
     "AdapterSpec",
     "AudioError",
     "Box",
+    "CheckedInputs",
     "CheckpointError",
     "ConfigError",
     "EngineError",
@@ -105,16 +121,20 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "GenerationResult",
     "ImageInputError",
     "InputError",
+    "InputNames",
     "Inventory",
     "MemoryPlan",
     "MultiTalkPipeline",
     "Progress",
+    "ProgressClock",
     "SettingNames",
     "SpeakerCountError",
     "SpeedSetup",
     "SwitchReport",
     "adapter_spec",
+    "check_inputs",
     "check_loaded",
+    "check_output_path",
     "choose_preset",
     "default_dtype",
     "find_speed_lora",
@@ -152,6 +172,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         InputError,
         SpeakerCountError,
     )
+    from .limits import MAX_SPEAKERS, MAX_STEPS
     from .loading.adapters import (
         AUDIO_ADAPTERS,
         DEFAULT_ADAPTER,
@@ -161,11 +182,19 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         adapter_spec,
     )
     from .loading.inventory import Inventory, inspect_model_dir
-    from .models.attention import MAX_SPEAKERS
     from .pipeline.audio import SAMPLE_RATE
     from .pipeline.conditioning import Box
     from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
+    from .pipeline.inputs import (
+        LIBRARY_INPUT_NAMES,
+        VIDEO_SUFFIXES,
+        CheckedInputs,
+        InputNames,
+        check_inputs,
+        check_output_path,
+    )
     from .pipeline.media import AUDIO_CONTAINERS, IMAGE_FORMATS, VIDEO_CONTAINERS, open_container
+    from .pipeline.progress import ProgressClock
     from .pipeline.video import FPS
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,3 +49,39 @@ def quiet_transformers() -> Iterator[None]:
                 tlog.set_verbosity(_quiet["level"])
                 if _quiet["bars"]:
                     tlog.enable_progress_bar()
+
+
+# Lines the libraries print on every start that no user can act on (logger name -> message patterns). Each is
+# matched exactly; anything else those loggers say still shows.
+LIBRARY_NOISE: dict[str, tuple[str, ...]] = {
+    # torchao's optional C++ kernels (mxfp8, CUTLASS), built for another Python or GPU: nothing here uses them
+    "torchao": (r"^Failed to load \S*torchao[/\\]_C\w*\S*\.so: ",),
+    # torchao's int8 matmul kernels without triton (CPU-only installs): nothing here uses them
+    "torchao.kernel.intmm": (r"Detected no triton, on systems without Triton certain kernels will not work",),
+    # torchao registers Enums with torch's pytree, which newer torch calls deprecated
+    "torch.utils._pytree": (r"is an Enum subclass and is now natively supported by torch\.compile",),
+    # diffusers' torchao quantizer on a torchao version it does not know: only torchao-serialized checkpoints, unused
+    "diffusers.quantizers.torchao.torchao_quantizer": (r"^Unable to import `torchao` Tensor objects",),
+}
+
+
+class _DropNoise(logging.Filter):
+    def __init__(self, patterns: tuple[str, ...]):
+        super().__init__()
+        self.patterns = tuple(re.compile(p) for p in patterns)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to hide
+            return True
+        return not any(p.search(message) for p in self.patterns)
+
+
+def quiet_library_noise() -> None:
+    """Hide ``LIBRARY_NOISE`` (filters on those loggers, installed before the libraries import; idempotent). Real
+    warnings and errors of the same libraries still show."""
+    for name, patterns in LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise(patterns))

@@ -33,6 +33,7 @@ from ..engine import (
     GenerationCancelled,
     MultiTalkPipeline,
     Progress,
+    ProgressClock,
     check_loaded,
     choose_preset,
     default_dtype,
@@ -61,6 +62,18 @@ def _device_and_dtype(config: WorkerConfig) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
+LOCAL_TEST_ID = "local_test"  # the RunPod SDK's id for every ``--test_input`` run
+
+
+def job_id_of(job: dict) -> str:
+    """The job's id; local ``--test_input`` runs all share one, so each gets a time stamp (their outputs would
+    otherwise overwrite each other)."""
+    job_id = str(job.get("id") or "job")
+    if job_id == LOCAL_TEST_ID:
+        job_id = f"{LOCAL_TEST_ID}-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 1_000_000:06d}"
+    return job_id
+
+
 class ProgressReporter:
     """Sends throttled ``progress_update``s (stage changes always; sampling steps at most every ``interval`` s)
     and turns a set cancel flag into ``GenerationCancelled`` between steps."""
@@ -69,6 +82,7 @@ class ProgressReporter:
         self.job, self.cancel, self.interval = job, cancel, interval
         self.send = send if send is not None else _runpod_progress
         self.start = time.monotonic()
+        self.clock = ProgressClock(time.monotonic)  # time left with the VAE counted, not only the sampling steps
         self.last_sent = -1e9
         self.last_stage = None
         self.sent: list[dict] = []
@@ -76,12 +90,13 @@ class ProgressReporter:
     def __call__(self, progress: Progress) -> None:
         if self.cancel.is_set():
             raise GenerationCancelled("cancelled")
+        _, left = self.clock.update(progress)
         now = time.monotonic()
         changed = progress.stage != self.last_stage
         if not changed and now - self.last_sent < self.interval:
             return
         elapsed = now - self.start
-        pct = round(100 * progress.fraction, 1)
+        pct = round(100 * progress.fraction, 1)  # of the sampling steps; eta_s counts the VAE too
         body = {"stage": progress.stage, "pct": pct, "elapsed_s": round(elapsed, 1)}
         if progress.total_steps:
             body.update(
@@ -90,8 +105,10 @@ class ProgressReporter:
                 clip=progress.clip,
                 total_clips=progress.total_clips,
             )
-        if progress.stage == "sampling" and 0 < progress.fraction < 1:
-            body["eta_s"] = round(elapsed / progress.fraction * (1 - progress.fraction), 1)
+        if progress.total:
+            body.update(done=progress.done, total=progress.total)
+        if left is not None and progress.stage != "done":
+            body["eta_s"] = round(left, 1)
         self.last_sent, self.last_stage = now, progress.stage
         self.sent.append(body)
         try:
@@ -178,7 +195,7 @@ class Worker:
     def run(self, job: dict, cancel: threading.Event | None = None) -> dict:
         """Process one job synchronously; always returns a result dict (errors as ``{"error": "CODE: ..."}``)."""
         cancel = cancel or threading.Event()
-        job_id = str(job.get("id") or "job")
+        job_id = job_id_of(job)
         started = time.perf_counter()
         workdir = Path(tempfile.mkdtemp(prefix="multitalk-job-"))
         try:
@@ -216,8 +233,11 @@ class Worker:
 
         t = time.perf_counter()
         fetcher = MediaFetcher(self.config, request_s3 or self.config.s3, cancel)  # bounded in time, cancellable
-        image = fetcher.fetch(request.image, "image", "image")
-        audio = [None if a is None else fetcher.fetch(a, f"audio[{i}]", "audio") for i, a in enumerate(request.audio)]
+        image = fetcher.fetch(request.image, request.image_field, "image")
+        audio = [
+            None if a is None else fetcher.fetch(a, request.audio_field(i), "audio")
+            for i, a in enumerate(request.audio)
+        ]
         timings["download"] = time.perf_counter() - t
 
         boxes = None

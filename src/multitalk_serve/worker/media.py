@@ -30,6 +30,7 @@ from .schema import Media, MediaObject
 # (paths have a '.', '-' or '_' somewhere, which base64's alphabet lacks).
 RAW_BASE64 = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
 DATA_URI = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,(.*)$", re.DOTALL)
+RELATIVE_PATH = re.compile(r"(?:[\w .-]+/)*[\w .-]+\.[A-Za-z0-9]{1,5}")  # e.g. examples/multi/1/multi1.png
 EXPECTED_TYPES = {"image": ("image/",), "audio": ("audio/", "video/", "application/octet-stream")}
 CHUNK = 1 << 16
 
@@ -146,6 +147,13 @@ class MediaFetcher:
         if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
             scheme = text.split("://", 1)[0]
             raise WorkerError("E_DOWNLOAD", f"{field}: {scheme}:// URLs are not accepted (http, https, s3)")
+        if RELATIVE_PATH.fullmatch(text):  # base64 has no '.': this is a file name, as the official JSON files use
+            raise WorkerError(
+                "E_INPUT",
+                f"{field}: {text} is a relative path; give an absolute path on the network volume "
+                f'({self.config.volume_path}/{text}), or {{"path": "{text}"}} for one relative to the volume, '
+                "or a URL or base64",
+            )
         return self._base64(text, field, kind)
 
     # --- sources ----------------------------------------------------------------------------------------------

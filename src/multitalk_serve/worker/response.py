@@ -95,6 +95,8 @@ class JobParams(_Model):
         reported = {PARAM_NAMES[k]: v for k, v in values.items() if k in PARAM_NAMES}
         reported["negative_prompt"] = "default" if options.negative_prompt is None else "custom"
         reported["size"] = f"{options.size[1]}x{options.size[0]}" if options.size else "bucket"
+        if options.size:
+            reported["resolution"] = "custom"  # width/height replace the bucket
         return cls(**reported, **extra)
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from ..engine import MAX_STEPS
 
 DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._\-/]*$")
@@ -93,7 +95,7 @@ class JobInput(BaseModel):
     )
     duration: float | None = Field(None, gt=0, le=3600, description="seconds of video (audio cut or silence-padded)")
     num_frames: int | None = Field(None, ge=1, le=90000, description="frames of video at 25 fps (instead of duration)")
-    sampling_steps: int = Field(40, ge=1, le=100, description="denoising steps")
+    sampling_steps: int = Field(40, ge=1, le=MAX_STEPS, description="denoising steps")
     text_guide_scale: float = Field(5.0, ge=0, le=20, description="text guidance; 1 switches to 2-pass guidance")
     audio_guide_scale: float = Field(4.0, ge=0, le=20, description="audio guidance")
     shift: float | None = Field(None, gt=0, le=30, description="timestep shift (default 7 at 480p, 11 at 720p)")
@@ -134,13 +136,16 @@ class JobInput(BaseModel):
     cond_audio: dict[str, Media | None] | None = Field(
         None, description="official JSON: {person1, person2}; 'None' = silent"
     )
-    sample_steps: int | None = Field(None, ge=1, le=100, description="alias of sampling_steps")
+    sample_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="alias of sampling_steps")
     sample_text_guide_scale: float | None = Field(None, ge=0, le=20, description="alias of text_guide_scale")
     sample_audio_guide_scale: float | None = Field(None, ge=0, le=20, description="alias of audio_guide_scale")
     sample_shift: float | None = Field(None, gt=0, le=30, description="alias of shift")
     color_correction_strength: float | None = Field(None, ge=0, le=1, description="alias of color_correction")
     base_seed: int | None = Field(None, ge=-1, le=2**31 - 1, description="alias of seed")
     output_format: Literal["s3", "base64", "volume"] | None = Field(None, description="alias of output.format")
+    # the field names the request used, for messages (``cond_image``, ``cond_audio.person2``, ...)
+    _image_field: str = PrivateAttr("image")
+    _audio_fields: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _resolve(self) -> JobInput:
@@ -169,6 +174,7 @@ class JobInput(BaseModel):
             raise ValueError(f"{' and '.join(images)} all give the image: give one")
         if not images:
             raise ValueError("image is required (or image_url / cond_image / condition_image / image_s3_key)")
+        self._image_field = images[0]
         if images[0] == "image_s3_key":
             self.image = MediaObject(s3_key=self.image_s3_key)
         else:
@@ -194,6 +200,15 @@ class JobInput(BaseModel):
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height go together")
         return self
+
+    @property
+    def image_field(self) -> str:
+        """The field that gave the image, as the request spelt it."""
+        return self._image_field
+
+    def audio_field(self, i: int) -> str:
+        """The field that gave speaker ``i``'s audio, as the request spelt it (``audio[0]``, ``cond_audio.person2``)."""
+        return self._audio_fields[i] if i < len(self._audio_fields) else f"audio[{i}]"
 
     def _resolve_audio(self) -> list[Media | None]:
         forms: dict[str, list[Media | None]] = {}
@@ -225,7 +240,15 @@ class JobInput(BaseModel):
             raise ValueError(f"{' and '.join(forms)} all give the audio: give one")
         if not forms:
             raise ValueError("audio is required: one track per speaker (or audio_url / cond_audio / audio_1 ...)")
-        tracks = next(iter(forms.values()))
+        form, tracks = next(iter(forms.items()))
+        names = {
+            "audio": [f"audio[{i}]" for i in range(len(tracks))] if isinstance(self.audio, list) else ["audio"],
+            "audio_1": ["audio_1", "audio_2"],
+            "first_audio_url": ["first_audio_url", "second_audio_url"],
+            "left_audio": ["left_audio", "right_audio"],
+            "cond_audio": ["cond_audio.person1", "cond_audio.person2"],
+        }
+        self._audio_fields = names.get(form, [form])[: len(tracks)]
         if not 1 <= len(tracks) <= 2:
             raise ValueError(f"MultiTalk takes 1 or 2 speakers, got {len(tracks)} audio tracks")
         if all(t is None for t in tracks):

@@ -20,7 +20,6 @@ from diffusers.models.transformers.transformer_wan import WanAttention
 PERSON_RANGES = ((0.0, 4.0), (20.0, 24.0))
 BACKGROUND_POSITION = 12.0
 ROPE_BASE = 10000.0
-MAX_SPEAKERS = 2
 
 
 def _map_backend(backend: AttentionBackendName | None) -> AttentionBackendName | None:

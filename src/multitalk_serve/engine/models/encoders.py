@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -154,13 +156,39 @@ class WanVideoVAE:
         return cls(build(vae_source(vae_path), dtype, device), device)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``[3, F, H, W]`` in [-1, 1] -> normalised latents ``[16, T, h, w]`` (float32)."""
-        z = self.vae.encode(video[None].to(self.device, self.dtype)).latent_dist.mode()[0].float()
+    def encode(self, video: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """``[3, F, H, W]`` in [-1, 1] -> normalised latents ``[16, T, h, w]`` (float32). ``progress(done, total)``
+        after every chunk of frames the encoder takes (1, then 4 at a time: one per latent frame)."""
+        total = 1 + (video.shape[1] - 1) // 4
+        with _counting_calls(getattr(self.vae, "encoder", None), total, progress):
+            z = self.vae.encode(video[None].to(self.device, self.dtype)).latent_dist.mode()[0].float()
         return (z - self.mean) / self.std
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents ``[16, T, h, w]`` -> ``[3, F, H, W]`` in [-1, 1] (float32)."""
+    def decode(self, latents: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Normalised latents ``[16, T, h, w]`` -> ``[3, F, H, W]`` in [-1, 1] (float32). ``progress(done, total)``
+        after every latent frame decoded (the decoder runs frame by frame, carrying its causal cache)."""
         z = latents.to(self.device).float() * self.std + self.mean
-        return self.vae.decode(z[None].to(self.dtype)).sample[0].float().clamp(-1, 1)
+        with _counting_calls(getattr(self.vae, "decoder", None), latents.shape[1], progress):
+            return self.vae.decode(z[None].to(self.dtype)).sample[0].float().clamp(-1, 1)
+
+
+@contextmanager
+def _counting_calls(module, total: int, progress: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Report ``progress(calls so far, total)`` after each forward of ``module`` (the VAE's encoder or decoder, called
+    once per chunk of frames by diffusers' Wan VAE). Without a module or a callback, nothing is hooked."""
+    if module is None or progress is None:
+        yield
+        return
+    calls = 0
+
+    def hook(_module, _args, _output) -> None:
+        nonlocal calls
+        calls += 1
+        progress(min(calls, total), total)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

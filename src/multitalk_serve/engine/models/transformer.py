@@ -30,9 +30,9 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel,
 from diffusers.utils import apply_lora_scale
 
 from ..errors import SpeakerCountError
+from ..limits import MAX_SPEAKERS
 from ..speed.step_cache import StepCache
 from .attention import (
-    MAX_SPEAKERS,
     MultiTalkAudioAttention,
     MultiTalkSelfAttnProcessor,
     label_positions,

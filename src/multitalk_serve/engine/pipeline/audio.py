@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError
-from ..models.attention import MAX_SPEAKERS
+from ..limits import MAX_SPEAKERS
 from .media import AUDIO_CONTAINERS, MediaRefused, open_container
 from .video import FPS
 

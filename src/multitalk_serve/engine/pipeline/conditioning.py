@@ -8,7 +8,7 @@ lists ``[y_min, x_min, y_max, x_max]`` despite its field names; ``Box.from_offic
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..errors import ImageInputError
-from ..models.attention import MAX_SPEAKERS
+from ..limits import MAX_SPEAKERS
 
 # Target [height, width] per height/width ratio (the official ASPECT_RATIO_627 / ASPECT_RATIO_960 tables).
 BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
@@ -66,18 +66,27 @@ FACE_SCALE = 0.05  # default masks: rows and columns inset by 5 % (official)
 
 @dataclass(frozen=True)
 class Box:
-    """A person's region in source-image pixels: columns ``x_min..x_max``, rows ``y_min..y_max`` (max exclusive)."""
+    """A person's region in source-image pixels: columns ``x_min..x_max``, rows ``y_min..y_max`` (max exclusive).
+    ``official``: it came from the official JSON's ``bbox`` (row first), which only changes the hints of messages."""
 
     x_min: float
     y_min: float
     x_max: float
     y_max: float
+    official: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def from_official(cls, bbox: list[float]) -> Box:
         """The official JSON's ``[y_min, x_min, y_max, x_max]`` (it fills rows a:c, columns b:d)."""
         a, b, c, d = bbox
-        return cls(x_min=b, y_min=a, x_max=d, y_max=c)
+        return cls(x_min=b, y_min=a, x_max=d, y_max=c, official=True)
+
+    def transposed(self) -> Box:
+        """The same numbers read the other way round (x for y): what a box in the wrong order meant."""
+        return Box(self.y_min, self.x_min, self.y_max, self.x_max, official=self.official)
+
+    def inside(self, width: int, height: int) -> bool:
+        return 0 <= self.x_min < self.x_max <= width and 0 <= self.y_min < self.y_max <= height
 
     def validate(self, width: int, height: int, name: str = "box") -> None:
         values = (self.x_min, self.y_min, self.x_max, self.y_max)
@@ -85,11 +94,46 @@ class Box:
             raise ImageInputError(f"{name}: coordinates must be finite numbers, got {values}")
         if self.x_min >= self.x_max or self.y_min >= self.y_max:
             raise ImageInputError(
-                f"{name}: inverted or empty (x {self.x_min}..{self.x_max}, y {self.y_min}..{self.y_max})"
+                f"{name}: inverted or empty (x {self.x_min:g}..{self.x_max:g}, y {self.y_min:g}..{self.y_max:g})"
             )
-        if self.x_min < 0 or self.y_min < 0 or self.x_max > width or self.y_max > height:
-            corners = (self.x_min, self.y_min, self.x_max, self.y_max)
-            raise ImageInputError(f"{name}: {corners} is outside the {width}x{height} image")
+        if not self.inside(width, height):
+            corners = f"x {self.x_min:g}..{self.x_max:g}, y {self.y_min:g}..{self.y_max:g}"
+            hint = ""
+            if self.transposed().inside(width, height):
+                if self.official:
+                    hint = (
+                        "; read x first it would fit: the official bbox is [y_min, x_min, y_max, x_max] (row first), "
+                        "so swap the numbers, or give boxes as [x_min, y_min, x_max, y_max]"
+                    )
+                else:
+                    hint = (
+                        "; read y first, as the official bbox [y_min, x_min, y_max, x_max], it would fit: boxes here "
+                        "are x first (x_min, y_min, x_max, y_max), so swap the numbers"
+                    )
+            raise ImageInputError(f"{name}: {corners} is outside the {width}x{height} image{hint}")
+
+
+def boxes_overlap(boxes: list[Box], width: int, height: int, first: str = "person 1", second: str = "person 2") -> None:
+    """Two person boxes may touch or overlap a little, not cover the same person (``MAX_BOX_OVERLAP`` of the
+    smaller one); a box must cover a whole pixel. Works on the pixels the masks will cover, without building them."""
+
+    def pixels(box: Box) -> tuple[int, int, int, int]:
+        x0, y0 = max(int(box.x_min), 0), max(int(box.y_min), 0)
+        return x0, y0, max(min(int(box.x_max), width), x0), max(min(int(box.y_max), height), y0)
+
+    spans = [pixels(b) for b in boxes]
+    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in spans]
+    for area, name in zip(areas, (first, second), strict=False):
+        if area == 0:
+            raise ImageInputError(f"{name}: covers no whole pixel")
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = spans
+    shared = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
+    smaller = min(areas)
+    if shared > MAX_BOX_OVERLAP * smaller:
+        raise ImageInputError(
+            f"{first} and {second} overlap on {shared / smaller:.0%} of the smaller one: each speaker needs their "
+            "own region (draw them with a mask preview)"
+        )
 
 
 def choose_bucket(
@@ -142,22 +186,15 @@ def person_masks(height: int, width: int, boxes: list[Box] | None, speakers: int
         return torch.ones(3, height, width)
     if boxes is not None:
         if len(boxes) != MAX_SPEAKERS:
-            raise ImageInputError(f"two speakers need two boxes, got {len(boxes)}")
-        people = []
+            raise ImageInputError(f"two speakers need two boxes, got {len(boxes)} box{'' if len(boxes) == 1 else 'es'}")
         for i, box in enumerate(boxes):
             box.validate(width, height, f"box of person {i + 1}")
+        boxes_overlap(boxes, width, height, "the box of person 1", "the box of person 2")
+        people = []
+        for box in boxes:
             m = torch.zeros(height, width)
             m[int(box.y_min) : int(box.y_max), int(box.x_min) : int(box.x_max)] = 1
-            if not m.any():
-                raise ImageInputError(f"box of person {i + 1} covers no whole pixel")
             people.append(m)
-        shared = float((people[0] * people[1]).sum())
-        smaller = float(min(people[0].sum(), people[1].sum()))
-        if shared > MAX_BOX_OVERLAP * smaller:
-            raise ImageInputError(
-                f"the boxes of person 1 and person 2 overlap on {shared / smaller:.0%} of the smaller one: each "
-                "speaker needs their own region (draw them with a mask preview)"
-            )
     else:
         r0, r1 = int(height * FACE_SCALE), int(height * (1 - FACE_SCALE))
         half = width // 2
@@ -185,18 +222,41 @@ def latent_masks(masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Ten
     return (F.interpolate(masks[None].float(), size=latent_size, mode="nearest")[0] > 0).float()
 
 
-def mask_preview(image: torch.Tensor, masks: torch.Tensor) -> Image.Image:
-    """The bucketed reference image with person 1 tinted red and person 2 blue, outlined: what the model will use."""
+def mask_preview(image: torch.Tensor, masks: torch.Tensor, speakers: int = 2) -> Image.Image:
+    """The bucketed reference image with person 1 tinted red and person 2 blue, outlined and labelled: what the
+    model will use. One speaker: the model routes nothing (the whole picture is that speaker), and the preview
+    says so. Labels are sized to the picture and drawn on a dark plate, readable at 128 px as at 1280 px."""
     rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy().astype(np.float32)
     colours = (np.array([255, 40, 40], np.float32), np.array([40, 110, 255], np.float32))
-    for mask, colour in zip(masks[:2].numpy() > 0, colours, strict=True):
+    people = masks[: min(max(speakers, 1), 2)].numpy() > 0
+    labels = ["one speaker: the whole picture"] if speakers == 1 else ["person 1", "person 2"]
+    for mask, colour in zip(people, colours, strict=False):
         rgb[mask] = 0.55 * rgb[mask] + 0.45 * colour
     out = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    for i, (mask, colour) in enumerate(zip(masks[:2].numpy() > 0, colours, strict=True)):
+    side = min(out.width, out.height)
+    font = _label_font(max(10, side // 14))
+    line = max(1, side // 80)
+    for mask, colour, label in zip(people, colours, labels, strict=False):
         ys, xs = np.nonzero(mask)
-        if len(xs):
-            box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-            draw.rectangle(box, outline=tuple(int(c) for c in colour), width=3)
-            draw.text((box[0] + 6, box[1] + 4), f"person {i + 1}", fill=tuple(int(c) for c in colour))
+        if not len(xs):
+            continue
+        rgb_colour = tuple(int(c) for c in colour)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+        draw.rectangle(box, outline=rgb_colour, width=line)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        pad = max(2, (bottom - top) // 4)
+        x = min(box[0] + line + pad, max(out.width - (right - left) - 2 * pad, 0))
+        y = min(box[1] + line + pad, max(out.height - (bottom - top) - 2 * pad, 0))
+        draw.rectangle((x - pad, y - pad, x + right - left + pad, y + bottom - top + pad), fill=(0, 0, 0))
+        draw.text((x - left, y - top), label, fill=rgb_colour, font=font)
     return out
+
+
+def _label_font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()

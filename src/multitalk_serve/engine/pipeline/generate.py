@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import AudioError, EngineError
-from ..models.attention import MAX_SPEAKERS
+from ..errors import AudioError, EngineError, InputError
+from ..limits import MAX_SPEAKERS, MAX_STEPS
 from ..speed.backends import NATIVE, choose_attention_backend, is_kernel_failure
 from ..speed.lora import load_speed_lora, set_speed_lora
 from ..speed.memory import MemoryPlan, group_offload, parse_plan, plan_memory
@@ -49,6 +49,7 @@ from .conditioning import (
     person_masks,
     resize_and_center_crop,
 )
+from .inputs import check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
@@ -105,7 +106,7 @@ class GenerateOptions:
         checks = [
             (self.resolution in DEFAULT_SHIFT, f"resolution must be 480p or 720p, got {self.resolution!r}"),
             (self.mode in ("streaming", "clip"), f"mode must be 'streaming' or 'clip', got {self.mode!r}"),
-            (1 <= self.steps <= 200, f"steps must be 1..200, got {self.steps}"),
+            (1 <= self.steps <= MAX_STEPS, f"steps must be 1..{MAX_STEPS}, got {self.steps}"),
             (self.audio_type in ("add", "para"), f"audio_type must be 'add' or 'para', got {self.audio_type!r}"),
             (0.0 <= self.color_correction <= 1.0, f"color_correction must be 0..1, got {self.color_correction}"),
             (self.frames_per_clip % 4 == 1 and self.frames_per_clip > 1, "frames_per_clip must be 4k+1"),
@@ -127,24 +128,32 @@ class GenerateOptions:
         ]
         for ok, message in checks:
             if not ok:
-                raise EngineError(message)
+                raise InputError(message)
         for name in ("text_scale", "audio_scale", "apg_norm_threshold"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise EngineError(f"{name} must be a finite number >= 0, got {value}")
+                raise InputError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
 class Progress:
-    stage: str  # "audio", "conditioning", "sampling", "decoding", "muxing", "done"
+    """Where a job is. Stages in order: ``audio``, ``conditioning``, then per clip ``encoding`` (CLIP and the VAE
+    encoder on the condition frames; its last event, ``done == total``, marks its end), ``sampling`` (after every
+    step) and ``decoding`` (VAE decoder, colour correction), then ``muxing`` and ``done``. Inside ``encoding`` and
+    ``decoding``, ``done`` of ``total`` counts the VAE's frame chunks (latent frames). For the time left, feed the
+    events to a ``ProgressClock``."""
+
+    stage: str
     clip: int = 0
     total_clips: int = 0
     step: int = 0
     total_steps: int = 0
+    done: int = 0  # units of the running stage done (encoding / decoding: latent frames)
+    total: int = 0  # units of the running stage (0: not counted)
 
     @property
     def fraction(self) -> float:
-        """Rough share of the whole job done (sampling dominates)."""
+        """Share of the sampling steps done (the VAE's share is left out: ``ProgressClock`` counts it)."""
         if self.stage == "done":
             return 1.0
         if self.total_clips == 0 or self.total_steps == 0:
@@ -515,7 +524,8 @@ class MultiTalkPipeline:
 
         notify(Progress("audio"))
         t = time.perf_counter()
-        # An explicit length needs at most the cap's worth of each track; without one, a track over the cap is refused.
+        # An explicit length needs at most the cap's worth of each track; without one, a track over the cap is refused
+        # (one track over the cap is enough: arranged, the speakers last at least as long as each of them).
         speech16, speech48 = self.prepare_audio(
             audio, opts.audio_type, max_seconds=opts.max_duration_s, cut=opts.num_frames is not None
         )
@@ -531,7 +541,9 @@ class MultiTalkPipeline:
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
         picture = load_image(image)
         if boxes is not None and speakers != MAX_SPEAKERS:
-            raise ImageInputError(f"boxes are for two speakers; got {len(boxes)} boxes and {speakers} speaker(s)")
+            raise ImageInputError(
+                f"boxes are for two speakers; got {plural(len(boxes), 'box')} and {plural(speakers, 'speaker')}"
+            )
         target = tuple(opts.size) if opts.size else choose_bucket(picture.height, picture.width, opts.resolution)
         reference = resize_and_center_crop(picture, target)  # [3, H, W] in [-1, 1]
         bucket_masks = crop_masks(person_masks(picture.height, picture.width, boxes, speakers), target)
@@ -576,9 +588,12 @@ class MultiTalkPipeline:
                 job.step_cache.new_clip()
             latent = self._sample_clip(job, clip, cond, windows, guidance, grid, generator, notify)
 
-            notify(Progress("decoding", clip.index + 1, len(job.clips), opts.steps, opts.steps))
+            def decoding(done: int, total: int, clip_no: int = clip.index + 1) -> None:
+                notify(Progress("decoding", clip_no, len(job.clips), opts.steps, opts.steps, done=done, total=total))
+
+            decoding(0, latent.shape[1])
             t = time.perf_counter()
-            decoded = self.vae.decode(latent)  # [3, F, H, W]
+            decoded = self.vae.decode(latent, progress=decoding)  # [3, F, H, W]
             timings["vae_decode"] += time.perf_counter() - t
             t = time.perf_counter()
             decoded = match_colors(decoded, job.reference.to(decoded.device), opts.color_correction)
@@ -627,12 +642,15 @@ class MultiTalkPipeline:
         it stops the job between steps (the partial MP4 is removed).
         """
         started = time.perf_counter()
+        for path, name in ((output, "output"), (thumbnail, "thumbnail"), (mask_preview_path, "mask_preview_path")):
+            if path is not None:  # before any work: a missing folder must not cost a finished video
+                check_output_path(path, name)
         job = self.prepare(image, audio, prompt, boxes=boxes, options=options, callback=callback)
         opts, timings, notify = job.options, job.timings, callback or _ignore
         preview = None
         if mask_preview_path is not None:
             preview = Path(mask_preview_path)
-            mask_preview(job.reference, job.bucket_masks).save(preview)
+            mask_preview(job.reference, job.bucket_masks, job.speakers).save(preview)
         height, width = job.reference.shape[1:]
         writer = Mp4Writer(output, width, height, crf=opts.crf)
         written, first_frame = 0, None
@@ -682,9 +700,16 @@ class MultiTalkPipeline:
         frames, n_cond = opts.frames_per_clip, cond.shape[1]
         height, width = cond.shape[2], cond.shape[3]
         lat_h, lat_w, lat_t = height // VAE_STRIDE[1], width // VAE_STRIDE[2], (frames - 1) // VAE_STRIDE[0] + 1
+        clip_no, clips, steps = clip.index + 1, len(job.clips), opts.steps
+
+        def encoding(done: int, total: int) -> None:
+            notify(Progress("encoding", clip_no, clips, 0, steps, done=done, total=total))
+
+        encoding(0, lat_t)
         clip_features = self.image_encoder(cond[:, -1])  # CLIP of the last condition frame
         video = torch.cat([cond, torch.zeros(3, frames - n_cond, height, width, device=cond.device)], dim=1)
-        y_latent = self.vae.encode(video)  # [16, T, h, w]
+        y_latent = self.vae.encode(video, progress=encoding)  # [16, T, h, w]
+        encoding(lat_t, lat_t)  # encoded (again if the VAE said so already: the clock reads the first)
         # 4 mask channels: 1 on the condition frames; frame 0 counts 4 times so the frames fold into latent frames.
         mask = torch.ones(1, frames, lat_h, lat_w, device=self.device)
         mask[:, n_cond:] = 0

@@ -1,0 +1,119 @@
+"""The official repository's input JSON (``generate_multitalk.py --input_json``), read for ``generate --input-json``.
+
+Its keys: ``prompt``, ``cond_image``, ``cond_audio`` ``{person1, person2}`` (``"None"``: a silent speaker),
+``audio_type`` (``add`` / ``para``), ``bbox`` ``{person1, person2}`` as ``[y_min, x_min, y_max, x_max]`` (row
+first), and ``tts_audio`` (text to speech, not supported yet). The official script opens relative paths from the
+current folder (its examples are run from the repository root); so do we, then from the JSON file's own folder.
+Every message names the field as the file spells it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engine import Box, InputError, InputNames
+
+KEYS = ("prompt", "cond_image", "cond_audio", "audio_type", "bbox", "tts_audio")
+PEOPLE = ("person1", "person2")
+JSON_NAMES = InputNames(
+    image="cond_image",
+    audio="cond_audio",
+    speaker="cond_audio.person{n}",
+    boxes="bbox",
+    box="bbox.person{n}",
+    output="--out",
+    mask_preview="--mask-preview",
+    thumbnail="--thumbnail",
+    prompt="prompt",
+)
+TTS_MESSAGE = (
+    "tts_audio: text to speech is not supported yet (issue 16); record or synthesise the voices yourself and give "
+    "them as files in cond_audio {person1, person2}"
+)
+
+
+@dataclass
+class JsonJob:
+    path: Path
+    prompt: str | None
+    image: Path
+    audio: list[Path | None]
+    audio_type: str | None
+    boxes: list[Box] | None
+
+
+def read_input_json(path: str | Path, cwd: str | Path | None = None) -> JsonJob:
+    """Read and check an official input JSON; relative paths resolved against ``cwd`` (default: the current
+    folder), then the file's folder. ``InputError`` naming the field as written."""
+    path = Path(path)
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    if not path.is_file():
+        raise InputError(f"--input-json: no such file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"--input-json: {path} is not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--input-json: {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--input-json: {path} must hold a JSON object {{prompt, cond_image, cond_audio, ...}}")
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise InputError(f"{', '.join(unknown)}: not a key of the official input JSON (known: {', '.join(KEYS)})")
+
+    def resolve(value: object, field: str) -> Path:
+        if value is None:
+            raise InputError(f"{field}: missing")
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"{field}: must be a file path (a string), got {json.dumps(value)}")
+        given = Path(value).expanduser()
+        if given.is_absolute():
+            return given
+        for base in (cwd, path.parent):
+            if (base / given).exists():
+                return base / given
+        raise InputError(
+            f"{field}: {value} not found (a relative path is read from the current folder {cwd.resolve()}, "
+            f"then from the JSON file's folder {path.parent.resolve()})"
+        )
+
+    audio_in = data.get("cond_audio")
+    if audio_in is not None and not isinstance(audio_in, dict):
+        raise InputError("cond_audio: must be an object {person1: path, person2: path}")
+    if not audio_in:
+        if "tts_audio" in data:
+            raise InputError(TTS_MESSAGE)
+        raise InputError("cond_audio: missing or empty; give {person1: path} (and person2 for a second speaker)")
+    extra = sorted(set(audio_in) - set(PEOPLE))
+    if extra or "person1" not in audio_in:
+        raise InputError(f"cond_audio: keys are person1 and person2, got {', '.join(map(str, audio_in))}")
+    audio: list[Path | None] = []
+    for person in (p for p in PEOPLE if p in audio_in):
+        value = audio_in[person]
+        audio.append(None if value == "None" else resolve(value, f"cond_audio.{person}"))
+    audio_type = data.get("audio_type")
+    if audio_type is not None and audio_type not in ("add", "para"):
+        raise InputError(f"audio_type: 'add' (one after the other) or 'para' (at once), got {json.dumps(audio_type)}")
+
+    boxes = None
+    if data.get("bbox") is not None:
+        bbox = data["bbox"]
+        if not isinstance(bbox, dict) or set(bbox) != set(PEOPLE):
+            raise InputError("bbox: must be {person1: [y_min, x_min, y_max, x_max], person2: [...]}")
+        boxes = []
+        for person in PEOPLE:
+            numbers = bbox[person]
+            if (
+                not isinstance(numbers, list)
+                or len(numbers) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers)
+            ):
+                raise InputError(f"bbox.{person}: four numbers [y_min, x_min, y_max, x_max], got {json.dumps(numbers)}")
+            boxes.append(Box.from_official([float(v) for v in numbers]))
+
+    prompt = data.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise InputError("prompt: must be a non-empty string")
+    return JsonJob(path, prompt, resolve(data.get("cond_image"), "cond_image"), audio, audio_type, boxes)
