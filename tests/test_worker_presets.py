@@ -99,7 +99,7 @@ def test_without_a_speed_lora_fast_is_refused_and_turbo_keeps_its_old_recipe(pla
 
 
 def test_bad_speed_settings_fail_the_start(tiny_root, tmp_path):
-    with pytest.raises(Exception, match="preset must be one of"):
+    with pytest.raises(ConfigError, match="MULTITALK_PRESET must be one of"):
         Worker.from_config(config(tiny_root, tmp_path, preset="ludicrous"))
     with pytest.raises(ConfigError, match="MULTITALK_PRESET=fast needs a speed LoRA"):
         Worker.from_config(config(tiny_root, tmp_path, preset="fast", speed_lora="none"))
