@@ -232,6 +232,66 @@ def test_operator_actions_and_unknown_actions_are_refused():
         LegacyRequest.detect({"action": "dance"})
 
 
+def our_result(storage: str) -> dict:
+    """A result as ``JobOutput.payload()`` gives it, stored in ``storage``."""
+    where = {
+        "s3": {
+            "video_url": "https://s3.example/b/multitalk/j/a.mp4?X-Amz-Signature=1",
+            "video_s3_key": "multitalk/j/a.mp4",
+        },
+        "volume": {"video_path": "/runpod-volume/outputs/multitalk/j/j.mp4"},
+        "inline": {"video_base64": "AAAA"},
+    }[storage]
+    video = {"storage": storage, "url": where.get("video_url"), "path": where.get("video_path")}
+    video |= {"content_type": "video/mp4", "file_name": "a.mp4", "bytes": 3 * 2**20, "duration_s": 2.0}
+    video |= {"frames": 50, "fps": 25, "width": 96, "height": 64, "has_audio": True}
+    return {**where, "video": video, "seed": 7, "params": {}, "timings": {"total": 12.34}, "worker": {}, "warnings": []}
+
+
+def test_stream_answers_as_its_clients_read_them():
+    """``s3_video_generator.py``: ``output_type`` s3_url, ``video`` an s3:// URL it downloads with boto3, ``s3_key``,
+    ``s3_bucket``, ``parameters``; inline: ``video`` is the base64."""
+    legacy, _ = translate(
+        {"action": "generate", "audio": "a.wav", "reference_image": "f.png", "output_format": "s3"}, True
+    )
+    out = legacy.answer(our_result("s3"), "videos")
+    assert (out["success"], out["output_type"], out["video"]) == (True, "s3_url", "s3://videos/multitalk/j/a.mp4")
+    assert (out["s3_key"], out["s3_bucket"]) == ("multitalk/j/a.mp4", "videos") and out["video_url"].startswith("https")
+    params = out["parameters"]
+    assert (params["resolution"], params["fps"], params["duration"], params["output_format"]) == (
+        "96x64",
+        25,
+        2.0,
+        "s3",
+    )
+    assert out["processing_time"] == "12.3s" and out["models_used"][0] == "MultiTalk"
+    out = legacy.answer(our_result("inline"), None)
+    assert (out["video"], out["output_type"], out["frames"]) == ("AAAA", "base64", 50)
+    assert legacy.answer(our_result("volume"), None)["output_type"] == "volume_path"
+
+
+def test_nested_and_flat_answers_keep_ours():
+    legacy, _ = translate({"action": "generate", "audio_1": "a.wav", "condition_image": "f.png"}, True)
+    out = legacy.answer(our_result("s3"), "videos")
+    assert out["output"] == {
+        "status": "completed",
+        "message": "Video generated successfully",
+        "video_url": out["video_url"],
+        "s3_key": "multitalk/j/a.mp4",
+    }
+    assert out["video"]["storage"] == "s3" and out["status"] == "success" and out["size_mb"] == 3.0
+    legacy, _ = translate({"audio_s3_key": "a.wav", "image_s3_key": "f.png"}, True)
+    out = legacy.answer(our_result("inline"), None)
+    assert "output" not in out and out["video_base64"] == "AAAA" and out["video"]["frames"] == 50
+    assert (out["status"], out["success"], out["duration"], out["frames"], out["format"]) == (
+        "success",
+        True,
+        2.0,
+        50,
+        "mp4",
+    )
+
+
 # --- the local API, in process ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory) -> Path:
