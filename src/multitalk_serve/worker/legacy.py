@@ -139,6 +139,8 @@ class LegacyRequest:
         if raw.get("health_check") or raw.get("type") == "health":
             return cls(raw, "health")
         action = raw.get("action")
+        if action is not None and not isinstance(action, str):
+            raise WorkerError("E_INPUT", "action: must be a string (generate, model_check, model_info)")
         if action is not None:
             if action in ("model_check", "model_info"):
                 return cls(raw, action)
@@ -226,20 +228,23 @@ class LegacyRequest:
                 self.warnings.append(f"{name} ignored: {why}")
 
         self.output_format = raw.pop("output_format", None)
-        fmt = {"url": "s3"}.get(self.output_format, self.output_format)
+        fmt = self.output_format
+        if not isinstance(fmt, str | None):
+            raise WorkerError("E_INPUT", "output_format: must be a string (s3, base64, url)")
+        fmt = {"url": "s3"}.get(fmt, fmt)
         if fmt == "s3" and not has_bucket:
             self.warnings.append("output_format s3 asked, but no bucket is configured: the video is returned inline")
             fmt = None
         if fmt is None:  # its clients read a URL or base64, never a volume path: S3 when there is a bucket, else inline
             fmt = "s3" if has_bucket and self.family != "stream" else "base64"
-        output = dict(raw.pop("output", None) or {})
-        if fmt is not None:
+        output = raw.pop("output", None)
+        if output is None or isinstance(output, dict):  # anything else: left for validation to refuse
+            output = dict(output or {})
             output["format"] = fmt
-        key = raw.pop("s3_output_key", None)
-        if key is not None:
-            output.update(_output_key(key))
-        if output:
-            out["output"] = output
+            key = raw.pop("s3_output_key", None)
+            if key is not None:
+                output.update(_output_key(key))
+        out["output"] = output
         out.update(raw)  # the rest under our own names (prompt, seed, num_frames, duration, turbo ...): validated
         return out
 
