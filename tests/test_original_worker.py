@@ -230,6 +230,12 @@ def test_operator_actions_and_unknown_actions_are_refused():
         LegacyRequest.detect({"action": "download_models", "models": ["wan"]})
     with pytest.raises(WorkerError, match="unknown action 'dance'"):
         LegacyRequest.detect({"action": "dance"})
+    with pytest.raises(WorkerError, match="action: must be a string"):
+        LegacyRequest.detect({"action": ["generate"]})
+    with pytest.raises(WorkerError, match="output_format: must be a string"):
+        translate({"audio_1": "a.wav", "condition_image": "f.png", "output_format": ["s3"]})
+    _, ours = translate({"audio_1": "a.wav", "condition_image": "f.png", "output": "inline", "s3_output_key": "k.mp4"})
+    assert ours["output"] == "inline" and ours["s3_output_key"] == "k.mp4"  # left for JobInput to refuse, coded
 
 
 def our_result(storage: str) -> dict:
