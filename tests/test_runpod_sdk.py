@@ -61,7 +61,7 @@ def endpoint(tiny_root, tmp_path_factory):
         fake.close()
 
 
-def wait_status(job, wanted: tuple[str, ...], timeout: float = 240) -> str:
+def wait_status(job, wanted: tuple[str, ...], timeout: float = 600) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = job.status()

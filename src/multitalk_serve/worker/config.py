@@ -77,7 +77,7 @@ class S3Settings:
                 endpoint, bucket = _split_virtual_host(endpoint)
             if bucket:
                 return cls(endpoint, key, secret, bucket, _env("BUCKET_REGION") or _region_of(endpoint))
-        bucket = _env("S3_BUCKET")
+        bucket = _env("S3_BUCKET") or _env("AWS_S3_BUCKET_NAME")  # the latter: the original worker's name
         key, secret = _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY")
         if bucket and key and secret:
             region = _env("AWS_REGION") or _env("AWS_DEFAULT_REGION")

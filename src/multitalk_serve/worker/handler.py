@@ -39,9 +39,11 @@ from ..engine import (
     default_dtype,
     parse_plan,
     plan_speed_setup,
+    preset_values,
 )
 from .config import S3Settings, WorkerConfig
 from .errors import WorkerError, classify
+from .legacy import LegacyRequest, old_probe_facts
 from .logs import install as install_log_scrubbing
 from .media import MediaFetcher
 from .response import JobOutput, JobParams, VideoInfo, WorkerInfo
@@ -198,24 +200,37 @@ class Worker:
         job_id = job_id_of(job)
         started = time.perf_counter()
         workdir = Path(tempfile.mkdtemp(prefix="multitalk-job-"))
+        legacy = None
         try:
             raw = job.get("input")
             if not isinstance(raw, dict):
                 raise WorkerError("E_INPUT", "input must be a JSON object")
             if raw in HEALTH_PROBES:
                 return self.health()
+            legacy = LegacyRequest.detect(raw)  # the original worker's request shapes (legacy.py)
+            if legacy is not None and legacy.probe:
+                return legacy.probe_answer(self.health(), old_probe_facts(self.config, self.gpu))
+            request_s3 = S3Settings.from_request(job["s3Config"]) if job.get("s3Config") else None
+            bucket = request_s3 or self.config.s3
+            if legacy is not None:
+                raw = legacy.translate(
+                    bucket is not None, self.config.max_input_bytes, preset_values("balanced")["cache_threshold"]
+                )
             try:
                 request = JobInput.model_validate(raw)
             except ValidationError as exc:
                 raise WorkerError("E_INPUT", describe_errors(exc)) from None
-            request_s3 = S3Settings.from_request(job["s3Config"]) if job.get("s3Config") else None
             output = self._generate(job, job_id, request, request_s3, workdir, cancel, started).payload()
+            if legacy is not None:
+                output = legacy.answer(output, bucket.bucket if bucket is not None else None)
             self.jobs_done += 1
             return output
         except BaseException as exc:
             error = classify(exc)
             if error.code == "E_OOM":
                 error = self._after_oom(job)
+            if legacy is not None:
+                error = legacy.rename(error)
             log.warning("job %s failed: %s: %s", job_id, error.code, error.message)
             return error.payload()
         finally:
