@@ -134,6 +134,32 @@ def test_plan_clips_schedule():
     assert plan_clips(300, "clip")[1] == 81 and plan_clips(40, "clip")[0][0].mirror_audio
 
 
+def official_streaming_clips(audio_frames: int, frame_num: int = 81, motion_frame: int = 25, max_frames_num=1000):
+    """How many clips the official ``generate`` (``wan/multitalk.py``) runs in streaming mode, its loop control
+    restated: ``None`` when it refuses the audio (an embedding of ``<= frame_num`` frames is skipped, then
+    ``assert len(full_audio_embs) == HUMAN_NUMBER`` fails, in clip mode too)."""
+    if audio_frames <= frame_num:
+        return None
+    clips, start, last = 0, 0, False
+    while True:
+        clips += 1  # one clip generated
+        if last:
+            break
+        start += frame_num - motion_frame
+        if start + frame_num >= min(max_frames_num, audio_frames):
+            last = True
+        if max_frames_num <= frame_num:
+            break
+    return clips
+
+
+def test_streaming_runs_as_many_clips_as_the_official_for_every_length_it_accepts():
+    assert all(official_streaming_clips(n) is None for n in range(1, 82))  # refused: ours runs one mirror-padded clip
+    assert {n: official_streaming_clips(n) for n in (82, 137, 138, 193, 194)} == {82: 2, 137: 2, 138: 3, 193: 3, 194: 4}
+    for n in range(82, 1001):  # the official stops at 1000 frames; ours refuses what exceeds max_duration_s
+        assert len(plan_clips(n, "streaming")[0]) == official_streaming_clips(n), n
+
+
 def test_cancel_between_steps_removes_the_partial_file(pipe, image_path, tmp_path):
     def cancel(progress):
         if progress.stage == "sampling" and progress.step == 1:

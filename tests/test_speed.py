@@ -170,6 +170,34 @@ def test_speed_lora_adapter_and_fused_equal_the_official_merge(tiny_root):
     torch.testing.assert_close(fused_out, expected, rtol=0, atol=2e-5)
 
 
+def test_speed_lora_strength_defaults_to_the_publishers_1_everywhere(monkeypatch):
+    """One default strength (speed/policy.py says why 1.0 and not the official CLI's 1.2) for the library, the
+    CLI and the worker."""
+    import inspect
+
+    from multitalk_serve.cli import build_parser
+    from multitalk_serve.engine import DEFAULT_SPEED_LORA_SCALE, plan_speed_setup
+    from multitalk_serve.engine.speed.lora import lora_deltas
+    from multitalk_serve.worker.config import WorkerConfig
+
+    assert DEFAULT_SPEED_LORA_SCALE == 1.0
+    for function, name in (
+        (MultiTalkPipeline.from_pretrained, "speed_lora_scale"),
+        (MultiTalkPipeline.load_speed_lora, "scale"),
+        (load_speed_lora, "scale"),
+        (lora_deltas, "scale"),
+        (plan_speed_setup, "scale"),
+    ):
+        assert inspect.signature(function).parameters[name].default == DEFAULT_SPEED_LORA_SCALE, function
+    argv = ["generate", "--model", "m", "--image", "i", "--audio", "a", "--prompt", "p", "--out", "o.mp4"]
+    args = build_parser().parse_args(argv)
+    assert args.speed_lora_scale == DEFAULT_SPEED_LORA_SCALE
+    monkeypatch.delenv("MULTITALK_SPEED_LORA_SCALE", raising=False)
+    assert WorkerConfig(s3=None).speed_lora_scale == DEFAULT_SPEED_LORA_SCALE
+    monkeypatch.setenv("MULTITALK_SPEED_LORA_SCALE", "1.2")  # the official CLI's default, if one wants it
+    assert WorkerConfig(s3=None).speed_lora_scale == 1.2
+
+
 def test_speed_lora_bad_files_are_checkpoint_errors(tiny_root, tmp_path):
     model = load(tiny_root, dtype=torch.float32)
     with pytest.raises(CheckpointError, match="no such file"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import DEFAULT_PRESET, DTYPES, PRESETS
+from .engine import DEFAULT_PRESET, DEFAULT_SPEED_LORA_SCALE, DTYPES, PRESETS
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -557,7 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed-lora",
         help="lightx2v / FusionX LoRA .safetensors for --preset fast (default: the one in MODEL/Lightx2v/)",
     )
-    p.add_argument("--speed-lora-scale", type=float, default=1.0)
+    p.add_argument(
+        "--speed-lora-scale",
+        type=float,
+        default=DEFAULT_SPEED_LORA_SCALE,
+        help=f"the speed LoRA's strength (default {DEFAULT_SPEED_LORA_SCALE:g}, as its publishers run it)",
+    )
     p.add_argument(
         "--memory-plan",
         help="auto (by GPU memory) or e.g. bf16, fp8, fp8+t5-offload, fp8+t5-offload+group-offload (default: all "

@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_PRESET": ".speed.presets",
     "preset_values": ".speed.presets",
     "SettingNames": ".speed.policy",
+    "DEFAULT_SPEED_LORA_SCALE": ".speed.policy",
     "LIBRARY_NAMES": ".speed.policy",
     "CLI_NAMES": ".speed.policy",
     "WORKER_NAMES": ".speed.policy",
@@ -94,6 +95,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "CLI_NAMES",
     "DEFAULT_ADAPTER",
     "DEFAULT_PRESET",
+    "DEFAULT_SPEED_LORA_SCALE",
     "DTYPES",
     "FPS",
     "IMAGE_FORMATS",
@@ -199,6 +201,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (
         CLI_NAMES,
+        DEFAULT_SPEED_LORA_SCALE,
         LIBRARY_NAMES,
         WORKER_NAMES,
         SettingNames,

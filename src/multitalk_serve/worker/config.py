@@ -20,6 +20,12 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name} must be a number, got {value!r}") from None
 
 
+def _default_scale() -> float:
+    from ..engine import DEFAULT_SPEED_LORA_SCALE  # the engine's choice, and why: speed/policy.py
+
+    return DEFAULT_SPEED_LORA_SCALE
+
+
 def _flag(name: str) -> bool:
     return (_env(name, "0") or "0").lower() in ("1", "true", "yes")
 
@@ -131,7 +137,7 @@ class WorkerConfig:
     memory_plan: str | None = field(default_factory=lambda: _env("MULTITALK_MEMORY_PLAN", "auto"))
     attention: str = field(default_factory=lambda: _env("MULTITALK_ATTENTION", "auto") or "auto")
     speed_lora: str | None = field(default_factory=lambda: _env("MULTITALK_SPEED_LORA"))
-    speed_lora_scale: float = field(default_factory=lambda: _float("MULTITALK_SPEED_LORA_SCALE", 1.0))
+    speed_lora_scale: float = field(default_factory=lambda: _float("MULTITALK_SPEED_LORA_SCALE", _default_scale()))
     fuse_speed_lora: bool = field(default_factory=lambda: _flag("MULTITALK_FUSE_SPEED_LORA"))
     compile: bool = field(default_factory=lambda: _flag("MULTITALK_COMPILE"))
     max_resolution: str = field(default_factory=lambda: _env("MAX_RESOLUTION", "720p") or "720p")

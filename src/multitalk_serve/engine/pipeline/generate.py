@@ -27,7 +27,7 @@ from ..limits import MAX_SPEAKERS, MAX_STEPS
 from ..speed.backends import NATIVE, choose_attention_backend, is_kernel_failure
 from ..speed.lora import load_speed_lora, set_speed_lora
 from ..speed.memory import MemoryPlan, group_offload, parse_plan, plan_memory
-from ..speed.policy import LIBRARY_NAMES, SettingNames, SpeedSetup, fp8_lora_note
+from ..speed.policy import DEFAULT_SPEED_LORA_SCALE, LIBRARY_NAMES, SettingNames, SpeedSetup, fp8_lora_note
 from ..speed.presets import DEFAULT_PRESET, preset_values
 from ..speed.step_cache import StepCache
 from .audio import (
@@ -222,9 +222,10 @@ def plan_clips(
 ) -> tuple[list[ClipPlan], int]:
     """The clips to generate and the output length in frames.
 
-    Streaming: as many clips as needed to cover the audio, output = the audio's length (the official code stops one
-    clip later than needed for short audio and drops the last 3 frames). Clip: one clip, output = min(audio, clip).
-    Audio shorter than a clip is padded by its mirror image and the video cut to the audio.
+    Streaming: as many clips as needed to cover the audio, output = the audio's length; for every length the
+    official code accepts (82 frames and more) it runs the same clips (82-137 frames: two), but drops the last 3
+    frames of the video. Clip: one clip, output = min(audio, clip). Audio of at most one clip (81 frames), which the
+    official code refuses in both modes, is padded by its mirror image and the video cut to the audio.
     """
     if audio_frames < 1:
         raise AudioError("the audio is shorter than one video frame (40 ms)")
@@ -336,7 +337,7 @@ class MultiTalkPipeline:
             self.notes += skipped
         return self.attention_backend
 
-    def load_speed_lora(self, path: str | Path, scale: float = 1.0, fuse: bool = False) -> None:
+    def load_speed_lora(self, path: str | Path, scale: float = DEFAULT_SPEED_LORA_SCALE, fuse: bool = False) -> None:
         """Attach a step-distillation LoRA (``lora.py``); jobs with ``speed_lora=True`` (the fast preset) use it.
         ``fuse`` merges it into the weights: no per-forward cost, but then every job must use it."""
         load_speed_lora(self.transformer, path, scale, fuse)
@@ -364,7 +365,7 @@ class MultiTalkPipeline:
         plan_resolution: str = "480p",
         attention: str = "auto",
         speed_lora: str | Path | None = None,
-        speed_lora_scale: float = 1.0,
+        speed_lora_scale: float = DEFAULT_SPEED_LORA_SCALE,
         fuse_speed_lora: bool | None = False,
         speed: SpeedSetup | None = None,
         setting_names: SettingNames = LIBRARY_NAMES,

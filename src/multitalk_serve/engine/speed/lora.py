@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, EngineError
+from .policy import DEFAULT_SPEED_LORA_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _fold_alpha(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_speed_lora(transformer, path: str | Path, scale: float = 1.0, fuse: bool = False) -> int:
+def load_speed_lora(transformer, path: str | Path, scale: float = DEFAULT_SPEED_LORA_SCALE, fuse: bool = False) -> int:
     """Attach the LoRA at ``path`` to ``transformer`` as the ``"speed"`` adapter (weight ``scale``), or fuse it.
 
     Returns the number of LoRA tensors loaded. Raises ``CheckpointError`` if the file does not fit the model.
@@ -85,7 +86,7 @@ def load_speed_lora(transformer, path: str | Path, scale: float = 1.0, fuse: boo
     return len(state)
 
 
-def lora_deltas(path: str | Path, scale: float = 1.0) -> dict[str, torch.Tensor]:
+def lora_deltas(path: str | Path, scale: float = DEFAULT_SPEED_LORA_SCALE) -> dict[str, torch.Tensor]:
     """The LoRA at ``path`` as weight and bias deltas keyed by the model's parameter names (float32):
     ``W += scale * B @ A`` and ``bias += scale * B.bias``. For weights that cannot host a PEFT adapter with bias
     deltas (torchao fp8): the loader adds them to the bf16 tensors just before each block is quantised."""

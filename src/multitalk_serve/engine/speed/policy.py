@@ -13,6 +13,13 @@ from ..errors import ConfigError, InputError
 from .presets import PRESETS, preset_values
 
 SPEED_LORA_DIR = "Lightx2v"  # where ``download --speed-lora`` puts the LoRA inside a model folder
+# The speed LoRA's strength unless the caller sets one (MULTITALK_SPEED_LORA_SCALE, --speed-lora-scale,
+# speed_lora_scale=). 1.0 is what the LoRA's publishers run: lightx2v's own config for its Wan2.1 I2V 4-step distill
+# LoRA (ModelTC/LightX2V configs/distill/wan21/wan_i2v_distill_lora_4step_cfg.json) uses strength 1.0, and a
+# step-distillation LoRA is the difference to the distilled model, which strength 1 reproduces. The official
+# MultiTalk CLI's --lora_scale defaults to 1.2, but every LoRA command in its README passes --lora_scale 1.0; its
+# merge ignores the LoRA's alpha, ours applies alpha / rank (the same when alpha = rank, as in the lightx2v files).
+DEFAULT_SPEED_LORA_SCALE = 1.0
 # The original worker's ``turbo`` on a worker without a speed LoRA: fewer steps and 2-pass guidance on the base model.
 TURBO_BASE = {"steps": 16, "text_scale": 1.0, "audio_scale": 3.0, "shift": None, "speed_lora": False}
 
@@ -60,7 +67,7 @@ class SpeedSetup:
 def plan_speed_setup(
     default_preset: str,
     speed_lora: Path | None,
-    scale: float = 1.0,
+    scale: float = DEFAULT_SPEED_LORA_SCALE,
     fuse: bool = False,
     names: SettingNames = LIBRARY_NAMES,
 ) -> SpeedSetup:
