@@ -131,7 +131,8 @@ def test_bad_image_and_over_long_audio(client, worker, tmp_path):
     reply = client.post(
         "/runsync", json={"input": {"image": png_b64(), "audio": wav_b64(tmp_path), "duration": 500, **FAST}}
     ).json()
-    assert reply["error"].startswith("E_AUDIO: the audio lasts 500.0 s, over the 120 s limit"), reply
+    # a length over the cap is refused before the media is fetched or decoded
+    assert reply["error"] == "E_INPUT: duration: 500 s is over this worker's 120 s limit (MAX_DURATION_SECONDS)", reply
 
 
 def test_health_probe(client):
