@@ -3,7 +3,7 @@
 | code | meaning | retry? |
 |---|---|---|
 | E_INPUT | malformed request: unknown field, wrong type, out of range, conflicting fields | no, fix it |
-| E_DOWNLOAD | an input could not be fetched (HTTP error, timeout or deadline, too large, blocked, not on the volume) | maybe |
+| E_DOWNLOAD | an input could not be fetched (HTTP error, timeout, deadline, too large, blocked, missing) | maybe |
 | E_IMAGE | the image is unreadable, too small or too large, or a person box is wrong | no |
 | E_AUDIO | an audio input is unreadable, empty, not finite, has no audio track, or is too long | no |
 | E_OOM | the GPU ran out of memory; the message says which settings would fit | with smaller settings |
