@@ -131,7 +131,8 @@ def test_bad_image_and_over_long_audio(client, worker, tmp_path):
     reply = client.post(
         "/runsync", json={"input": {"image": png_b64(), "audio": wav_b64(tmp_path), "duration": 500, **FAST}}
     ).json()
-    assert reply["error"].startswith("E_AUDIO: the audio lasts 500.0 s, over the 120 s limit"), reply
+    # a length over the cap is refused before the media is fetched or decoded
+    assert reply["error"] == "E_INPUT: duration: 500 s is over this worker's 120 s limit (MAX_DURATION_SECONDS)", reply
 
 
 def test_health_probe(client):
@@ -265,3 +266,23 @@ def test_production_loop_keeps_credentials_out_of_the_log(production, bucket, tm
     assert "job-s3" in log
     for leak in ("AKIAPRODSECRET987654", "prod-secret-value-never-logged", "X-Amz-Signature=", "base64,"):
         assert leak not in log, leak
+
+
+def test_production_loop_keeps_a_wrongly_shaped_secret_out_of_the_log(production, tmp_path):
+    """An s3Config sent as a string, a list or JSON inside a string, and a secret inside the input: at DEBUG the
+    worker's log (our lines and the SDK's) holds none of it (issue 11: a string s3Config appeared whole)."""
+    fake, _, tmp = production
+    secret = "prod-wrong-shape-secret-4321"
+    shapes = {
+        "job-shape-str": f"https://s3.example.com AKIDSHAPE {secret}",
+        "job-shape-list": ["https://s3.example.com", "AKIDSHAPE", secret],
+        "job-shape-json": json.dumps({"accessId": "AKIDSHAPE", "accessSecret": secret, "bucketName": "b"}),
+    }
+    for job_id, value in shapes.items():
+        fake.jobs.put({"id": job_id, "input": {"image": "x", "audio": "y", "s3Config": value}, "s3Config": value})
+    for job_id in shapes:
+        final = fake.wait_for(lambda job_id=job_id: fake.final(job_id), 60, f"{job_id}'s result")
+        assert final["error"].startswith("E_INPUT: s3Config"), final
+    log = (tmp / "worker.log").read_text()
+    assert "job-shape-json" in log
+    assert secret not in log and "AKIDSHAPE" not in log

@@ -5,6 +5,7 @@ messages that state the real cap and keep a URL's port, ``para`` with one speake
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -227,3 +228,104 @@ def test_para_with_one_voice_is_reported(tiny_pipeline, tmp_path):
         _, params = worker._options(request, warnings)
         assert params["audio_type"] == "para"
         assert any(w.startswith("audio_type: para") and "no effect" in w for w in warnings) == warned, (audio, warnings)
+
+
+# --- 3. secrets in any shape stay out of every log line -------------------------------------------------------------
+KEY_ID, SECRET, NUMBER = "my-access-id-4242", "wJalrXUtnFEMI-K7MDENG-bPxRfiCY-very-secret", 918273645546372819
+SHAPES = {
+    "a string": f"https://s3.example.com {KEY_ID} {SECRET}",
+    "a list": ["https://s3.example.com", KEY_ID, SECRET, "bucket"],
+    "nested": {"credentials": {"id": KEY_ID, "value": [SECRET]}, "extra": [{"deep": {"x": SECRET}}]},
+    "JSON in a string": json.dumps({"accessId": KEY_ID, "accessSecret": SECRET, "bucketName": "b"}),
+    "wrong value types": {"accessId": KEY_ID, "accessSecret": [SECRET], "bucketName": 5},
+    "incomplete": {"accessId": KEY_ID, "accessSecret": SECRET},
+    "odd keys": {"key": KEY_ID, "pw": SECRET, "note": f'it\'s "{SECRET}"'},
+    "a number": NUMBER,
+}
+
+
+def leaks(text: str) -> list[str]:
+    return [s for s in (KEY_ID, SECRET, "very-secret", str(NUMBER)) if s in text]
+
+
+@pytest.fixture
+def debug_everywhere(capsys):
+    """Every Python logger and the RunPod SDK's printer at DEBUG; yields a function returning all output so far."""
+    import logging
+
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    from multitalk_serve.worker.logs import install
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    root, sdk = logging.getLogger(), RunPodLogger()
+    handler, level, sdk_level = Collect(logging.DEBUG), root.level, sdk.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    sdk.set_level("DEBUG")
+    install()
+
+    def output() -> str:
+        printed = capsys.readouterr()
+        return "\n".join(records) + printed.out + printed.err
+
+    yield output
+    root.removeHandler(handler)
+    root.setLevel(level)
+    sdk.set_level(sdk_level)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_secret_in_any_shape_stays_out_of_every_log_line(tiny_pipeline, tmp_path, media_b64, debug_everywhere, shape):
+    """The SDK's local test mode logs the whole job at DEBUG (``Retrieved local job: {...}``): an ``s3Config`` sent
+    as a string appeared whole there. Each wrong shape, under RunPod's key and inside ``input``, through the SDK's
+    own local runner and its local API: nothing of the secret in any output."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+    from runpod.serverless.modules.rp_fastapi import WorkerAPI
+    from runpod.serverless.modules.rp_local import run_local
+
+    worker = Worker(tiny_pipeline, config(tmp_path))
+    value = SHAPES[shape]
+    jobs = [
+        {"input": {**media_b64, **SMALL}, "s3Config": value},
+        {"input": {**media_b64, **SMALL, "sampling_steps": 0}, "s3_config": value},  # (a key we do not read)
+        {"input": {**media_b64, **SMALL, "s3Config": value}},
+        {"input": {**media_b64, **SMALL, "credentials": value, "prompt": f"password={SECRET}"}},
+    ]
+    for job in jobs:
+        with pytest.raises(SystemExit):  # the SDK's local runner exits 1 on a failed job
+            asyncio.run(run_local({"handler": worker.handle, "rp_args": {"test_input": job}}))
+    client = TestClient(WorkerAPI({"handler": worker.handle}).rp_app)
+    for job in jobs[2:]:
+        assert client.post("/runsync", json=job).json()["status"] == "FAILED"
+    text = debug_everywhere()
+    assert "Retrieved local job" in text and "s3Config" in text  # the SDK did log the jobs
+    assert leaks(text) == [], (shape, leaks(text))
+
+
+def test_scrub_redacts_a_secret_key_whatever_the_value_and_its_rendering():
+    from multitalk_serve.worker.logs import scrub
+
+    for shape, value in SHAPES.items():
+        for key in ("s3Config", "s3_config", "S3CONFIG", "accessSecret", "aws_secret_access_key", "password", "token"):
+            job = {"id": "j", "input": {"prompt": "hi", key: value}, key: value}
+            for text in (
+                str(job),
+                json.dumps(job),
+                repr(json.dumps(job)),
+                json.dumps(json.dumps(job)),
+                f"{key}={value}",
+            ):
+                assert leaks(scrub(text)) == [], (shape, key, text, scrub(text))
+    kept = scrub(str({"id": "j", "input": {"prompt": "hello", "sampling_steps": 4}}))
+    assert kept == str({"id": "j", "input": {"prompt": "hello", "sampling_steps": 4}})
+    assert scrub("GET https://user:pw@example.com:8443/a.png?X-Amz-Signature=s") == (
+        "GET https://<redacted>@example.com:8443/a.png?<query redacted>"
+    )

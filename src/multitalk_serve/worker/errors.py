@@ -3,12 +3,12 @@
 | code | meaning | retry? |
 |---|---|---|
 | E_INPUT | malformed request: unknown field, wrong type, out of range, conflicting fields | no, fix it |
-| E_DOWNLOAD | an input could not be fetched (HTTP error, timeout, too large, blocked, not on the volume) | maybe |
+| E_DOWNLOAD | an input could not be fetched (HTTP error, timeout, deadline, too large, blocked, missing) | maybe |
 | E_IMAGE | the image is unreadable, too small or too large, or a person box is wrong | no |
 | E_AUDIO | an audio input is unreadable, empty, not finite, has no audio track, or is too long | no |
 | E_OOM | the GPU ran out of memory; the message says which settings would fit | with smaller settings |
 | E_CUDA | a CUDA fault; the worker is recycled after this job | yes |
-| E_CANCELLED | the job was cancelled or timed out between sampling steps | - |
+| E_CANCELLED | the job was cancelled or timed out, during a download or between sampling steps | - |
 | E_UPLOAD | the video could not be stored anywhere (upload failed and no fallback) | yes |
 | E_OUTPUT_TOO_LARGE | the video is too large to return inline and no storage is configured | configure S3 |
 | E_MODEL | the model files are missing or inconsistent | operator |

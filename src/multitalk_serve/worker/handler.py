@@ -1,8 +1,8 @@
 """The RunPod handler: validate -> fetch media -> ``MultiTalkPipeline.generate`` -> store -> result.
 
 The pipeline is loaded once per worker. Jobs run one at a time in a worker thread so the SDK's event loop keeps
-polling for stop signals; a cancelled or timed-out job stops between sampling steps, its temporary files are
-removed and its GPU memory released before the next job.
+polling for stop signals; a cancelled or timed-out job stops its download at once (``media.py``) or its generation
+between sampling steps, its temporary files are removed and its GPU memory released before the next job.
 """
 
 from __future__ import annotations

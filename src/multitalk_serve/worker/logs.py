@@ -35,20 +35,23 @@ _PATTERNS = [
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/@'\"]+@", re.IGNORECASE), r"\1<redacted>@"),
 ]
 _ESCAPED_QUOTE = re.compile(r"\\+['\"]")
-_CLOSER = re.compile(r"\s*(?:[,:}\])]|$)")
+_CLOSER = re.compile(r"\s*(?:[,}\])]|$)")
+_KEY_CLOSER = re.compile(r"\s*(?:[,:}\])]|$)")
 _STOP = set(",;&}])\n\r\t ")
 
 
-def _closes(text: str, i: int) -> bool:
-    """A quote at ``i`` closes its string only when what follows is structure (``, : } ] )``) or the end: escaping
-    is ambiguous in text that went through repr or JSON more than once, structure is not."""
-    return _CLOSER.match(text, i) is not None
+def _closes(text: str, i: int, key: bool = False) -> bool:
+    """A quote at ``i`` closes its string only when what follows is structure (``, } ] )``, and ``:`` after a key
+    inside a structure) or the end: escaping is ambiguous in text that went through repr or JSON more than once,
+    structure is not."""
+    return (_KEY_CLOSER if key else _CLOSER).match(text, i) is not None
 
 
-def _value_end(text: str, start: int) -> int:
+def _value_end(text: str, start: int, structured: bool = True) -> int:
     """Where the value starting at ``start`` ends: a quoted string (also an escaped-quoted one, as JSON inside a
-    string shows), a bracketed structure (brackets inside strings ignored), or a bare word. An unterminated value
-    runs to the end of the text (too much is redacted rather than too little)."""
+    string shows), a bracketed structure (brackets inside strings ignored), or a bare word: up to the next
+    delimiter after a quoted key (``'token': 5,``), the rest of the line after a bare one (``token=a b c``). An
+    unterminated value runs to the end of the text (too much is redacted rather than too little)."""
     n = len(text)
     if text.startswith(("b'", 'b"'), start):  # bytes repr: b'...'
         start += 1
@@ -78,7 +81,7 @@ def _value_end(text: str, start: int) -> int:
                 if ch == "\\":
                     i += 2
                     continue
-                if ch == quote and _closes(text, i + 1):
+                if ch == quote and _closes(text, i + 1, key=True):
                     quote = ""
             elif ch in "'\"":
                 quote = ch
@@ -91,7 +94,8 @@ def _value_end(text: str, start: int) -> int:
             i += 1
         return n
     i = start
-    while i < n and text[i] not in _STOP:
+    stops = _STOP if structured else "\n\r&"  # key=value in free text: the rest of the line
+    while i < n and text[i] not in stops:
         i += 1
     return i
 
@@ -101,7 +105,7 @@ def _redact_keyed(text: str) -> str:
     out, pos = [], 0
     while (match := _KEY.search(text, pos)) is not None:
         start = match.end()
-        end = _value_end(text, start)
+        end = _value_end(text, start, structured=bool(match.group(1)))
         out.append(text[pos:start])
         if end > start:
             quote = text[start] if text[start] in "'\"" else ""
