@@ -375,7 +375,10 @@ def test_old_names_in_errors(api):
         ({"audio_1": "missing.wav", "condition_image": "multi1.png"}, "E_DOWNLOAD: audio_1: no such file"),
         ({"audio_1": "1.wav", "image_file": "nope.png"}, "E_DOWNLOAD: image_file: no such file"),
         ({"audio_1": "link.wav", "condition_image": "multi1.png"}, "E_DOWNLOAD: audio_1: inputs/link.wav is outside"),
-        ({"audio_1": "../outside.wav", "condition_image": "multi1.png"}, "E_INPUT: audio_1: not a URL"),
+        (
+            {"audio_1": "../outside.wav", "condition_image": "multi1.png"},
+            "E_INPUT: audio_1: ../outside.wav is a relative path",
+        ),
         ({"audio_1": "1.wav", "condition_image": "multi1.png", "sample_steps": 0}, "E_INPUT: sample_steps: Input"),
         ({"action": "generate", "audio": b64(test_sine_pcm(0.2))}, "E_INPUT: reference_image: MultiTalk animates"),
     ]

@@ -136,6 +136,10 @@ def test_bf16_profile_converts_on_arrival_and_generates_like_the_float32_origina
         expected = published[key].read()
         assert torch.equal(ours[key].read(), expected if key in kept else expected.to(torch.bfloat16))
     assert any("stored it as bfloat16" in line for line in logs)
+    clip = dest / "Wan2.1-I2V-14B-480P-Diffusers/image_encoder/model.safetensors"
+    halves = {r.dtype for r in read_safetensors_header(clip).values()} - {torch.float32}
+    assert halves == {torch.float16}  # the dtype the CLIP runs in when the pipeline runs in bf16, as the official
+    assert any("image_encoder/model.safetensors" in line and "stored it as float16" in line for line in logs)
     vae = dest / "Wan2.1-I2V-14B-480P-Diffusers/vae/diffusion_pytorch_model.safetensors"
     assert {r.dtype for r in read_safetensors_header(vae).values()} == {torch.float32}  # the VAE runs in fp32
     assert verify_model_dir(dest, hashes=True, cache_dirs=[]).ok

@@ -45,7 +45,7 @@ def test_params_come_from_the_options_under_the_api_names():
     params = JobParams.from_options(options, preset="fast", turbo=False, speakers=1, clips=2)
     assert params.model_dump(exclude_unset=True) == {
         "preset": "fast",
-        "resolution": "480p",
+        "resolution": "custom",  # an explicit size replaces the bucket
         "mode": "streaming",
         "sampling_steps": 7,
         "text_guide_scale": 1.0,

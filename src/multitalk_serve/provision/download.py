@@ -586,14 +586,16 @@ class Downloader:
     def _convert(self, remote: RemoteFile, source: Path, manifest: Manifest, dest: Path | None = None) -> None:
         dest = dest or source
         started = time.monotonic()
-        note = f"bfloat16 from {remote.fetch.repo_id}/{remote.path}@{remote.commit[:12]} sha256 {remote.sha256}"
+        half = convert.half_dtype_for(remote.path)
+        name = str(half).removeprefix("torch.")
+        note = f"{name} from {remote.fetch.repo_id}/{remote.path}@{remote.commit[:12]} sha256 {remote.sha256}"
         try:
-            sha = convert.to_bf16(source, dest, note)
+            sha = convert.to_half(source, dest, note, half)
         except OSError as exc:
             raise _hub_error(exc, f"converting {remote.dest}") from exc
         manifest.record(remote.dest, _entry(remote, dest, sha, converted=True))
         self.log(
-            f"verified {remote.dest} ({remote.size / 1e9:.2f} GB) and stored it as bfloat16 "
+            f"verified {remote.dest} ({remote.size / 1e9:.2f} GB) and stored it as {name} "
             f"({dest.stat().st_size / 1e9:.2f} GB, {time.monotonic() - started:.1f} s)"
         )
 

@@ -94,7 +94,7 @@ def _gguf(profile: str, quant: str) -> Profile:
     name = GGUF_FILES[quant]
     return Profile(
         profile,
-        f"city96's {quant} GGUF transformer, diffusers encoders and MultiTalk layers in bfloat16",
+        f"city96's {quant} GGUF transformer, diffusers encoders and MultiTalk layers in bf16 (CLIP fp16)",
         (
             Fetch(GGUF_REPO, "", include=(name,), components=(("transformer", name),)),
             _diffusers(False),
@@ -107,7 +107,7 @@ def _gguf(profile: str, quant: str) -> Profile:
 PROFILES: dict[str, Profile] = {
     "bf16": Profile(
         "bf16",
-        "diffusers layout, every float32 file stored as bfloat16",
+        "diffusers layout, float32 files stored as bf16 (CLIP as fp16)",
         (_diffusers(True), _multitalk(True), *WAV2VEC),
     ),
     "official": Profile(

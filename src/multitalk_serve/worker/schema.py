@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ..engine import MAX_STEPS
+from ..engine import MAX_SPEAKERS, MAX_STEPS
 
 DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._\-/]*$")
@@ -249,8 +249,8 @@ class JobInput(BaseModel):
             "cond_audio": ["cond_audio.person1", "cond_audio.person2"],
         }
         self._audio_fields = names.get(form, [form])[: len(tracks)]
-        if not 1 <= len(tracks) <= 2:
-            raise ValueError(f"MultiTalk takes 1 or 2 speakers, got {len(tracks)} audio tracks")
+        if not 1 <= len(tracks) <= MAX_SPEAKERS:
+            raise ValueError(f"MultiTalk takes 1 or {MAX_SPEAKERS} speakers, got {len(tracks)} audio tracks")
         if all(t is None for t in tracks):
             raise ValueError("every speaker is silent: at least one audio track is needed")
         return tracks
