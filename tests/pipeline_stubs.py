@@ -158,3 +158,73 @@ def scenario_image() -> np.ndarray:
     for cy, cx in ((140, 130), (160, 370)):
         img += 60 * np.exp(-(((yy - cy) / 50) ** 2 + ((xx - cx) / 40) ** 2))[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# --- InfiniteTalk scenarios: the official ``generate_infinitetalk`` (make_infinitetalk_pipeline_fixtures.py) and ours
+# (tests/test_infinitetalk_pipeline_parity.py). Real window sizes: 81 frames, 9 motion frames, windows every 72 frames;
+# ~7 s of audio (175 frames) gives three windows starting at frames 0, 72 and 144.
+ITK_FRAME_NUM, ITK_MOTION_FRAMES = 81, 9
+SOURCE_VIDEO_SIZE = (150, 250)  # height, width: ratio 0.6 -> the 64 x 96 bucket, as IMAGE_SIZE
+SOURCE_VIDEO_FRAMES = 130  # 5.2 s at 25 fps: shorter than the audio, so window 3 (frame 144) holds the last frame
+
+ITK_SCENARIOS = {
+    # one speaker, image source, 3-pass guidance, colour correction towards the image
+    "image_one_speaker": {
+        "source": "image",
+        "adapter": "infinitetalk-single",
+        "speakers": [7.0],
+        "audio_type": None,
+        "steps": 4,
+        "text_scale": 5.0,
+        "audio_scale": 4.0,
+        "color": 1.0,
+        "seed": 42,
+    },
+    # two speakers one after the other, video source (the reference frame changes per window), 2-pass guidance
+    # (text scale 1), no colour correction (ours matches each window to its own reference frame, the official
+    # code to frame 0: colour is compared in image mode only)
+    "video_two_speakers": {
+        "source": "video",
+        "adapter": "infinitetalk-multi",
+        "speakers": [3.4, 3.6],
+        "audio_type": "add",
+        "steps": 3,
+        "text_scale": 1.0,
+        "audio_scale": 3.0,
+        "color": 0.0,
+        "seed": 5,
+    },
+}
+
+
+def source_video_frame(index: int) -> np.ndarray:
+    """Frame ``index`` of the source video, [H, W, 3] uint8: a drifting gradient and a bright blob moving right."""
+    h, w = SOURCE_VIDEO_SIZE
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = index / SOURCE_VIDEO_FRAMES
+    img = np.stack(
+        [
+            xx / w * 200 + 30 + 20 * np.sin(6 * t),
+            yy / h * 180 + 40,
+            (xx + yy) / (h + w) * 150 + 60 - 40 * t,
+        ],
+        axis=-1,
+    )
+    img += 70 * np.exp(-(((yy - 70) / 25) ** 2 + ((xx - 60 - 130 * t) / 20) ** 2))[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_source_video(path) -> None:
+    """The source video, 25 fps, lossless (FFV1 in Matroska): every decoder returns exactly ``source_video_frame``."""
+    import av
+
+    h, w = SOURCE_VIDEO_SIZE
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "bgr0"
+        for i in range(SOURCE_VIDEO_FRAMES):
+            frame = av.VideoFrame.from_ndarray(source_video_frame(i), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
