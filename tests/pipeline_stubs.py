@@ -10,6 +10,7 @@ per latent frame, masks, text, image, timestep), so a difference anywhere upstre
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -197,31 +198,40 @@ ITK_SCENARIOS = {
 }
 
 
-def source_video_frame(index: int) -> np.ndarray:
-    """Frame ``index`` of the source video, [H, W, 3] uint8: a drifting gradient and a bright blob moving right."""
+@functools.lru_cache(maxsize=1)
+def _video_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h, w = SOURCE_VIDEO_SIZE
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    t = index / SOURCE_VIDEO_FRAMES
-    img = np.stack(
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    base = np.stack(
         [
-            xx / w * 200 + 30 + 20 * np.sin(6 * t),
-            yy / h * 180 + 40,
-            (xx + yy) / (h + w) * 150 + 60 - 40 * t,
+            np.broadcast_to(xx / w * 200 + 30, (h, w)),
+            np.broadcast_to(yy / h * 180 + 40, (h, w)),
+            (xx + yy) / (h + w) * 150 + 60,
         ],
         axis=-1,
     )
-    img += 70 * np.exp(-(((yy - 70) / 25) ** 2 + ((xx - 60 - 130 * t) / 20) ** 2))[..., None]
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return yy, xx, base
+
+
+def source_video_frame(index: int) -> np.ndarray:
+    """Frame ``index`` of the source video, [H, W, 3] uint8: a drifting gradient and a bright blob moving right."""
+    yy, xx, base = _video_grid()
+    t = index / SOURCE_VIDEO_FRAMES
+    drift = np.array([20 * np.sin(6 * t), 0, -40 * t], dtype=np.float32)
+    blob = 70 * np.exp(-(((yy - 70) / 25) ** 2)) * np.exp(-(((xx - 60 - 130 * t) / 20) ** 2))
+    return np.clip(base + drift + blob[..., None], 0, 255).astype(np.uint8)
 
 
 def write_source_video(path) -> None:
-    """The source video, 25 fps, lossless (FFV1 in Matroska): every decoder returns exactly ``source_video_frame``."""
+    """The source video: MP4, H.264 in RGB, lossless (libx264rgb, qp 0), 25 fps; every decoder returns exactly
+    ``source_video_frame``."""
     import av
 
     h, w = SOURCE_VIDEO_SIZE
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=25)
-        stream.width, stream.height, stream.pix_fmt = w, h, "bgr0"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264rgb", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "rgb24"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
         for i in range(SOURCE_VIDEO_FRAMES):
             frame = av.VideoFrame.from_ndarray(source_video_frame(i), format="rgb24")
             for packet in stream.encode(frame):

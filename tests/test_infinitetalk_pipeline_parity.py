@@ -115,7 +115,7 @@ def run_ours(name: str, audio_encoder, size: tuple[int, int], work: Path):
     if spec["source"] == "image":
         job = pipe.prepare(Image.fromarray(stubs.scenario_image()), waves, PROMPT, options=options)
     else:
-        video = work / f"{name}.mkv"
+        video = work / f"{name}.mp4"
         stubs.write_source_video(video)
         job = pipe.prepare(None, waves, PROMPT, video=video, options=options)
     frames = torch.cat(list(pipe.frames(job)), dim=1)
