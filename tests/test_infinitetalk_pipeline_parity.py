@@ -146,6 +146,11 @@ def test_infinitetalk_pipeline_matches_official(fixture, audio_encoder, tmp_path
     # the official code read the source at the window starts (0, 72, 144; 144 is past the video's 130 frames)
     assert m["source_frame_ids"] == [0, 72, 144] and m["windows"] == 3
     job, frames, rec = run_ours(name, audio_encoder, (m["height"], m["width"]), tmp_path)
+    compare(tensors, m, name, job, frames, rec)
+
+
+def compare(tensors: dict, m: dict, name: str, job, frames: torch.Tensor, rec: Recorder) -> None:
+    """Everything the fixture recorded for scenario ``name`` against our run."""
     prefix = f"{name}."
 
     # audio features (official wrapper on transformers 4.57, eager; ours on transformers 5, SDPA)
