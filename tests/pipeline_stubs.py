@@ -165,7 +165,8 @@ def scenario_image() -> np.ndarray:
 # (tests/test_infinitetalk_pipeline_parity.py). Real window sizes: 81 frames, 9 motion frames, windows every 72 frames;
 # ~7 s of audio (175 frames) gives three windows starting at frames 0, 72 and 144.
 ITK_FRAME_NUM, ITK_MOTION_FRAMES = 81, 9
-SOURCE_VIDEO_SIZE = (150, 250)  # height, width: ratio 0.6 -> the 64 x 96 bucket, as IMAGE_SIZE
+ITK_BUCKETS = {"0.67": ([32, 48], 1), "1.00": ([32, 32], 1), "1.50": ([48, 32], 1)}  # smaller still: 243 frames a run
+SOURCE_VIDEO_SIZE = (150, 250)  # height, width: ratio 0.6 -> the 32 x 48 bucket, as IMAGE_SIZE
 SOURCE_VIDEO_FRAMES = 130  # 5.2 s at 25 fps: shorter than the audio, so window 3 (frame 144) holds the last frame
 
 ITK_SCENARIOS = {
