@@ -317,3 +317,82 @@ def test_not_media_and_refused_containers(tmp_path):
     assert sniff_media(avi) == "video"
     with pytest.raises(VideoInputError, match=r"^video: not in an accepted video container"):
         VideoSource(avi)
+
+
+# ---- rotation -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rotation", "hflip"), [(90, False), (-90, False), (180, False), (0, True), (-90, True)])
+def test_rotation_metadata_gives_upright_frames(tmp_path, rotation, hflip):
+    """A display matrix (phones' portrait videos): frames come out as displayed, the size is the displayed one.
+    PyAV's ``set_display_rotation``: counter-clockwise degrees, then the mirror."""
+    coded = numbered(0b101100100111)
+    coded[:16, :16] = (255, 0, 0)  # a red corner: top left as coded
+    path = write_frames(tmp_path / "rot.mp4", [0, 1, 2], rotation=rotation, hflip=hflip, images=[coded] * 3)
+    expected = np.rot90(coded, k=rotation // 90)
+    if hflip:
+        expected = expected[:, ::-1]
+    with VideoSource(path) as src:
+        assert (src.height, src.width) == expected.shape[:2]
+        shown = np.asarray(src.image_at(1)).astype(int)
+        assert shown.shape == expected.shape
+        assert np.abs(shown - expected).mean() < 8
+        assert src.frame(0, (src.height, src.width)).shape == (3, *expected.shape[:2])
+
+
+def test_clockwise_portrait_video(tmp_path):
+    """The common phone case (rotate=90 clockwise, display matrix -90): coded landscape, shown portrait with the
+    coded top-left corner at the top right."""
+    coded = np.zeros((H, W, 3), np.uint8)
+    coded[:16, :16] = 255
+    with VideoSource(write_frames(tmp_path / "p.mkv", [0, 1], rotation=-90, images=[coded] * 2)) as src:
+        assert (src.width, src.height) == (H, W)
+        shown = np.asarray(src.image_at(0)).astype(int)
+        assert shown[:16, -16:].mean() > 200 and shown[-16:, :16].mean() < 50
+
+
+# ---- decoding order, seeking, memory ------------------------------------------------------------------------------
+
+
+def test_random_access_with_keyframes(tmp_path):
+    path = cfr(tmp_path / "g.mp4", 60, options={"g": "10"})
+    order = [37, 5, 59, 58, 0, 21, 22, 11, 10, 9, 40, 3, 33]
+    with VideoSource(path) as src:
+        assert src._keys == [0, 10, 20, 30, 40, 50]
+        assert [number(src.image_at(i)) for i in order] == order
+        assert [number(src.frame(i, (H, W)).add(1).mul(127.5).round().byte().permute(1, 2, 0)) for i in order] == order
+
+
+def test_the_pipelines_access_pattern_decodes_each_frame_about_once(tmp_path):
+    """Window starts (72 k) then, with keep-the-rest, each window's output frames (up to 81 back): one pass."""
+    path = cfr(tmp_path / "long.mp4", 300, options={"preset": "ultrafast", "g": "50"})
+    size = (H, W)
+    with VideoSource(path) as src:
+        decoded_before = src.decoded
+        for start in range(0, 300, 72):
+            assert number(src.image_at(start)) == start
+            src.frame(start, size)
+            for i in range(max(0, start - 9), min(start + 72, 300)):
+                assert torch.equal(src.frame(i, size), src.frame(i, size))
+            assert src.cached <= source_module.CACHE_FRAMES
+        assert src.decoded - decoded_before <= 300 + 10
+
+
+def test_memory_stays_bounded_and_pingpong_runs_backwards_cheaply(tmp_path):
+    """A long video read end to end and back (pingpong): the cache never exceeds CACHE_FRAMES, and backward runs
+    decode chunks (no seek and re-decode per frame)."""
+    n = 400
+    path = cfr(tmp_path / "long.mkv", n, options={"preset": "ultrafast", "g": "50"})
+    size = (24, 32)
+    with VideoSource(path, source_end="pingpong") as src:
+        peak = 0
+        for i in range(2 * n - 1):  # 0 .. n-1, then back to 0
+            out = src.frame(i, size)
+            assert out.shape == (3, 24, 32)
+            peak = max(peak, src.cached)
+        assert peak == source_module.CACHE_FRAMES
+        assert src.decoded < 4 * n  # one seek per chunk of ~84 frames going back, not one per frame
+        assert src.seeks < 2 * n // source_module.CHUNK_FRAMES + 4
+        back = [src.source_ordinal(i) for i in range(n, 2 * n - 1)]
+        assert back == list(range(n - 2, -1, -1))
+        assert number(src.image_at(n + 50)) == n - 52
