@@ -56,6 +56,10 @@ _EXPORTS: dict[str, str] = {
     "sniff_media": ".pipeline.source",
     "SOURCE_ENDS": ".pipeline.source",
     "MAX_VIDEO_SECONDS": ".pipeline.source",
+    # keep the rest of the frame: the regenerated region, the blend, and how close two videos are
+    "region_mask": ".pipeline.composite",
+    "composite": ".pipeline.composite",
+    "psnr": ".pipeline.composite",
     # presets and the speed policy
     "PRESETS": ".speed.presets",
     "DEFAULT_PRESET": ".speed.presets",
@@ -153,6 +157,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "check_loaded",
     "check_output_path",
     "choose_preset",
+    "composite",
     "default_dtype",
     "find_speed_lora",
     "inspect_model_dir",
@@ -162,6 +167,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "plan_memory",
     "plan_speed_setup",
     "preset_values",
+    "psnr",
+    "region_mask",
     "sniff_media",
 ]
 
@@ -204,6 +211,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .loading.inventory import Inventory, inspect_model_dir
     from .pipeline.audio import SAMPLE_RATE
+    from .pipeline.composite import composite, psnr, region_mask
     from .pipeline.conditioning import Box
     from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
     from .pipeline.inputs import (
