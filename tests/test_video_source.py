@@ -89,10 +89,10 @@ def cfr(path: Path, count: int, fps: int = 25, **kw) -> Path:
 # ---- timing -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
-def test_25_fps_source_frame_i_is_output_frame_i(tmp_path, suffix):
+@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "libx264"), (".mkv", "libx264"), (".webm", "libvpx-vp9")])
+def test_25_fps_source_frame_i_is_output_frame_i(tmp_path, suffix, codec):
     """The official indexing (frame index = output index) for a 25 fps source, B-frames included."""
-    path = cfr(tmp_path / f"v{suffix}", 40)
+    path = cfr(tmp_path / f"v{suffix}", 40, codec=codec)
     with VideoSource(path) as src:
         assert (src.kind, src.width, src.height, src.frames) == ("video", W, H, 40)
         assert [number(src.image_at(i)) for i in range(40)] == list(range(40))

@@ -248,6 +248,8 @@ class VideoSource:
                 other.discard = av.stream.Discard.all  # demux only the video's packets
         ctx = stream.codec_context
         self._check_size(ctx.width, ctx.height)
+        # the decoder itself refuses larger pictures (a stream may change its size midway)
+        ctx.options = {**ctx.options, "max_pixels": str(MAX_VIDEO_PIXELS)}
         self._time_base = stream.time_base or Fraction(1, 90000)
         header = float(stream.duration * self._time_base) if stream.duration else None  # what the header claims
         if header is not None and header > self.max_seconds + float(TIME_TOLERANCE):
