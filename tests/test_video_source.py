@@ -396,3 +396,28 @@ def test_memory_stays_bounded_and_pingpong_runs_backwards_cheaply(tmp_path):
         back = [src.source_ordinal(i) for i in range(n, 2 * n - 1)]
         assert back == list(range(n - 2, -1, -1))
         assert number(src.image_at(n + 50)) == n - 52
+
+
+def test_browser_like_webm_without_duration_or_cues(tmp_path):
+    """What MediaRecorder uploads: WebM/VP9 written live (no duration in the header, no cues), millisecond
+    timestamps at ~30 fps. Timing and random access (seeks without an index) still hold."""
+    times = [int(k * 33.4) for k in range(60)]
+    path = tmp_path / "live.webm"
+    with av.open(str(path), "w", options={"live": "1"}) as c:
+        v = c.add_stream("libvpx-vp9", rate=1000, options={"g": "20", "deadline": "realtime", "cpu-used": "8"})
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.time_base = Fraction(1, 1000)
+        for k, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(numbered(k), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in v.encode(frame):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].duration is None
+    with VideoSource(path.read_bytes()) as src:
+        assert src.source_frames == 60 and src.frames == 51  # shown until 1970 + 33 ms (the median interval)
+        order = [45, 10, 30, 3, 45, 20, 0, 40, 39, 38]
+        expected = [max(k for k, t in enumerate(times) if t <= i * 40 + 1) for i in order]
+        assert [number(src.image_at(i)) for i in order] == expected
