@@ -107,6 +107,15 @@ def test_frame_is_the_resized_crop_of_image_at(tmp_path):
         out = src.frame(3, (32, 40))
         assert out.shape == (3, 32, 40) and out.dtype == torch.float32
         assert out.min() >= -1 and out.max() <= 1
+        clip = src.clip(9, 5, (H, W))  # past the end (12 frames): held
+        assert clip.shape == (3, 5, H, W)
+        assert [number(((clip[:, j] + 1) * 127.5).round().byte().permute(1, 2, 0)) for j in range(5)] == [
+            9,
+            10,
+            11,
+            11,
+            11,
+        ]
 
 
 @pytest.mark.parametrize("fps", [30, 50])
@@ -190,6 +199,10 @@ def test_image_source_and_open_source(tmp_path):
         assert (src.kind, src.width, src.height, src.frames) == ("image", W, H, None)
         assert number(src.image_at(0)) == number(src.image_at(123)) == 5
         assert torch.equal(src.frame(80, (32, 40)), resize_and_center_crop(picture, (32, 40)))
+        src.frame(0, (32, 40)).zero_()  # a caller's change does not reach the cache
+        assert torch.equal(src.frame(1, (32, 40)), resize_and_center_crop(picture, (32, 40)))
+        clip = src.clip(5, 3, (32, 40))
+        assert clip.shape == (3, 3, 32, 40) and all(torch.equal(clip[:, j], src.frame(0, (32, 40))) for j in range(3))
     with open_source(video=cfr(tmp_path / "v.mp4", 4), source_end="pingpong") as src:
         assert isinstance(src, VideoSource) and src.source_end == "pingpong"
     with pytest.raises(InputError, match="exactly one of image and video"):
