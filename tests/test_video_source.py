@@ -242,6 +242,20 @@ def test_no_video_stream(tmp_path):
     audio = write_audio(tmp_path / "a.m4a", 0.2)  # MP4 family, audio only
     with pytest.raises(VideoInputError, match=r"^video: no video stream"):
         VideoSource(audio)
+    mp4 = tmp_path / "sound.mp4"  # an .mp4 holding only an AAC track
+    with av.open(str(mp4), "w") as c:
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
+            for packet in a.encode(frame):
+                c.mux(packet)
+        for packet in a.encode():
+            c.mux(packet)
+    assert sniff_media(mp4) == "video"  # by its bytes an MP4 (the caller's hint); opening it tells the truth
+    with pytest.raises(VideoInputError, match=r"^video: no video stream \(an audio-only file\?\)$"):
+        VideoSource(mp4.read_bytes())
 
 
 def test_zero_frames(tmp_path):
