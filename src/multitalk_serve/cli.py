@@ -112,13 +112,10 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
             every = profile(default.name, "all")
             for fetch in every.fetches:
                 cast = f"; bf16 on arrival: {', '.join(fetch.to_bf16)}" if fetch.to_bf16 else ""
-                models = [
-                    f for f in fetch.components if f[0] in ("multitalk", "infinitetalk_single", "infinitetalk_multi")
-                ]
                 note = "" if fetch in default.fetches else " (with --models)"
                 print(
-                    f"  {fetch.repo_id}@{fetch.revision} -> {fetch.folder or '.'}/: {', '.join(fetch.include)}{cast}"
-                    f"{note if models else ''}"
+                    f"  {fetch.repo_id}@{fetch.revision} -> {fetch.folder or '.'}/: "
+                    f"{', '.join(fetch.include)}{cast}{note}"
                 )
     return 0
 
