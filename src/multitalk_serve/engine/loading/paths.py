@@ -77,7 +77,7 @@ REPOS = {
 @dataclass(frozen=True)
 class ModelPaths:
     transformer: Path  # any layout load_transformer accepts
-    multitalk: Path | None  # None: the transformer source holds the audio weights (or they sit beside it)
+    multitalk: Path | None  # None: no MultiTalk file (InfiniteTalk only, or audio weights in/beside the transformer)
     text_encoder: Path  # diffusers folder or the original .pth
     tokenizer: Path
     image_encoder: Path  # diffusers folder or the original .pth
