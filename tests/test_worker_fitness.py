@@ -55,6 +55,9 @@ def test_an_infinitetalk_only_folder_passes(tiny_root, tmp_path):
     files = check_model_folder(config_for(root))
     assert any(f.endswith("single/infinitetalk.safetensors") for f in files)
     assert not any(f.endswith("multitalk.safetensors") for f in files)
+    assert check_model_folder(config_for(root), adapters=["infinitetalk-single", "infinitetalk-multi"]) == files
+    with pytest.raises(CheckpointError, match=r"multitalk audio weights are not there, expected .*MeiGen-MultiTalk/"):
+        check_model_folder(config_for(root), adapters=["multitalk", "infinitetalk-multi"])
 
 
 def test_every_problem_is_reported_at_once(tiny_root, tmp_path):
