@@ -444,12 +444,21 @@ class MultiTalkPipeline:
         InfiniteTalk single, multi)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from ..loading.adapters import adapter_spec
         from ..loading.paths import resolve_model_paths
         from ..loading.weights import prefetch
 
         if speed is not None:
             speed_lora, speed_lora_scale, fuse_speed_lora = speed.speed_lora, speed.scale, speed.fuse
-        paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
+        # InfiniteTalk files must be there when named (MultiTalk's weights may sit in the transformer's own files)
+        needed = [adapter_spec(a).name for a in adapters or ()]
+        paths = resolve_model_paths(
+            model_dir,
+            transformer=transformer,
+            multitalk=multitalk,
+            wav2vec=wav2vec,
+            adapters=[a for a in needed if a != "multitalk"] or None,
+        )
         held = _adapter_files(paths, adapters)
         first, first_file = next(iter(held.items())) if held else (None, paths.multitalk)
         device = torch.device(device)
