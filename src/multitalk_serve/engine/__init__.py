@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Progress": ".pipeline.generate",
     "STAGES": ".pipeline.generate",
     "Box": ".pipeline.conditioning",
+    "MODEL_CHOICES": ".pipeline.variants",
     "check_inputs": ".pipeline.inputs",
     "check_output_path": ".pipeline.inputs",
     "CheckedInputs": ".pipeline.inputs",
@@ -49,6 +50,17 @@ _EXPORTS: dict[str, str] = {
     "VIDEO_CONTAINERS": ".pipeline.media",
     "IMAGE_FORMATS": ".pipeline.media",
     "open_container": ".pipeline.media",
+    # the condition source of a job: an image or a video read on the 25 fps clock (InfiniteTalk)
+    "ImageSource": ".pipeline.source",
+    "VideoSource": ".pipeline.source",
+    "open_source": ".pipeline.source",
+    "sniff_media": ".pipeline.source",
+    "SOURCE_ENDS": ".pipeline.source",
+    "MAX_VIDEO_SECONDS": ".pipeline.source",
+    # keep the rest of the frame: the regenerated region, the blend, and how close two videos are
+    "region_mask": ".pipeline.composite",
+    "composite": ".pipeline.composite",
+    "psnr": ".pipeline.composite",
     # presets and the speed policy
     "PRESETS": ".speed.presets",
     "DEFAULT_PRESET": ".speed.presets",
@@ -85,6 +97,8 @@ _EXPORTS: dict[str, str] = {
     "InputError": ".errors",
     "AudioError": ".errors",
     "ImageInputError": ".errors",
+    "VideoInputError": ".errors",
+    "MaskInputError": ".errors",
     "SpeakerCountError": ".errors",
     "GenerationCancelled": ".errors",
 }
@@ -103,8 +117,11 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "LIBRARY_NAMES",
     "MAX_SPEAKERS",
     "MAX_STEPS",
+    "MAX_VIDEO_SECONDS",
+    "MODEL_CHOICES",
     "PRESETS",
     "SAMPLE_RATE",
+    "SOURCE_ENDS",
     "STAGES",
     "T5_BYTES",
     "VIDEO_CONTAINERS",
@@ -122,9 +139,11 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "GenerationCancelled",
     "GenerationResult",
     "ImageInputError",
+    "ImageSource",
     "InputError",
     "InputNames",
     "Inventory",
+    "MaskInputError",
     "MemoryPlan",
     "MultiTalkPipeline",
     "Progress",
@@ -133,19 +152,26 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "SpeakerCountError",
     "SpeedSetup",
     "SwitchReport",
+    "VideoInputError",
+    "VideoSource",
     "adapter_spec",
     "check_inputs",
     "check_loaded",
     "check_output_path",
     "choose_preset",
+    "composite",
     "default_dtype",
     "find_speed_lora",
     "inspect_model_dir",
     "open_container",
+    "open_source",
     "parse_plan",
     "plan_memory",
     "plan_speed_setup",
     "preset_values",
+    "psnr",
+    "region_mask",
+    "sniff_media",
 ]
 
 
@@ -172,7 +198,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         GenerationCancelled,
         ImageInputError,
         InputError,
+        MaskInputError,
         SpeakerCountError,
+        VideoInputError,
     )
     from .limits import MAX_SPEAKERS, MAX_STEPS
     from .loading.adapters import (
@@ -185,6 +213,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .loading.inventory import Inventory, inspect_model_dir
     from .pipeline.audio import SAMPLE_RATE
+    from .pipeline.composite import composite, psnr, region_mask
     from .pipeline.conditioning import Box
     from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
     from .pipeline.inputs import (
@@ -197,6 +226,15 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .pipeline.media import AUDIO_CONTAINERS, IMAGE_FORMATS, VIDEO_CONTAINERS, open_container
     from .pipeline.progress import ProgressClock
+    from .pipeline.source import (
+        MAX_VIDEO_SECONDS,
+        SOURCE_ENDS,
+        ImageSource,
+        VideoSource,
+        open_source,
+        sniff_media,
+    )
+    from .pipeline.variants import MODEL_CHOICES
     from .pipeline.video import FPS
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (
