@@ -17,8 +17,10 @@ from multitalk_serve.engine import (
     GenerateOptions,
     ImageInputError,
     InputError,
+    MaskInputError,
     MultiTalkPipeline,
     SpeakerCountError,
+    VideoInputError,
 )
 from multitalk_serve.engine.pipeline.composite import psnr
 from multitalk_serve.engine.pipeline.video import Mp4Writer, probe
@@ -202,6 +204,7 @@ def test_bad_inputs(pipe, image_path, tmp_path):
     video = write_source_video(tmp_path / "src.mp4", 0.5)
     wave = [stubs.speech_like(0.5, 8)]
     itk = GenerateOptions(model="infinitetalk", **SMALL)
+    keep = GenerateOptions(model="infinitetalk", keep_background=True, **SMALL)
     out = tmp_path / "o.mp4"
     cases = [
         (dict(image=None, video=video, options=GenerateOptions(motion_frames=5, **SMALL)), InputError, "InfiniteTalk"),
@@ -214,6 +217,13 @@ def test_bad_inputs(pipe, image_path, tmp_path):
             ImageInputError,
             "boxes or a mask",
         ),
+        (  # a mask the size of the output, not of the source (144 x 96)
+            dict(image=None, video=video, mask=Image.new("L", (48, 32), 255), options=keep),
+            MaskInputError,
+            "144x96",
+        ),
+        (dict(image=None, video=image_path, options=itk), VideoInputError, "image"),  # an image sent as the video
+        (dict(image=None, video=b"\x00" * 4096, options=itk), VideoInputError, "video"),
     ]
     for kwargs, error, text in cases:
         image = kwargs.pop("image")
