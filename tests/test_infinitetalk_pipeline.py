@@ -17,8 +17,10 @@ from multitalk_serve.engine import (
     GenerateOptions,
     ImageInputError,
     InputError,
+    MaskInputError,
     MultiTalkPipeline,
     SpeakerCountError,
+    VideoInputError,
 )
 from multitalk_serve.engine.pipeline.composite import psnr
 from multitalk_serve.engine.pipeline.video import Mp4Writer, probe
@@ -202,6 +204,7 @@ def test_bad_inputs(pipe, image_path, tmp_path):
     video = write_source_video(tmp_path / "src.mp4", 0.5)
     wave = [stubs.speech_like(0.5, 8)]
     itk = GenerateOptions(model="infinitetalk", **SMALL)
+    keep = GenerateOptions(model="infinitetalk", keep_background=True, **SMALL)
     out = tmp_path / "o.mp4"
     cases = [
         (dict(image=None, video=video, options=GenerateOptions(motion_frames=5, **SMALL)), InputError, "InfiniteTalk"),
@@ -214,6 +217,13 @@ def test_bad_inputs(pipe, image_path, tmp_path):
             ImageInputError,
             "boxes or a mask",
         ),
+        (  # a mask the size of the output, not of the source (144 x 96)
+            dict(image=None, video=video, mask=Image.new("L", (48, 32), 255), options=keep),
+            MaskInputError,
+            "144x96",
+        ),
+        (dict(image=None, video=image_path, options=itk), VideoInputError, "image"),  # an image sent as the video
+        (dict(image=None, video=b"\x00" * 4096, options=itk), VideoInputError, "video"),
     ]
     for kwargs, error, text in cases:
         image = kwargs.pop("image")
@@ -240,3 +250,23 @@ def test_model_not_held(tiny_root, image_path, tmp_path):
             tmp_path / "o.mp4",
             options=GenerateOptions(model="infinitetalk"),
         )
+
+
+def test_fast_preset_with_speed_lora_and_step_cache(tiny_root, image_path, tmp_path):
+    """InfiniteTalk on the same speed machinery as MultiTalk: the fast preset's speed LoRA (a PEFT adapter on the
+    base layers) with step caching, then a MultiTalk job and back: the audio layers switch under the LoRA."""
+    lora = tiny_root / "Lightx2v" / "lightx2v_I2V_14B_480p_cfg_step_distill_rank4_bf16.safetensors"
+    fast = MultiTalkPipeline.from_pretrained(
+        tiny_root, dtype=torch.float32, adapters=["infinitetalk-single", "multitalk"], speed_lora=lora
+    )
+    clip = {"size": SIZE, "seed": 3, "mode": "clip", "num_frames": 13, "frames_per_clip": 13}
+    options = GenerateOptions.from_preset("fast", model="infinitetalk", cache_threshold=0.05, **clip)
+    wave = [stubs.speech_like(0.5, 10)]
+    first = fast.generate(image_path, wave, "x", tmp_path / "a.mp4", options=options)
+    assert first.model == "infinitetalk-single" and first.options["speed_lora"]
+    assert sum(first.forwards.values()) == 4 * 2  # 4 steps, 2 passes (text scale 1)
+    other = GenerateOptions.from_preset("fast", model="multitalk", motion_frames=5, **clip)
+    assert fast.generate(image_path, wave, "x", tmp_path / "b.mp4", options=other).model == "multitalk"
+    again = fast.generate(image_path, wave, "x", tmp_path / "c.mp4", options=options)
+    assert again.timings["adapter_switch"] > 0
+    assert np.array_equal(read_frames(tmp_path / "a.mp4"), read_frames(tmp_path / "c.mp4"))
