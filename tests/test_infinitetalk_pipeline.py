@@ -182,21 +182,27 @@ def test_keep_background_outside_equals_source(pipe, tmp_path):
     assert outside_psnr > 30 and inside_psnr < 20
 
 
-def test_adapter_switch_keeps_base_and_results(pipe, image_path, tmp_path):
+def run_job(pipe, image, wave, options) -> tuple[str, float, torch.Tensor]:
+    """(adapter, switch seconds, frames before encoding): frames compared before H.264, whose decisions a 1e-7
+    difference in a pixel can flip (parallel float reductions are not bit-reproducible across runs)."""
+    job = pipe.prepare(image, wave, "x", options=options)
+    return job.adapter, job.timings["adapter_switch"], torch.cat(list(pipe.frames(job)), dim=1)
+
+
+def test_adapter_switch_keeps_base_and_results(pipe, image_path):
     """MultiTalk -> InfiniteTalk -> MultiTalk on one loaded base: the same MultiTalk job gives the same frames before
-    and after, no parameter object is replaced, and the result reports the model and the switch time."""
+    and after, no parameter object is replaced, and each job reports its model and the switch time."""
     params = {k: id(p) for k, p in pipe.transformer.named_parameters()}
     clip = {**SMALL, "mode": "clip", "num_frames": 13, "frames_per_clip": 13}
     options = GenerateOptions(model="multitalk", motion_frames=5, **clip)
     wave = [stubs.speech_like(1.0, 6)]
-    first = pipe.generate(image_path, wave, "x", tmp_path / "a.mp4", options=options)
-    other = GenerateOptions(model="infinitetalk-single", **clip)
-    mid = pipe.generate(image_path, wave, "x", tmp_path / "b.mp4", options=other)
-    again = pipe.generate(image_path, wave, "x", tmp_path / "c.mp4", options=options)
-    assert (first.model, mid.model, again.model) == ("multitalk", "infinitetalk-single", "multitalk")
-    assert mid.timings["adapter_switch"] > 0 and again.timings["adapter_switch"] > 0
-    assert np.array_equal(read_frames(tmp_path / "a.mp4"), read_frames(tmp_path / "c.mp4"))
-    assert not np.array_equal(read_frames(tmp_path / "a.mp4"), read_frames(tmp_path / "b.mp4"))
+    first = run_job(pipe, image_path, wave, options)
+    mid = run_job(pipe, image_path, wave, GenerateOptions(model="infinitetalk-single", **clip))
+    again = run_job(pipe, image_path, wave, options)
+    assert (first[0], mid[0], again[0]) == ("multitalk", "infinitetalk-single", "multitalk")
+    assert mid[1] > 0 and again[1] > 0
+    torch.testing.assert_close(first[2], again[2], rtol=0, atol=1e-5)
+    assert (first[2] - mid[2]).abs().mean() > 1e-3
     assert {k: id(p) for k, p in pipe.transformer.named_parameters()} == params
 
 
@@ -265,8 +271,9 @@ def test_fast_preset_with_speed_lora_and_step_cache(tiny_root, image_path, tmp_p
     first = fast.generate(image_path, wave, "x", tmp_path / "a.mp4", options=options)
     assert first.model == "infinitetalk-single" and first.options["speed_lora"]
     assert sum(first.forwards.values()) == 4 * 2  # 4 steps, 2 passes (text scale 1)
+    reference = run_job(fast, image_path, wave, options)[2]
     other = GenerateOptions.from_preset("fast", model="multitalk", motion_frames=5, **clip)
     assert fast.generate(image_path, wave, "x", tmp_path / "b.mp4", options=other).model == "multitalk"
-    again = fast.generate(image_path, wave, "x", tmp_path / "c.mp4", options=options)
-    assert again.timings["adapter_switch"] > 0
-    assert np.array_equal(read_frames(tmp_path / "a.mp4"), read_frames(tmp_path / "c.mp4"))
+    adapter, switch, again = run_job(fast, image_path, wave, options)
+    assert adapter == "infinitetalk-single" and switch > 0
+    torch.testing.assert_close(again, reference, rtol=0, atol=1e-5)
