@@ -49,6 +49,13 @@ _EXPORTS: dict[str, str] = {
     "VIDEO_CONTAINERS": ".pipeline.media",
     "IMAGE_FORMATS": ".pipeline.media",
     "open_container": ".pipeline.media",
+    # the condition source of a job: an image or a video read on the 25 fps clock (InfiniteTalk)
+    "ImageSource": ".pipeline.source",
+    "VideoSource": ".pipeline.source",
+    "open_source": ".pipeline.source",
+    "sniff_media": ".pipeline.source",
+    "SOURCE_ENDS": ".pipeline.source",
+    "MAX_VIDEO_SECONDS": ".pipeline.source",
     # presets and the speed policy
     "PRESETS": ".speed.presets",
     "DEFAULT_PRESET": ".speed.presets",
@@ -86,6 +93,8 @@ _EXPORTS: dict[str, str] = {
     "InputError": ".errors",
     "AudioError": ".errors",
     "ImageInputError": ".errors",
+    "VideoInputError": ".errors",
+    "MaskInputError": ".errors",
     "SpeakerCountError": ".errors",
     "GenerationCancelled": ".errors",
 }
@@ -104,8 +113,10 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "LIBRARY_NAMES",
     "MAX_SPEAKERS",
     "MAX_STEPS",
+    "MAX_VIDEO_SECONDS",
     "PRESETS",
     "SAMPLE_RATE",
+    "SOURCE_ENDS",
     "STAGES",
     "T5_BYTES",
     "VIDEO_CONTAINERS",
@@ -123,9 +134,11 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "GenerationCancelled",
     "GenerationResult",
     "ImageInputError",
+    "ImageSource",
     "InputError",
     "InputNames",
     "Inventory",
+    "MaskInputError",
     "MemoryPlan",
     "MultiTalkPipeline",
     "Progress",
@@ -134,6 +147,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "SpeakerCountError",
     "SpeedSetup",
     "SwitchReport",
+    "VideoInputError",
+    "VideoSource",
     "adapter_spec",
     "check_inputs",
     "check_loaded",
@@ -144,10 +159,12 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "find_speed_lora",
     "inspect_model_dir",
     "open_container",
+    "open_source",
     "parse_plan",
     "plan_memory",
     "plan_speed_setup",
     "preset_values",
+    "sniff_media",
 ]
 
 
@@ -174,7 +191,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         GenerationCancelled,
         ImageInputError,
         InputError,
+        MaskInputError,
         SpeakerCountError,
+        VideoInputError,
     )
     from .limits import MAX_SPEAKERS, MAX_STEPS
     from .loading.adapters import (
@@ -200,6 +219,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .pipeline.media import AUDIO_CONTAINERS, IMAGE_FORMATS, VIDEO_CONTAINERS, open_container
     from .pipeline.progress import ProgressClock
+    from .pipeline.source import (
+        MAX_VIDEO_SECONDS,
+        SOURCE_ENDS,
+        ImageSource,
+        VideoSource,
+        open_source,
+        sniff_media,
+    )
     from .pipeline.video import FPS
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (

@@ -32,3 +32,12 @@ class SpeakerCountError(InputError):
 
 class GenerationCancelled(EngineError):
     """Raised (by the progress callback, or the pipeline on its behalf) to stop between sampling steps."""
+
+
+class VideoInputError(InputError):
+    """A video input cannot be used (unreadable, no video stream, no frames, too large, too long, an image given
+    as a video)."""
+
+
+class MaskInputError(ImageInputError):
+    """The keep-the-rest mask cannot be used (unreadable, not the source's size, nothing to regenerate)."""
