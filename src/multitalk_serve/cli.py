@@ -215,6 +215,8 @@ def _parse_steps(text: str) -> int:
 
 CLI_INPUT_NAMES_KW = {
     "image": "--image",
+    "video": "--video",
+    "mask": "--mask-image",
     "audio": "--audio",
     "speaker": "--audio (speaker {n})",
     "boxes": "--box",
