@@ -54,16 +54,20 @@ def classify(exc: BaseException) -> WorkerError:
     """Map an exception from the engine (or anywhere) to a WorkerError."""
     import torch
 
-    from .. import engine
-    from ..engine import AudioError, CheckpointError, EngineError, GenerationCancelled, ImageInputError
-
-    video_errors = tuple(cls for cls in (getattr(engine, "VideoInputError", None),) if cls is not None)
+    from ..engine import (
+        AudioError,
+        CheckpointError,
+        EngineError,
+        GenerationCancelled,
+        ImageInputError,
+        VideoInputError,
+    )
 
     if isinstance(exc, WorkerError):
         return exc
     if isinstance(exc, GenerationCancelled):
         return WorkerError("E_CANCELLED", "the job was cancelled between sampling steps")
-    if video_errors and isinstance(exc, video_errors):
+    if isinstance(exc, VideoInputError):
         return WorkerError("E_VIDEO", str(exc))
     if isinstance(exc, AudioError):
         return WorkerError("E_AUDIO", str(exc))

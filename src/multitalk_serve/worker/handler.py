@@ -40,6 +40,7 @@ from ..engine import (
     parse_plan,
     plan_speed_setup,
     preset_values,
+    sniff_media,
 )
 from .config import S3Settings, WorkerConfig
 from .errors import WorkerError, classify
@@ -71,16 +72,9 @@ def _adapter_of(pipeline: MultiTalkPipeline) -> str:
 
 
 def _is_image(data: bytes) -> bool:
-    """Whether fetched bytes are a picture (the official JSON's ``cond_video`` may name one) rather than a video."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            return picture.format is not None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return False
+    """Whether fetched bytes are a picture (the official JSON's ``cond_video`` may name one) rather than a video:
+    from the file's signature (``sniff_media``), nothing decoded."""
+    return sniff_media(data) == "image"
 
 
 LOCAL_TEST_ID = "local_test"  # the RunPod SDK's id for every ``--test_input`` run
