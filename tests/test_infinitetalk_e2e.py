@@ -249,7 +249,7 @@ def fake_pipe(monkeypatch):
 
 
 def test_cli_passes_the_video_mask_and_model(tiny_root, media, tmp_path, capsys, fake_pipe):
-    code, summary, err = cli(
+    code, _, err = cli(
         capsys, "--model", tiny_root, "--video", media["video"], "--audio", media["audio"], "--prompt", "x",
         "--out", tmp_path / "o.mp4", "--mask-image", media["mask"], "--feather", "6", "--source-end", "pingpong",
         *CLI_FAST,
