@@ -438,3 +438,29 @@ def test_client_help_names_the_new_options(capsys):
     for option in ("--video", "--model", "--keep-background", "--mask-image", "--source-end", "--feather"):
         assert option in text
     assert isinstance(build_parser(), argparse.ArgumentParser) and os.sep
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "words"),
+    [
+        ({"MULTITALK_ADAPTERS": "multitalk,infinite"}, "E_CONFIG", "MULTITALK_ADAPTERS: infinite is not an audio"),
+        ({"MULTITALK_MODEL": "wan2"}, "E_CONFIG", "MULTITALK_MODEL: 'wan2' is not a model"),
+        ({"MULTITALK_ADAPTERS": "multitalk", "MULTITALK_MODEL": "infinitetalk"}, "E_CONFIG", "holds only multitalk"),
+        ({"MULTITALK_ADAPTERS": "infinitetalk-multi"}, "E_MODEL", "InfiniteTalk/multi/infinitetalk.safetensors"),
+    ],
+)
+def test_the_worker_exits_at_start_naming_the_setting(tiny_root, tmp_path, monkeypatch, caplog, env, code, words):
+    from multitalk_serve.worker import __main__ as entry
+
+    root = _root_without(tiny_root, tmp_path, "infinitetalk-multi")
+    monkeypatch.setenv("MODEL_PATH", str(root))
+    monkeypatch.setenv("MULTITALK_DTYPE", "fp32")
+    monkeypatch.setenv("RUNPOD_LOG_LEVEL", "INFO")  # main() sets it when unset: restored after the test
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level("ERROR"), pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == 1
+    assert any(r.getMessage().startswith(f"{code}: ") and words in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]

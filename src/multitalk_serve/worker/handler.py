@@ -533,6 +533,8 @@ class Worker:
             "memory_plan": pipe.memory_plan.name if pipe.memory_plan else "all resident",
             "speed_lora": pipe.speed_lora.name if pipe.speed_lora else None,
             "default_preset": self.config.preset,
+            "models": list(self.held),
+            "default_model": self.default_model,
         }
 
     def health(self) -> dict:

@@ -118,6 +118,8 @@ class WorkerInfo(_Model):
     memory_plan: str
     speed_lora: str | None = Field(description="speed LoRA file name, or null")
     default_preset: str
+    models: list[str] = Field(description="the audio adapters this worker holds (MULTITALK_ADAPTERS)")
+    default_model: str = Field(description="the model of a job that names none (MULTITALK_MODEL)")
 
 
 class JobOutput(_Model):
