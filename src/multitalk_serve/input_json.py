@@ -137,4 +137,6 @@ def read_input_json(path: str | Path, cwd: str | Path | None = None) -> JsonJob:
         if source.suffix.lower() in VIDEO_EXTENSIONS:
             return JsonJob(path, prompt, None, audio, audio_type, boxes, video=source, source_key="cond_video")
         return JsonJob(path, prompt, source, audio, audio_type, boxes, source_key="cond_video")
-    return JsonJob(path, prompt, resolve(data.get("cond_image"), "cond_image"), audio, audio_type, boxes)
+    if data.get("cond_image") is None:
+        raise InputError("cond_image: missing (MultiTalk's key for the picture; InfiniteTalk's files use cond_video)")
+    return JsonJob(path, prompt, resolve(data["cond_image"], "cond_image"), audio, audio_type, boxes)
