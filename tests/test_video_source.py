@@ -89,10 +89,10 @@ def cfr(path: Path, count: int, fps: int = 25, **kw) -> Path:
 # ---- timing -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
-def test_25_fps_source_frame_i_is_output_frame_i(tmp_path, suffix):
+@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "libx264"), (".mkv", "libx264"), (".webm", "libvpx-vp9")])
+def test_25_fps_source_frame_i_is_output_frame_i(tmp_path, suffix, codec):
     """The official indexing (frame index = output index) for a 25 fps source, B-frames included."""
-    path = cfr(tmp_path / f"v{suffix}", 40)
+    path = cfr(tmp_path / f"v{suffix}", 40, codec=codec)
     with VideoSource(path) as src:
         assert (src.kind, src.width, src.height, src.frames) == ("video", W, H, 40)
         assert [number(src.image_at(i)) for i in range(40)] == list(range(40))
@@ -107,6 +107,15 @@ def test_frame_is_the_resized_crop_of_image_at(tmp_path):
         out = src.frame(3, (32, 40))
         assert out.shape == (3, 32, 40) and out.dtype == torch.float32
         assert out.min() >= -1 and out.max() <= 1
+        clip = src.clip(9, 5, (H, W))  # past the end (12 frames): held
+        assert clip.shape == (3, 5, H, W)
+        assert [number(((clip[:, j] + 1) * 127.5).round().byte().permute(1, 2, 0)) for j in range(5)] == [
+            9,
+            10,
+            11,
+            11,
+            11,
+        ]
 
 
 @pytest.mark.parametrize("fps", [30, 50])
@@ -190,6 +199,10 @@ def test_image_source_and_open_source(tmp_path):
         assert (src.kind, src.width, src.height, src.frames) == ("image", W, H, None)
         assert number(src.image_at(0)) == number(src.image_at(123)) == 5
         assert torch.equal(src.frame(80, (32, 40)), resize_and_center_crop(picture, (32, 40)))
+        src.frame(0, (32, 40)).zero_()  # a caller's change does not reach the cache
+        assert torch.equal(src.frame(1, (32, 40)), resize_and_center_crop(picture, (32, 40)))
+        clip = src.clip(5, 3, (32, 40))
+        assert clip.shape == (3, 3, 32, 40) and all(torch.equal(clip[:, j], src.frame(0, (32, 40))) for j in range(3))
     with open_source(video=cfr(tmp_path / "v.mp4", 4), source_end="pingpong") as src:
         assert isinstance(src, VideoSource) and src.source_end == "pingpong"
     with pytest.raises(InputError, match="exactly one of image and video"):
@@ -229,6 +242,20 @@ def test_no_video_stream(tmp_path):
     audio = write_audio(tmp_path / "a.m4a", 0.2)  # MP4 family, audio only
     with pytest.raises(VideoInputError, match=r"^video: no video stream"):
         VideoSource(audio)
+    mp4 = tmp_path / "sound.mp4"  # an .mp4 holding only an AAC track
+    with av.open(str(mp4), "w") as c:
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
+            for packet in a.encode(frame):
+                c.mux(packet)
+        for packet in a.encode():
+            c.mux(packet)
+    assert sniff_media(mp4) == "video"  # by its bytes an MP4 (the caller's hint); opening it tells the truth
+    with pytest.raises(VideoInputError, match=r"^video: no video stream \(an audio-only file\?\)$"):
+        VideoSource(mp4.read_bytes())
 
 
 def test_zero_frames(tmp_path):
@@ -317,3 +344,107 @@ def test_not_media_and_refused_containers(tmp_path):
     assert sniff_media(avi) == "video"
     with pytest.raises(VideoInputError, match=r"^video: not in an accepted video container"):
         VideoSource(avi)
+
+
+# ---- rotation -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rotation", "hflip"), [(90, False), (-90, False), (180, False), (0, True), (-90, True)])
+def test_rotation_metadata_gives_upright_frames(tmp_path, rotation, hflip):
+    """A display matrix (phones' portrait videos): frames come out as displayed, the size is the displayed one.
+    PyAV's ``set_display_rotation``: counter-clockwise degrees, then the mirror."""
+    coded = numbered(0b101100100111)
+    coded[:16, :16] = (255, 0, 0)  # a red corner: top left as coded
+    path = write_frames(tmp_path / "rot.mp4", [0, 1, 2], rotation=rotation, hflip=hflip, images=[coded] * 3)
+    expected = np.rot90(coded, k=rotation // 90)
+    if hflip:
+        expected = expected[:, ::-1]
+    with VideoSource(path) as src:
+        assert (src.height, src.width) == expected.shape[:2]
+        shown = np.asarray(src.image_at(1)).astype(int)
+        assert shown.shape == expected.shape
+        assert np.abs(shown - expected).mean() < 8
+        assert src.frame(0, (src.height, src.width)).shape == (3, *expected.shape[:2])
+
+
+def test_clockwise_portrait_video(tmp_path):
+    """The common phone case (rotate=90 clockwise, display matrix -90): coded landscape, shown portrait with the
+    coded top-left corner at the top right."""
+    coded = np.zeros((H, W, 3), np.uint8)
+    coded[:16, :16] = 255
+    with VideoSource(write_frames(tmp_path / "p.mkv", [0, 1], rotation=-90, images=[coded] * 2)) as src:
+        assert (src.width, src.height) == (H, W)
+        shown = np.asarray(src.image_at(0)).astype(int)
+        assert shown[:16, -16:].mean() > 200 and shown[-16:, :16].mean() < 50
+
+
+# ---- decoding order, seeking, memory ------------------------------------------------------------------------------
+
+
+def test_random_access_with_keyframes(tmp_path):
+    path = cfr(tmp_path / "g.mp4", 60, options={"g": "10"})
+    order = [37, 5, 59, 58, 0, 21, 22, 11, 10, 9, 40, 3, 33]
+    with VideoSource(path) as src:
+        assert src._keys == [0, 10, 20, 30, 40, 50]
+        assert [number(src.image_at(i)) for i in order] == order
+        assert [number(src.frame(i, (H, W)).add(1).mul(127.5).round().byte().permute(1, 2, 0)) for i in order] == order
+
+
+def test_the_pipelines_access_pattern_decodes_each_frame_about_once(tmp_path):
+    """Window starts (72 k) then, with keep-the-rest, each window's output frames (up to 81 back): one pass."""
+    path = cfr(tmp_path / "long.mp4", 300, options={"preset": "ultrafast", "g": "50"})
+    size = (H, W)
+    with VideoSource(path) as src:
+        decoded_before = src.decoded
+        for start in range(0, 300, 72):
+            assert number(src.image_at(start)) == start
+            src.frame(start, size)
+            for i in range(max(0, start - 9), min(start + 72, 300)):
+                assert torch.equal(src.frame(i, size), src.frame(i, size))
+            assert src.cached <= source_module.CACHE_FRAMES
+        assert src.decoded - decoded_before <= 300 + 10
+
+
+def test_memory_stays_bounded_and_pingpong_runs_backwards_cheaply(tmp_path):
+    """A long video read end to end and back (pingpong): the cache never exceeds CACHE_FRAMES, and backward runs
+    decode chunks (no seek and re-decode per frame)."""
+    n = 400
+    path = cfr(tmp_path / "long.mkv", n, options={"preset": "ultrafast", "g": "50"})
+    size = (24, 32)
+    with VideoSource(path, source_end="pingpong") as src:
+        peak = 0
+        for i in range(2 * n - 1):  # 0 .. n-1, then back to 0
+            out = src.frame(i, size)
+            assert out.shape == (3, 24, 32)
+            peak = max(peak, src.cached)
+        assert peak == source_module.CACHE_FRAMES
+        assert src.decoded < 4 * n  # one seek per chunk of ~84 frames going back, not one per frame
+        assert src.seeks < 2 * n // source_module.CHUNK_FRAMES + 4
+        back = [src.source_ordinal(i) for i in range(n, 2 * n - 1)]
+        assert back == list(range(n - 2, -1, -1))
+        assert number(src.image_at(n + 50)) == n - 52
+
+
+def test_browser_like_webm_without_duration_or_cues(tmp_path):
+    """What MediaRecorder uploads: WebM/VP9 written live (no duration in the header, no cues), millisecond
+    timestamps at ~30 fps. Timing and random access (seeks without an index) still hold."""
+    times = [int(k * 33.4) for k in range(60)]
+    path = tmp_path / "live.webm"
+    with av.open(str(path), "w", options={"live": "1"}) as c:
+        v = c.add_stream("libvpx-vp9", rate=1000, options={"g": "20", "deadline": "realtime", "cpu-used": "8"})
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.time_base = Fraction(1, 1000)
+        for k, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(numbered(k), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in v.encode(frame):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].duration is None
+    with VideoSource(path.read_bytes()) as src:
+        assert src.source_frames == 60 and src.frames == 51  # shown until 1970 + 33 ms (the median interval)
+        order = [45, 10, 30, 3, 45, 20, 0, 40, 39, 38]
+        expected = [max(k for k, t in enumerate(times) if t <= i * 40 + 1) for i in order]
+        assert [number(src.image_at(i)) for i in order] == expected

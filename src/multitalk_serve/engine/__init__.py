@@ -56,6 +56,10 @@ _EXPORTS: dict[str, str] = {
     "sniff_media": ".pipeline.source",
     "SOURCE_ENDS": ".pipeline.source",
     "MAX_VIDEO_SECONDS": ".pipeline.source",
+    # keep the rest of the frame: the regenerated region, the blend, and how close two videos are
+    "region_mask": ".pipeline.composite",
+    "composite": ".pipeline.composite",
+    "psnr": ".pipeline.composite",
     # presets and the speed policy
     "PRESETS": ".speed.presets",
     "DEFAULT_PRESET": ".speed.presets",
@@ -154,6 +158,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "check_loaded",
     "check_output_path",
     "choose_preset",
+    "composite",
     "default_dtype",
     "find_components",
     "find_speed_lora",
@@ -164,6 +169,8 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "plan_memory",
     "plan_speed_setup",
     "preset_values",
+    "psnr",
+    "region_mask",
     "sniff_media",
 ]
 
@@ -207,6 +214,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .loading.inventory import Inventory, inspect_model_dir
     from .loading.paths import find_components
     from .pipeline.audio import SAMPLE_RATE
+    from .pipeline.composite import composite, psnr, region_mask
     from .pipeline.conditioning import Box
     from .pipeline.generate import STAGES, GenerateOptions, GenerationResult, MultiTalkPipeline, Progress
     from .pipeline.inputs import (

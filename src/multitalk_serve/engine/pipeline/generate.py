@@ -1,9 +1,14 @@
-"""The MultiTalk generation pipeline: reference image + one or two voices + prompt -> talking MP4.
+"""The generation pipeline of MultiTalk and InfiniteTalk: a reference image (or, InfiniteTalk, a video to dub) + one
+or two voices + prompt -> talking MP4.
 
-Long videos stream clip by clip (the official algorithm): 81-frame clips; every clip after the first is conditioned
-on the last 25 generated frames, whose latents are re-noised to the current timestep at every step; each clip adds
-56 new frames; the last clip sees mirror-padded audio; every clip is colour-corrected towards the reference image.
-Frames go to the MP4 encoder as clips finish, so memory does not grow with the video's length.
+Long videos stream clip by clip (the official algorithms): 81-frame clips; every clip after the first continues
+from the last generated frames (the motion frames). MultiTalk: 25 motion frames, re-noised to the current timestep
+at every step, and the clip's condition is those frames; each clip adds 56 new frames. InfiniteTalk: 9 motion
+frames written clean at every step, and the clip's condition is the source frame at the clip's start (re-read from
+the video, or the image again); each clip adds 72 frames (``variants.py``). The last clip sees mirror-padded audio;
+every clip is colour-corrected towards its reference frame. With ``keep_background`` only the speaker regions of
+the generated frames are kept, over the source frames (``composite.py``). Frames go to the MP4 encoder as clips
+finish, so memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from .audio import (
     window_features,
 )
 from .color import match_colors
+from .composite import composite, region_mask
 from .conditioning import (
     Box,
     ImageInputError,
@@ -47,16 +53,18 @@ from .conditioning import (
     latent_masks,
     mask_preview,
     person_masks,
-    resize_and_center_crop,
 )
 from .inputs import check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
+from .source import ConditionSource, ImageSource, VideoSource, sniff_media
+from .variants import LoopVariant, adapter_for, check_model_name, loop_for
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
 
 logger = logging.getLogger(__name__)
 
 VAE_STRIDE = (4, 8, 8)
+SOURCE_ENDS = ("hold", "pingpong")
 PARALLEL_LOAD_MIN_CORES = 8
 MAX_IMAGE_PIXELS = 40_000_000  # larger inputs are refused before decoding (decompression bombs)
 MIN_IMAGE_SIDE = 32
@@ -81,12 +89,16 @@ class GenerateOptions:
     color_correction: float = 1.0
     max_duration_s: float = 120.0
     frames_per_clip: int = 81
-    motion_frames: int = 25
+    motion_frames: int | None = None  # None: the model's (MultiTalk 25, InfiniteTalk 9)
     crf: int = 19
     size: tuple[int, int] | None = None  # explicit (height, width), multiples of 16, instead of the bucket
     num_frames: int | None = None  # exact length: the audio is cut or padded with silence to it
     cache_threshold: float = 0.0  # TeaCache step caching; 0 = off (every forward computed)
     speed_lora: bool = False  # use the loaded speed LoRA (lightx2v, FusionX) for this job
+    model: str = "multitalk"  # multitalk | infinitetalk (single or multi by speakers) | infinitetalk-single | -multi
+    source_end: str = "hold"  # a video source shorter than the audio: "hold" its last frame, or "pingpong"
+    keep_background: bool = False  # keep the source outside the speaker regions (boxes or mask)
+    feather: float | None = None  # keep_background's soft edge in output pixels (None: automatic)
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> GenerateOptions:
@@ -100,9 +112,13 @@ class GenerateOptions:
             out.shift = DEFAULT_SHIFT.get(out.resolution, 7.0)
         if out.seed is None:
             out.seed = random.randrange(2**31)
+        if out.motion_frames is None and isinstance(out.model, str):
+            out.motion_frames = loop_for(out.model.strip().lower()).motion_frames
         return out
 
     def validate(self) -> None:
+        check_model_name(self.model)
+        motion = self.motion_frames if self.motion_frames is not None else loop_for(self.model).motion_frames
         checks = [
             (self.resolution in DEFAULT_SHIFT, f"resolution must be 480p or 720p, got {self.resolution!r}"),
             (self.mode in ("streaming", "clip"), f"mode must be 'streaming' or 'clip', got {self.mode!r}"),
@@ -111,8 +127,13 @@ class GenerateOptions:
             (0.0 <= self.color_correction <= 1.0, f"color_correction must be 0..1, got {self.color_correction}"),
             (self.frames_per_clip % 4 == 1 and self.frames_per_clip > 1, "frames_per_clip must be 4k+1"),
             (
-                self.motion_frames % 4 == 1 and 0 < self.motion_frames < self.frames_per_clip,
+                motion % 4 == 1 and 0 < motion < self.frames_per_clip,
                 "motion_frames must be 4k+1 and shorter than a clip",
+            ),
+            (self.source_end in SOURCE_ENDS, f"source_end must be 'hold' or 'pingpong', got {self.source_end!r}"),
+            (
+                self.feather is None or (math.isfinite(self.feather) and 0 <= self.feather <= 256),
+                f"feather must be 0..256 pixels, got {self.feather}",
             ),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
             (self.num_frames is None or self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}"),
@@ -177,6 +198,7 @@ class GenerationResult:
     mask_preview_path: Path | None = None
     notes: list[str] = field(default_factory=list)
     forwards: dict[str, int] = field(default_factory=dict)  # transformer forwards computed / reused (step cache)
+    model: str = "multitalk"  # the audio adapter used (multitalk, infinitetalk-single, infinitetalk-multi)
 
 
 STAGES = ("audio", "text_encoder", "image_encoders", "sampling", "vae_decode", "color_correction", "encode_mux")
@@ -202,6 +224,10 @@ class PreparedJob:
     context: torch.Tensor
     context_null: torch.Tensor
     timings: dict[str, float]
+    source: ConditionSource  # the image or video each clip's reference frame is read from
+    adapter: str  # the audio adapter (model) this job runs with
+    loop: LoopVariant  # MultiTalk's or InfiniteTalk's clip loop
+    region: torch.Tensor | None = None  # keep_background: [H, W] in [0, 1], 1 where the generated frame is kept
     step_cache: StepCache | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -265,6 +291,10 @@ def load_image(source: str | Path | bytes | Image.Image, name: str = "image") ->
                 f"{name}: over the {MAX_IMAGE_PIXELS // 1_000_000} MP limit (a decompression bomb? {exc})"
             ) from exc
         except Image.UnidentifiedImageError:
+            if sniff_media(source) == "video":
+                raise ImageInputError(
+                    f"{name}: this is a video, not an image; send it as the video to dub (an InfiniteTalk model)"
+                ) from None
             raise ImageInputError(
                 f"{name}: not a readable image in an accepted format ({', '.join(IMAGE_FORMATS)})"
             ) from None
@@ -281,7 +311,7 @@ def load_image(source: str | Path | bytes | Image.Image, name: str = "image") ->
     return image.convert("RGB")
 
 
-def _weight_files(paths) -> list[Path]:
+def _weight_files(paths, audio: Path | None) -> list[Path]:
     """The weight files loading will read, found without importing the model libraries (so that reading ahead
     starts before the imports). The original layout's CLIP checkpoint is left out: only its vision half is read."""
 
@@ -296,7 +326,7 @@ def _weight_files(paths) -> list[Path]:
     image = [] if paths.image_encoder.suffix == ".pth" else weights(paths.image_encoder)
     return [
         *weights(paths.transformer),
-        *weights(paths.multitalk),
+        *weights(audio),
         *weights(paths.text_encoder),
         *image,
         *weights(paths.vae),
@@ -315,6 +345,7 @@ class MultiTalkPipeline:
         audio_encoder,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.bfloat16,
+        adapter: str | None = None,
     ):
         self.transformer = transformer
         self.vae = vae
@@ -329,6 +360,26 @@ class MultiTalkPipeline:
         self.speed_lora: Path | None = None  # the loaded speed LoRA file
         self.speed_lora_fused = False
         self.notes: list[str] = []  # what loading chose or passed over (the worker reports them)
+        # the audio adapter the transformer holds now, and (``from_pretrained(adapters=...)``) the others it can take
+        self.adapter: str = adapter or getattr(transformer, "audio_adapter", None) or "multitalk"
+        self.adapter_bank = None  # loading.adapters.AdapterBank when more than one adapter is loaded
+
+    @property
+    def adapters(self) -> list[str]:
+        """The audio adapters (models) this pipeline can run: the loaded one and those in its bank."""
+        return list(self.adapter_bank.names) if self.adapter_bank is not None else [self.adapter]
+
+    def use_adapter(self, name: str, field_name: str = "model") -> float:
+        """Make ``name`` the transformer's audio adapter (a copy of the audio layers, never a reload of the base);
+        returns the seconds it took (0 when it is already active). ``InputError`` if it is not loaded here."""
+        if name == self.adapter:
+            return 0.0
+        if self.adapter_bank is None or name not in self.adapter_bank.names:
+            raise InputError(f"{field_name}: {name} is not loaded here (loaded: {', '.join(self.adapters)})")
+        report = self.adapter_bank.activate(name)
+        self.adapter = name
+        logger.info("audio adapter %s -> %s in %.3f s", report.previous, name, report.seconds)
+        return report.seconds
 
     def set_attention_backend(self, requested: str = "auto") -> str:
         """Use the fastest attention kernel that works here (``backends.py``); returns its name."""
@@ -370,6 +421,7 @@ class MultiTalkPipeline:
         speed: SpeedSetup | None = None,
         setting_names: SettingNames = LIBRARY_NAMES,
         compile: bool = False,
+        adapters: list[str] | None = None,
     ) -> MultiTalkPipeline:
         """Load from a model root (see ``resolve_model_paths``); every component is loaded once, straight into its dtype
         and device (``dtype`` for the transformer and T5; the CLIP in fp16 when ``dtype`` is bf16, as the official:
@@ -386,7 +438,10 @@ class MultiTalkPipeline:
         FusionX LoRA for the fast preset; ``fuse_speed_lora``: merge it into the weights (``None``: only when the
         weights need it, i.e. fp8; otherwise a switchable adapter); ``speed`` (from ``plan_speed_setup``) sets these
         three at once; ``setting_names``: how the caller names its settings in messages. ``compile``: regional
-        ``torch.compile`` of the blocks."""
+        ``torch.compile`` of the blocks. ``adapters``: the audio adapters (models) to hold, e.g.
+        ``["infinitetalk-single", "multitalk"]``: the transformer loads with the first, the others wait in host memory
+        (``AdapterBank``) and a job switches to the one it needs; ``None``: the first the folder has (MultiTalk,
+        InfiniteTalk single, multi)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from ..loading.paths import resolve_model_paths
@@ -395,6 +450,8 @@ class MultiTalkPipeline:
         if speed is not None:
             speed_lora, speed_lora_scale, fuse_speed_lora = speed.speed_lora, speed.scale, speed.fuse
         paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
+        held = _adapter_files(paths, adapters)
+        first, first_file = next(iter(held.items())) if held else (None, paths.multitalk)
         device = torch.device(device)
         plan = _resolve_plan(memory_plan, device, paths.transformer, plan_resolution)
         dit_device = torch.device("cpu") if plan and plan.group_offload else device
@@ -411,7 +468,7 @@ class MultiTalkPipeline:
                 notes.append(fp8_lora_note(Path(speed_lora), setting_names))
                 speed_lora = None
         start = time.perf_counter()
-        prefetch(_weight_files(paths))
+        prefetch(_weight_files(paths, first_file))
         # Import the libraries here, once: imports from several threads at a time serialise on the import lock.
         from ..libraries import import_libraries
         from ..loading.transformer import load_transformer
@@ -422,7 +479,13 @@ class MultiTalkPipeline:
         spent["imports"] = time.perf_counter() - start
         jobs = {
             "transformer": lambda: load_transformer(
-                paths.transformer, paths.multitalk, dtype=dtype, device=dit_device, fp8=fp8, fused_lora=fused_lora
+                paths.transformer,
+                first_file,
+                dtype=dtype,
+                device=dit_device,
+                fp8=fp8,
+                fused_lora=fused_lora,
+                audio_adapter=first,
             ),
             "text_encoder": lambda: T5TextEncoder.from_pretrained(
                 paths.tokenizer, paths.text_encoder, device=t5_device, dtype=dtype
@@ -453,6 +516,14 @@ class MultiTalkPipeline:
         if plan and plan.group_offload:
             group_offload(parts["transformer"], device)
         pipe = cls(**parts, device=device, dtype=dtype)
+        if len(held) > 1:
+            from ..loading.adapters import AdapterBank
+
+            start = time.perf_counter()
+            pipe.adapter_bank = AdapterBank(pipe.transformer)
+            for name, path in list(held.items())[1:]:
+                pipe.adapter_bank.add(name, path)
+            spent["adapters"] = time.perf_counter() - start
         pipe.memory_plan = plan
         pipe.notes += notes
         pipe.set_attention_backend(attention)
@@ -509,17 +580,32 @@ class MultiTalkPipeline:
     # --- generation -------------------------------------------------------------------------------------------
     def prepare(
         self,
-        image: str | Path | bytes | Image.Image,
+        image: str | Path | bytes | Image.Image | None,
         audio: list[str | Path | bytes | np.ndarray | None],
         prompt: str,
         *,
+        video: str | Path | bytes | None = None,
+        mask: str | Path | bytes | Image.Image | None = None,
         boxes: list[Box] | None = None,
         options: GenerateOptions | None = None,
         callback: Callable[[Progress], None] | None = None,
     ) -> PreparedJob:
-        """Validate and encode every input (audio features, image, masks, prompts) and plan the clips."""
+        """Validate and encode every input (audio features, source, masks, prompts), choose and activate the audio
+        adapter, and plan the clips. The job holds the source open: run it with ``frames`` (which closes it) or
+        close ``job.source``."""
         opts = (options or GenerateOptions()).resolved()
         opts.validate()
+        loop = loop_for(opts.model)
+        if (image is None) == (video is None):
+            raise InputError("give either an image or a video (exactly one)")
+        if video is not None and not loop.takes_video:
+            raise InputError(
+                f"video: {opts.model} animates an image; dubbing a video needs an InfiniteTalk model (infinitetalk)"
+            )
+        if opts.keep_background and boxes is None and mask is None:
+            raise ImageInputError("keep_background needs the speaker regions: person boxes or a mask image")
+        if mask is not None and not opts.keep_background:
+            raise ImageInputError("a mask image is used by keep_background only; set keep_background")
         notify = callback or _ignore
         timings = dict.fromkeys(STAGES, 0.0)
 
@@ -534,25 +620,48 @@ class MultiTalkPipeline:
             speech16, speech48 = speech16.fitted(opts.num_frames), speech48.fitted(opts.num_frames, AUDIO_RATE)
         if speech16.frames / FPS > opts.max_duration_s:
             raise AudioError(f"the audio lasts {speech16.frames / FPS:.1f} s, over the {opts.max_duration_s:g} s limit")
+        speakers = len(speech16.tracks)
+        adapter = adapter_for(opts.model, speakers)
+        if adapter not in self.adapters:
+            raise InputError(f"model: {adapter} is not loaded here (loaded: {', '.join(self.adapters)})")
         clips, total_frames = plan_clips(speech16.frames, opts.mode, opts.frames_per_clip, opts.motion_frames)
         features = torch.stack([self.audio_encoder(track) for track in speech16.tracks])  # [P, L, layers, C]
-        speakers = features.shape[0]
         timings["audio"] = time.perf_counter() - t
 
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
-        picture = load_image(image)
-        if boxes is not None and speakers != MAX_SPEAKERS:
-            raise ImageInputError(
-                f"boxes are for two speakers; got {plural(len(boxes), 'box')} and {plural(speakers, 'speaker')}"
-            )
-        target = tuple(opts.size) if opts.size else choose_bucket(picture.height, picture.width, opts.resolution)
-        reference = resize_and_center_crop(picture, target)  # [3, H, W] in [-1, 1]
-        bucket_masks = crop_masks(person_masks(picture.height, picture.width, boxes, speakers), target)
-        masks = latent_masks(bucket_masks, (target[0] // VAE_STRIDE[1], target[1] // VAE_STRIDE[2]))
-
-        t = time.perf_counter()
-        context, context_null = self.encode_prompts(prompt, opts.negative_prompt or _default_negative())
-        timings["text_encoder"] = time.perf_counter() - t
+        if video is not None:
+            source: ConditionSource = VideoSource(video, source_end=opts.source_end, max_seconds=opts.max_duration_s)
+        else:
+            source = ImageSource(load_image(image))
+        try:
+            single_box = opts.keep_background and speakers == 1
+            if boxes is not None and speakers != MAX_SPEAKERS and not (single_box and len(boxes) == 1):
+                raise ImageInputError(
+                    f"boxes are for two speakers (or one box for keep_background with one speaker); got "
+                    f"{plural(len(boxes), 'box')} and {plural(speakers, 'speaker')}"
+                )
+            if boxes is not None and speakers == 1:
+                boxes[0].validate(source.width, source.height, "box of person 1")
+            height, width = source.height, source.width
+            target = tuple(opts.size) if opts.size else choose_bucket(height, width, opts.resolution)
+            reference = source.frame(0, target)  # [3, H, W] in [-1, 1]
+            routing_boxes = boxes if speakers == MAX_SPEAKERS else None
+            bucket_masks = crop_masks(person_masks(height, width, routing_boxes, speakers), target)
+            masks = latent_masks(bucket_masks, (target[0] // VAE_STRIDE[1], target[1] // VAE_STRIDE[2]))
+            region = None
+            if opts.keep_background:
+                mask_image = load_image(mask, "mask_image") if mask is not None else None
+                region = region_mask(
+                    target, (height, width), boxes=None if mask_image else boxes, mask=mask_image, feather=opts.feather
+                )
+            t = time.perf_counter()
+            switch = self.use_adapter(adapter)
+            timings["adapter_switch"] = switch
+            context, context_null = self.encode_prompts(prompt, opts.negative_prompt or _default_negative())
+            timings["text_encoder"] = time.perf_counter() - t - switch
+        except BaseException:
+            source.close()
+            raise
         return PreparedJob(
             options=opts,
             speakers=speakers,
@@ -566,28 +675,45 @@ class MultiTalkPipeline:
             context=context,
             context_null=context_null,
             timings=timings,
+            source=source,
+            adapter=adapter,
+            loop=loop,
+            region=region,
         )
 
     def frames(self, job: PreparedJob, callback: Callable[[Progress], None] | None = None) -> Iterator[torch.Tensor]:
         """Denoise and decode clip after clip; yields each clip's new frames ``[3, n, H, W]`` in [-1, 1]
-        (colour-corrected, cut so that all yielded frames add up to ``job.total_frames``)."""
-        opts, notify, timings = job.options, callback or _ignore, job.timings
+        (colour-corrected, composited over the source with ``keep_background``, cut so that all yielded frames add
+        up to ``job.total_frames``). Closes the job's source when done."""
+        try:
+            yield from self._frames(job, callback)
+        finally:
+            job.source.close()
+
+    def _frames(self, job: PreparedJob, callback: Callable[[Progress], None] | None) -> Iterator[torch.Tensor]:
+        opts, notify, timings, loop = job.options, callback or _ignore, job.timings, job.loop
         set_speed_lora(
             self.transformer, opts.speed_lora, loaded=self.speed_lora is not None, fused=self.speed_lora_fused
         )
+        if self.adapter != job.adapter:  # another job switched adapters since this one was prepared
+            timings["adapter_switch"] += self.use_adapter(job.adapter)
         if opts.cache_threshold > 0:
             job.step_cache = StepCache(opts.cache_threshold, opts.resolution)
         guidance = Guidance(opts.text_scale, opts.audio_scale, opts.use_apg, opts.apg_momentum, opts.apg_norm_threshold)
         grid = timesteps(opts.steps, opts.shift).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(opts.seed)
-        cond = job.reference[:, None].to(self.device)  # condition frames [3, n, H, W]
+        size = tuple(job.reference.shape[1:])
+        motion = job.reference[:, None].to(self.device)  # the frames the next clip continues from [3, n, H, W]
         written = 0
         for clip in job.clips:
             features = mirror_pad(job.features, clip.end + 3) if clip.mirror_audio else job.features
             windows = window_features(features, clip.start, opts.frames_per_clip).to(self.device)
             if job.step_cache is not None:
                 job.step_cache.new_clip()
-            latent = self._sample_clip(job, clip, cond, windows, guidance, grid, generator, notify)
+            # InfiniteTalk: the clip's reference is the source frame at its start; MultiTalk: the motion frames
+            reference = job.source.frame(clip.start, size) if loop.source_condition else job.reference
+            cond = reference[:, None].to(self.device) if loop.source_condition else motion
+            latent = self._sample_clip(job, clip, cond, motion, windows, guidance, grid, generator, notify)
 
             def decoding(done: int, total: int, clip_no: int = clip.index + 1) -> None:
                 notify(Progress("decoding", clip_no, len(job.clips), opts.steps, opts.steps, done=done, total=total))
@@ -597,12 +723,18 @@ class MultiTalkPipeline:
             decoded = self.vae.decode(latent, progress=decoding)  # [3, F, H, W]
             timings["vae_decode"] += time.perf_counter() - t
             t = time.perf_counter()
-            decoded = match_colors(decoded, job.reference.to(decoded.device), opts.color_correction)
+            # colour: towards the clip's own reference (a video's frame at the clip start; the image otherwise)
+            decoded = match_colors(decoded, reference.to(decoded.device), opts.color_correction)
             timings["color_correction"] += time.perf_counter() - t
+            if job.region is not None:
+                t = time.perf_counter()
+                behind = torch.stack([job.source.frame(clip.start + i, size) for i in range(decoded.shape[1])], dim=1)
+                decoded = composite(decoded, behind.to(decoded.device), job.region.to(decoded.device))
+                timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - t
             new = decoded[:, clip.keep_from :][:, : job.total_frames - written]
             written += new.shape[1]
             yield new
-            cond = decoded[:, -opts.motion_frames :]
+            motion = decoded[:, -opts.motion_frames :]
 
     def warm_up(self, size: tuple[int, int] = (128, 128), frames: int = 5, steps: int = 1) -> float:
         """One tiny generation on synthetic inputs (every model runs once), so that the first real job does not pay
@@ -624,11 +756,13 @@ class MultiTalkPipeline:
 
     def generate(
         self,
-        image: str | Path | bytes | Image.Image,
+        image: str | Path | bytes | Image.Image | None,
         audio: list[str | Path | bytes | np.ndarray | None],
         prompt: str,
         output: str | Path,
         *,
+        video: str | Path | bytes | None = None,
+        mask: str | Path | bytes | Image.Image | None = None,
         boxes: list[Box] | None = None,
         options: GenerateOptions | None = None,
         callback: Callable[[Progress], None] | None = None,
@@ -637,8 +771,13 @@ class MultiTalkPipeline:
     ) -> GenerationResult:
         """Generate the talking video into ``output`` (MP4, H.264 + AAC, 25 fps).
 
-        ``audio``: one entry per speaker (a path, the file's bytes, a 16 kHz float array, or ``None`` for a silent
-        speaker). ``boxes``: two person boxes in source-image pixels (two speakers only; default: left/right halves).
+        The source: ``image`` (a reference image), or ``video`` (a video to dub, with an InfiniteTalk model: its
+        frames are read at 25 fps by their timestamps; its own soundtrack is replaced by ``audio``).
+        ``options.model`` chooses the model (``multitalk``, ``infinitetalk``, ...); ``options.keep_background``
+        keeps the source outside the speaker regions (``boxes``, or ``mask``: an image of the source's size, white
+        where the video is regenerated). ``audio``: one entry per speaker (a path, the file's bytes, a 16 kHz float
+        array, or ``None`` for a silent speaker). ``boxes``: two person boxes in source pixels (two speakers;
+        default: left/right halves; one box for one speaker with ``keep_background``).
         ``callback`` receives a ``Progress`` after every stage and sampling step; raising ``GenerationCancelled`` in
         it stops the job between steps (the partial MP4 is removed).
         """
@@ -646,7 +785,15 @@ class MultiTalkPipeline:
         for path, name in ((output, "output"), (thumbnail, "thumbnail"), (mask_preview_path, "mask_preview_path")):
             if path is not None:  # before any work: a missing folder must not cost a finished video
                 check_output_path(path, name)
-        job = self.prepare(image, audio, prompt, boxes=boxes, options=options, callback=callback)
+        job = self.prepare(
+            image, audio, prompt, video=video, mask=mask, boxes=boxes, options=options, callback=callback
+        )
+        try:
+            return self._generate(job, started, output, callback, thumbnail, mask_preview_path)
+        finally:
+            job.source.close()
+
+    def _generate(self, job, started, output, callback, thumbnail, mask_preview_path) -> GenerationResult:
         opts, timings, notify = job.options, job.timings, callback or _ignore
         preview = None
         if mask_preview_path is not None:
@@ -692,11 +839,13 @@ class MultiTalkPipeline:
             mask_preview_path=preview,
             notes=job.notes,
             forwards=forwards,
+            model=job.adapter,
         )
 
-    def _sample_clip(self, job, clip, cond, windows, guidance, grid, generator, notify) -> torch.Tensor:
-        """Denoise one clip; returns its latents ``[16, T, h, w]``."""
-        opts, timings = job.options, job.timings
+    def _sample_clip(self, job, clip, cond, motion, windows, guidance, grid, generator, notify) -> torch.Tensor:
+        """Denoise one clip conditioned on ``cond`` (frames ``[3, n, H, W]``), continuing from ``motion`` (the
+        previous clip's last frames; the reference frame for the first clip); returns its latents ``[16, T, h, w]``."""
+        opts, timings, loop = job.options, job.timings, job.loop
         t = time.perf_counter()
         frames, n_cond = opts.frames_per_clip, cond.shape[1]
         height, width = cond.shape[2], cond.shape[3]
@@ -717,7 +866,10 @@ class MultiTalkPipeline:
         mask = torch.cat([mask[:, :1].repeat(1, VAE_STRIDE[0], 1, 1), mask[:, 1:]], dim=1)
         mask = mask.view(1, lat_t, VAE_STRIDE[0], lat_h, lat_w).transpose(1, 2)[0]  # [4, T, h, w]
         y = torch.cat([mask, y_latent.to(self.device)]).to(self.dtype)
-        motion_latents = y[4 : 4 + 16, : 1 + (n_cond - 1) // VAE_STRIDE[0]].float() if clip.index else None
+        if loop.clean_motion:  # InfiniteTalk: the motion frames (first clip: the reference frame) encoded alone
+            motion_latents = self.vae.encode(motion).to(self.device, torch.float32)
+        else:  # MultiTalk: the condition is the motion frames; their latents are y's first frames
+            motion_latents = y[4 : 4 + 16, : 1 + (n_cond - 1) // VAE_STRIDE[0]].float() if clip.index else None
         timings["image_encoders"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -729,9 +881,18 @@ class MultiTalkPipeline:
             "drop_audio": (job.context, null_audio),
         }
         latent = torch.randn(16, lat_t, lat_h, lat_w, generator=generator, device=self.device, dtype=torch.float32)
-        if motion_latents is not None:
-            noisy = add_noise(motion_latents, self._randn_like(motion_latents, generator), grid[0])
-            latent[:, : motion_latents.shape[1]] = noisy
+        n_motion = motion_latents.shape[1] if motion_latents is not None else 0
+
+        def inject(timestep: torch.Tensor) -> None:
+            """Motion latents into the latent: MultiTalk re-noises them to ``timestep``; InfiniteTalk writes them
+            clean. InfiniteTalk's official loop still draws MultiTalk's re-noising noise after the first clip (and
+            then overwrites its result): the draw is kept, so that a seed gives the official noise."""
+            if motion_latents is None:
+                return
+            noise = self._randn_like(motion_latents, generator) if clip.index or not loop.clean_motion else None
+            latent[:, :n_motion] = motion_latents if loop.clean_motion else add_noise(motion_latents, noise, timestep)
+
+        inject(grid[0])
         buffers = guidance.new_buffers()
         cache = job.step_cache
         for i in range(opts.steps):
@@ -741,9 +902,7 @@ class MultiTalkPipeline:
                     cache.select(name, i)
                 preds[name] = self._predict(latent, grid[i], y, clip_features, *passes[name], job.masks, cache, job)
             latent = euler_step(latent, guidance.combine(preds, buffers), grid[i], grid[i + 1])
-            if motion_latents is not None:
-                noisy = add_noise(motion_latents, self._randn_like(motion_latents, generator), grid[i + 1])
-                latent[:, : motion_latents.shape[1]] = noisy
+            inject(grid[i + 1])
             notify(Progress("sampling", clip.index + 1, len(job.clips), i + 1, opts.steps))
         timings["sampling"] += time.perf_counter() - t
         return latent
@@ -788,6 +947,29 @@ class MultiTalkPipeline:
                 if job is not None:
                     job.notes.append(note)
         return (out.sample if hasattr(out, "sample") else out)[0].float()
+
+
+def _adapter_files(paths, adapters: list[str] | None) -> dict[str, Path | None]:
+    """{adapter: its weights file} for the adapters to hold, in order (``None``: the first the folder has). A
+    MultiTalk file ``None`` means the transformer's own files hold MultiTalk's audio weights."""
+    from ..errors import ConfigError
+    from ..loading.adapters import adapter_spec
+
+    found = paths.adapters()
+    if adapters is None:
+        return dict([next(iter(found.items()))]) if found else {}
+    held: dict[str, Path | None] = {}
+    for requested in adapters:
+        name = adapter_spec(requested).name
+        if name in found:
+            held[name] = found[name]
+        elif name == "multitalk" and not held:
+            held[name] = None  # in the transformer's own files (diffusers or single-file layouts)
+        else:
+            raise ConfigError(f"model {name} is not in the model folder (found: {', '.join(found) or 'none'})")
+    if not held:
+        raise ConfigError("adapters: name at least one model")
+    return held
 
 
 def _resolve_plan(

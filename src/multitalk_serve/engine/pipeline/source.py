@@ -153,7 +153,7 @@ class ImageSource:
     def __init__(self, image: Image.Image) -> None:
         self._image = image.convert("RGB")
         self.width, self.height = self._image.width, self._image.height
-        self._crops: dict[tuple[int, int], np.ndarray] = {}
+        self._frames: dict[tuple[int, int], torch.Tensor] = {}
 
     def image_at(self, index: int) -> Image.Image:
         if index < 0:
@@ -165,12 +165,16 @@ class ImageSource:
         if index < 0:
             raise IndexError(f"frame index must be >= 0, got {index}")
         key = _size_key(size)
-        if key not in self._crops:
-            self._crops[key] = _crop_uint8(self._image, key)
-        return _to_tensor(self._crops[key])
+        if key not in self._frames:
+            self._frames[key] = _to_tensor(_crop_uint8(self._image, key))
+        return self._frames[key].clone()
+
+    def clip(self, start: int, count: int, size: tuple[int, int]) -> torch.Tensor:
+        """``count`` frames from ``start``: ``[3, count, H, W]`` (the same picture each time)."""
+        return self.frame(start, size)[:, None].expand(-1, count, -1, -1).clone()
 
     def close(self) -> None:
-        self._crops.clear()
+        self._frames.clear()
 
     def __enter__(self) -> ImageSource:
         return self
@@ -184,7 +188,8 @@ class VideoSource:
 
     ``source``: the file's bytes or a path. ``name``: the field as the user wrote it (in every message).
     ``source_end``: ``"hold"`` or ``"pingpong"`` past the end. ``max_seconds``: the longest video accepted.
-    Raises ``VideoInputError`` for anything that cannot be used, before decoding more than the first frame."""
+    Raises ``VideoInputError`` for anything that cannot be used, before decoding more than the first frame.
+    One job's object: not for use from several threads at once."""
 
     kind = "video"
 
@@ -248,6 +253,8 @@ class VideoSource:
                 other.discard = av.stream.Discard.all  # demux only the video's packets
         ctx = stream.codec_context
         self._check_size(ctx.width, ctx.height)
+        # the decoder itself refuses larger pictures (a stream may change its size midway)
+        ctx.options = {**ctx.options, "max_pixels": str(MAX_VIDEO_PIXELS)}
         self._time_base = stream.time_base or Fraction(1, 90000)
         header = float(stream.duration * self._time_base) if stream.duration else None  # what the header claims
         if header is not None and header > self.max_seconds + float(TIME_TOLERANCE):
@@ -399,6 +406,10 @@ class VideoSource:
             self._decode(ordinal, keep=keep, size=key_size)
             self._store(key, _crop_uint8(self._last[1], key_size))  # type: ignore[index]
         return _to_tensor(self._crops[key])
+
+    def clip(self, start: int, count: int, size: tuple[int, int]) -> torch.Tensor:
+        """``count`` consecutive output frames from ``start`` (what a window composites onto): ``[3, count, H, W]``."""
+        return torch.stack([self.frame(i, size) for i in range(start, start + count)], dim=1)
 
     @property
     def cached(self) -> int:
