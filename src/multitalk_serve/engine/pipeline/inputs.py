@@ -148,13 +148,12 @@ def check_inputs(
         raise AudioError(f"{names.audio}: every speaker is silent; at least one audio track is needed")
     if (image is None) == (video is None):
         raise InputError(f"give exactly one of {names.image} (a picture to animate) and {names.video} (a video to dub)")
-    model = getattr(opts, "model", "multitalk")
-    if video is not None and model == "multitalk":
+    if video is not None and opts.model == "multitalk":
         raise InputError(
             f"{names.video}: MultiTalk animates an image; a video needs an InfiniteTalk model (infinitetalk, "
             "infinitetalk-single, infinitetalk-multi)"
         )
-    keep_background = bool(getattr(opts, "keep_background", False))
+    keep_background = bool(opts.keep_background)
     _exists(image if video is None else video, names.image if video is None else names.video)
     if mask is not None and not isinstance(mask, Image.Image):
         _exists(mask, names.mask)
@@ -167,7 +166,9 @@ def check_inputs(
     else:
         from .source import VideoSource
 
-        with VideoSource(video, name=names.video, source_end=getattr(opts, "source_end", "hold")) as clip:
+        with VideoSource(
+            video, name=names.video, source_end=opts.source_end, max_seconds=float(opts.max_duration_s)
+        ) as clip:
             width, height = clip.width, clip.height
     if mask is not None:
         if not keep_background:
