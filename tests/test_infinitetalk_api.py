@@ -296,6 +296,15 @@ def test_a_worker_without_an_adapter_list_holds_its_transformers():
     assert worker.held == ["infinitetalk-single"] and worker.default_model == "infinitetalk"
 
 
+def test_every_front_end_offers_the_engines_models():
+    from multitalk_serve.cli import MODEL_NAMES
+    from multitalk_serve.engine import MODEL_CHOICES
+    from multitalk_serve.worker.schema import MODELS
+
+    client = next(a for a in build_parser()._actions if a.dest == "model")
+    assert tuple(MODELS) == tuple(MODEL_NAMES) == tuple(client.choices) == tuple(MODEL_CHOICES)
+
+
 def test_e_video_is_a_stable_code():
     assert "E_VIDEO" in CODES
     assert WorkerError("E_VIDEO", "x").payload() == {"error": "E_VIDEO: x"}

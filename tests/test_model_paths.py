@@ -163,3 +163,48 @@ def test_inventory_names_a_corrupt_encoder(tiny_root, tmp_path):
 def test_missing_directory():
     inventory = inspect_model_dir("/nonexistent/models", cache_dirs=[])
     assert inventory.problems == ["model directory does not exist: /nonexistent/models"]
+
+
+def test_an_infinitetalk_only_folder_is_a_model_folder(tiny_root, tmp_path):
+    """Wan base + wav2vec2 + InfiniteTalk, no MeiGen-MultiTalk/: found, checked, and the adapters listed."""
+    root = copy_parts(tiny_root, tmp_path / "it", DIFFUSERS, "InfiniteTalk", "chinese-wav2vec2-base")
+    single = root / "InfiniteTalk/single/infinitetalk.safetensors"
+    multi = root / "InfiniteTalk/multi/infinitetalk.safetensors"
+    paths = resolve_model_paths(root, cache_dirs=[])
+    assert paths.multitalk is None
+    assert paths.adapters() == {"infinitetalk-single": single, "infinitetalk-multi": multi}
+    inventory = inspect_model_dir(root, cache_dirs=[])
+    assert inventory.ok, inventory.problems
+    reports = {c.name: c for c in inventory.components}
+    assert reports["transformer"].problem is None and str(single) in inventory.files and str(multi) in inventory.files
+    assert reports["infinitetalk_multi"].layout == "audio: infinitetalk-multi" and reports["infinitetalk_multi"].bytes
+    assert "multitalk" not in reports
+    assert resolve_model_paths(root, cache_dirs=[], adapters=["infinitetalk-multi"]).infinitetalk_multi == multi
+
+    # the one-speaker file alone (as `download --models infinitetalk-single` leaves it), on the original layout
+    only = copy_parts(tiny_root, tmp_path / "one", ORIGINAL, "chinese-wav2vec2-base")
+    (only / "InfiniteTalk/single").mkdir(parents=True)
+    shutil.copy2(single, only / "InfiniteTalk/single/infinitetalk.safetensors")
+    inventory = inspect_model_dir(only, cache_dirs=[])
+    assert inventory.ok, inventory.problems
+    assert list(inventory.paths.adapters()) == ["infinitetalk-single"]
+
+
+def test_a_missing_audio_model_is_named(tiny_root, tmp_path):
+    root = copy_parts(tiny_root, tmp_path / "it", DIFFUSERS, "InfiniteTalk", "chinese-wav2vec2-base")
+    with pytest.raises(CheckpointError) as info:
+        resolve_model_paths(root, cache_dirs=[], adapters=["multitalk", "infinitetalk-single"])
+    assert str(info.value).count("audio weights are not there") == 1
+    assert f"expected {root}/MeiGen-MultiTalk/multitalk.safetensors (MeiGen-AI/MeiGen-MultiTalk)" in str(info.value)
+    inventory = inspect_model_dir(root, cache_dirs=[], adapters=["multitalk"])
+    assert inventory.problems[0].startswith("multitalk: the multitalk audio weights are not there")
+    assert {c.name: c.problem for c in inventory.components}["transformer"] is None  # still checked, with InfiniteTalk
+    with pytest.raises(CheckpointError, match="unknown audio model 'infinitetalk'"):
+        resolve_model_paths(root, cache_dirs=[], adapters=["infinitetalk"])
+
+    shutil.rmtree(root / "InfiniteTalk")  # no audio weights at all
+    inventory = inspect_model_dir(root, cache_dirs=[])
+    (problem,) = inventory.problems
+    assert problem.startswith("transformer: no audio weights:")
+    for expected in ("MeiGen-MultiTalk/multitalk.safetensors", "InfiniteTalk/single/infinitetalk.safetensors"):
+        assert f"{root}/{expected}" in problem

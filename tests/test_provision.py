@@ -28,6 +28,7 @@ from multitalk_serve.provision.download import Downloader, DownloadError
 from multitalk_serve.provision.profiles import (
     DIFFUSERS_REPO,
     GGUF_REPO,
+    INFINITETALK_REPO,
     MULTITALK_REPO,
     ORIGINAL_REPO,
     PROFILES,
@@ -36,6 +37,7 @@ from multitalk_serve.provision.profiles import (
     WAV2VEC_REPO,
     Fetch,
     Profile,
+    profile,
     with_speed_lora,
 )
 from multitalk_serve.provision.verify import verify_model_dir
@@ -64,6 +66,11 @@ def publish(hub: FakeHub, tiny: Path, gated: bool = False) -> None:
     configs = {"config.json": w2v / "config.json", "preprocessor_config.json": w2v / "preprocessor_config.json"}
     hub.add_repo(WAV2VEC_REPO, configs | {"pytorch_model.bin": b"the main branch's pickle (not fetched)"})
     hub.add_repo(WAV2VEC_REPO, configs | {"model.safetensors": w2v / "model.safetensors"}, revision="refs/pr/1")
+    hub.add_repo(
+        INFINITETALK_REPO,
+        tree(tiny / "InfiniteTalk")
+        | {"quant_models/infinitetalk_single_fp8.safetensors": b"not fetched", "README.md": b"# InfiniteTalk\n"},
+    )
     hub.add_repo(GGUF_REPO, {p.name: p for p in tiny.glob("*.gguf")})
     hub.add_repo(SPEED_LORA_REPO, {SPEED_LORA_FILE: tiny / SPEED_LORA_NAME, "Other/unrelated.safetensors": b"no"})
 
@@ -395,3 +402,151 @@ def test_readme_numbers_match_the_architectures():
     assert count["vae"] == profiles.VAE_PARAMS
     base, audio = profiles.transformer_params()
     assert (base, audio) == (16_394_878_784, 2_487_168_000)
+
+
+# --- audio models: MultiTalk and/or InfiniteTalk (download --models) -------------------------------------------------
+IT_SINGLE = "InfiniteTalk/single/infinitetalk.safetensors"
+IT_MULTI = "InfiniteTalk/multi/infinitetalk.safetensors"
+
+
+def run_models(dest: Path, name: str, models: str, logs: list | None = None, **kwargs):
+    log = (logs if logs is not None else []).append
+    return Downloader(dest, profile(name, models), cache_dirs=[], log=log, **kwargs).run()
+
+
+@pytest.mark.parametrize(
+    ("name", "models", "expected"),
+    [
+        ("official", "infinitetalk-single", ["infinitetalk-single"]),
+        ("bf16", "all", ["multitalk", "infinitetalk-single", "infinitetalk-multi"]),
+        ("gguf-q4", "infinitetalk", ["infinitetalk-single", "infinitetalk-multi"]),
+    ],
+)
+def test_audio_model_choices_download_and_verify(hub, tiny_root, tmp_path, name, models, expected):
+    dest = tmp_path / "models"
+    report = run_models(dest, name, models)
+    assert not report.failures
+    fetched = {r.file for r in content_gets(hub) if r.repo_id == INFINITETALK_REPO}
+    assert fetched == {f"{m.removeprefix('infinitetalk-')}/infinitetalk.safetensors" for m in expected if "-" in m}
+    assert (dest / "MeiGen-MultiTalk").exists() == ("multitalk" in expected)
+    assert not (dest / "InfiniteTalk/quant_models").exists() and not (dest / "InfiniteTalk/README.md").exists()
+    manifest = json.loads((dest / ".multitalk/manifest.json").read_text())
+    assert manifest["profile"] == (name if models == "multitalk" else f"{name}+{'+'.join(expected)}")
+    for model in expected:
+        if model.startswith("infinitetalk-"):
+            field = model.replace("-", "_")
+            kind = model.removeprefix("infinitetalk-")
+            assert manifest["components"][field] == f"InfiniteTalk/{kind}/infinitetalk.safetensors"
+            ours = read_safetensors_header(dest / "InfiniteTalk" / kind / "infinitetalk.safetensors")
+            published = read_safetensors_header(tiny_root / "InfiniteTalk" / kind / "infinitetalk.safetensors")
+            assert ours.keys() == published.keys()
+            # stored as the profile stores MultiTalk's: bf16 (norms float32) where it converts, as published otherwise
+            narrowed = {k for k, r in ours.items() if r.dtype == torch.bfloat16}
+            assert bool(narrowed) == (name != "official")
+            for key in list(published)[:20]:
+                value = published[key].read()
+                expected_value = value.to(torch.bfloat16) if key in narrowed else value
+                assert torch.equal(ours[key].read(), expected_value)
+    result = verify_model_dir(dest, hashes=True, cache_dirs=[], adapters=expected)
+    assert result.ok, result.all_problems
+    assert list(result.inventory.paths.adapters()) == expected
+    audio = [c for c in result.inventory.components if c.layout.startswith("audio:")]
+    assert [c.layout for c in audio] == [f"audio: {m}" for m in expected] and all(c.problem is None for c in audio)
+
+
+def test_a_corrupted_infinitetalk_file_is_refetched(hub, tmp_path):
+    dest = tmp_path / "models"
+    run_models(dest, "bf16", "infinitetalk-multi")
+    path = dest / IT_MULTI  # converted to bf16 on arrival
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = verify_model_dir(dest, hashes=True, cache_dirs=[])
+    assert not result.ok and any(p.startswith(f"{IT_MULTI}: content changed") for p in result.all_problems)
+    hub.clear_requests()
+    logs: list[str] = []
+    report = run_models(dest, "bf16", "infinitetalk-multi", logs)
+    assert report.fetched == 1 and [r.file for r in content_gets(hub)] == ["multi/infinitetalk.safetensors"]
+    assert any(line.startswith(f"{IT_MULTI}: does not match the Hub") for line in logs)
+    assert verify_model_dir(dest, hashes=True, cache_dirs=[]).ok
+
+
+def test_a_missing_infinitetalk_file_is_named(hub, tmp_path):
+    dest = tmp_path / "models"
+    run_models(dest, "gguf-q4", "infinitetalk")
+    (dest / IT_SINGLE).unlink()
+    result = verify_model_dir(dest, cache_dirs=[])
+    assert not result.ok
+    assert f"{IT_SINGLE}: missing (recorded by download; rerun download to fetch it)" in result.all_problems
+    assert any(p.startswith("infinitetalk_single:") and IT_SINGLE in p for p in result.all_problems)
+    # the worker's start-up check (same verify) names it too
+    from multitalk_serve.engine.errors import CheckpointError
+    from multitalk_serve.worker.config import WorkerConfig
+    from multitalk_serve.worker.fitness import check_model_folder
+
+    with pytest.raises(CheckpointError, match=IT_SINGLE):
+        check_model_folder(WorkerConfig(model_path=dest, volume_path=dest, s3=None))
+    report = run_models(dest, "gguf-q4", "infinitetalk")
+    assert report.fetched == 1 and verify_model_dir(dest, cache_dirs=[]).ok
+
+
+def test_cli_download_models_and_verify_models(hub, tmp_path, capsys):
+    dest = tmp_path / "models"
+    assert cli(["download", "--profile", "gguf-q8", "--models", "infinitetalk-multi", "--dest", str(dest)]) == 0
+    out, _ = capsys.readouterr()
+    assert "complete and consistent" in out and not (dest / "MeiGen-MultiTalk").exists()
+    assert cli(["verify", "--dest", str(dest)]) == 0
+    out, _ = capsys.readouterr()
+    assert "infinitetalk_multi" in out and "audio: infinitetalk-multi" in out
+    assert cli(["verify", "--dest", str(dest), "--models", "multitalk,infinitetalk-multi"]) == 1
+    captured = capsys.readouterr()
+    assert "MeiGen-MultiTalk/multitalk.safetensors" in captured.err
+    with pytest.raises(SystemExit) as info:
+        cli(["download", "--profile", "bf16", "--models", "infinitetalk-duo", "--dest", str(dest)])
+    assert info.value.code == 2
+    assert "argument --models: unknown audio model 'infinitetalk-duo'" in capsys.readouterr().err
+
+
+def test_fewer_files_at_a_time_when_the_float32_originals_would_not_fit(hub, tmp_path, monkeypatch):
+    """Room for the result plus one float32 file being converted, not eight: the download runs one at a time."""
+    chosen = profile("bf16", "all")
+    planned = dl.plan(chosen, endpoint=hub.url)
+    final = sum(r.final_size_bound() for r in planned)
+    largest = max(r.size for r in planned if r.to_bf16)
+    usage = namedtuple("usage", "total used free")
+    free = final + largest + dl.SPACE_MARGIN
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+    logs: list[str] = []
+    downloader = Downloader(tmp_path / "models", chosen, cache_dirs=[], log=logs.append, workers=8)
+    report = downloader.run()
+    assert not report.failures and downloader.workers == 1
+    assert any("fetching 1 files at a time instead of 8" in line for line in logs)
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free + 2, free - 2))
+    with pytest.raises(DownloadError) as info:
+        Downloader(tmp_path / "other", chosen, cache_dirs=[], log=[].append).run()
+    assert info.value.code == "E_SPACE"
+
+
+def test_every_audio_model_choice_fits_the_volume():
+    from multitalk_serve.provision import profiles
+
+    _, audio = profiles.transformer_params()
+    assert set(profiles.AUDIO_MODEL_PARAMS) == set(profiles.AUDIO_MODELS)
+    # each InfiniteTalk file: MultiTalk's 330 tensors and shapes, float32 (computed, not read from the Hub)
+    assert all(n == audio for n in profiles.AUDIO_MODEL_PARAMS.values()) and round(audio * 4 / 1e9, 2) == 9.95
+    for name in PROFILES:
+        default = profiles.estimate(name)
+        for models in ("multitalk", "infinitetalk-single", "infinitetalk-multi", "infinitetalk", "all"):
+            e = profiles.estimate(name, models, speed_lora=True)
+            assert max(e.disk_gb, e.peak_gb) < profiles.VOLUME_GB, (name, models)
+            assert e.gpu_weights_gb == default.gpu_weights_gb  # one set of audio layers on the GPU
+        both = profiles.estimate(name, "infinitetalk")
+        assert round(both.disk_gb - default.disk_gb, 2) == round(audio * (4 if name == "official" else 2) / 1e9, 2)
+    assert profile("bf16").name == "bf16" and profile("bf16", "infinitetalk").models == (
+        "infinitetalk-single",
+        "infinitetalk-multi",
+    )
+    with pytest.raises(ValueError, match="unknown audio model 'x'"):
+        profile("bf16", "x")
+    with pytest.raises(ValueError, match="no audio model"):
+        profile("bf16", "")

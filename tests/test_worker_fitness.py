@@ -23,7 +23,10 @@ def test_complete_tiny_folder(tiny_root):
 @pytest.mark.parametrize(
     ("remove", "message"),
     [
-        ("MeiGen-MultiTalk", "no MultiTalk audio weights"),
+        (
+            ("MeiGen-MultiTalk", "InfiniteTalk"),
+            "no audio weights: .* expected .*MeiGen-MultiTalk/multitalk.safetensors",
+        ),
         ("chinese-wav2vec2-base", "wav2vec: not found, expected chinese-wav2vec2-base"),
         (
             "Wan2.1-I2V-14B-480P-Diffusers/transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
@@ -39,10 +42,22 @@ def test_complete_tiny_folder(tiny_root):
 def test_missing_pieces_are_named(tiny_root, tmp_path, remove, message):
     root = tmp_path / "models"
     shutil.copytree(tiny_root, root)
-    target = root / remove
-    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for part in (remove,) if isinstance(remove, str) else remove:
+        target = root / part
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     with pytest.raises(CheckpointError, match=message):
         check_model_folder(config_for(root))
+
+
+def test_an_infinitetalk_only_folder_passes(tiny_root, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("MeiGen-MultiTalk"))
+    files = check_model_folder(config_for(root))
+    assert any(f.endswith("single/infinitetalk.safetensors") for f in files)
+    assert not any(f.endswith("multitalk.safetensors") for f in files)
+    assert check_model_folder(config_for(root), adapters=["infinitetalk-single", "infinitetalk-multi"]) == files
+    with pytest.raises(CheckpointError, match=r"multitalk audio weights are not there, expected .*MeiGen-MultiTalk/"):
+        check_model_folder(config_for(root), adapters=["multitalk", "infinitetalk-multi"])
 
 
 def test_every_problem_is_reported_at_once(tiny_root, tmp_path):

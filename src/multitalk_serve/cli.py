@@ -104,21 +104,27 @@ def _default_dest() -> str:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from .provision.profiles import PROFILES
+    from .provision.profiles import PROFILES, profile
 
     print(profiles_table())
     if args.verbose:
-        for profile in PROFILES.values():
-            print(f"\n{profile.name}: {profile.summary}")
-            for fetch in profile.fetches:
+        for default in PROFILES.values():
+            print(f"\n{default.name}: {default.summary}")
+            every = profile(default.name, "all")
+            for fetch in every.fetches:
                 cast = f"; bf16 on arrival: {', '.join(fetch.to_bf16)}" if fetch.to_bf16 else ""
-                print(f"  {fetch.repo_id}@{fetch.revision} -> {fetch.folder or '.'}/: {', '.join(fetch.include)}{cast}")
+                note = "" if fetch in default.fetches else " (with --models)"
+                print(
+                    f"  {fetch.repo_id}@{fetch.revision} -> {fetch.folder or '.'}/: "
+                    f"{', '.join(fetch.include)}{cast}{note}"
+                )
     return 0
 
 
 def profiles_table() -> str:
-    """The profile table of docs/provisioning.md (kept in sync by a test)."""
-    from .provision.profiles import PROFILES, estimate
+    """The profile tables of docs/provisioning.md (kept in sync by a test): the profiles with their default audio
+    model (MultiTalk), then what the audio models chosen with ``download --models`` change."""
+    from .provision.profiles import PROFILES, VOLUME_GB, estimate
 
     rows = [
         "| profile | what | download | on the volume | GPU memory for the weights |",
@@ -130,17 +136,35 @@ def profiles_table() -> str:
             f"| `{name}` | {profile.summary} | {e.download_gb:.1f} GB | {e.disk_gb:.1f} GB | "
             f"{e.gpu_weights_gb:.1f} GB ({e.transformer_gb:.1f} transformer + {e.encoders_gb:.1f} encoders) |"
         )
+    rows += [
+        "",
+        "| profile | `--models` | download | on the volume | most on the volume while downloading "
+        f"| fits {VOLUME_GB:.0f} GB (+ speed LoRA) | host memory to switch between them |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in PROFILES:
+        for models in ("multitalk", "infinitetalk-single", "infinitetalk", "all"):
+            e = estimate(name, models)
+            lora = estimate(name, models, speed_lora=True)
+            fits = "yes" if max(lora.disk_gb, lora.peak_gb) < VOLUME_GB else "**no**"
+            host = f"{e.adapter_host_gb:.1f} GB" if e.adapter_host_gb else "-"
+            rows.append(
+                f"| `{name}` | `{models}` | {e.download_gb:.1f} GB | {e.disk_gb:.1f} GB | {e.peak_gb:.1f} GB | "
+                f"{fits} ({lora.disk_gb:.1f} GB) | {host} |"
+            )
     return "\n".join(rows)
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
     from .provision.download import Downloader, DownloadError
-    from .provision.profiles import PROFILES, with_speed_lora
+    from .provision.profiles import profile as make_profile
+    from .provision.profiles import with_speed_lora
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    profile = with_speed_lora(PROFILES[args.profile]) if args.speed_lora else PROFILES[args.profile]
+    chosen = make_profile(args.profile, args.models)
+    profile = with_speed_lora(chosen) if args.speed_lora else chosen
     downloader = Downloader(
         args.dest,
         profile,
@@ -158,13 +182,18 @@ def _cmd_download(args: argparse.Namespace) -> int:
     print(json.dumps(report.as_dict(), indent=2))
     if args.dry_run:
         return 0
-    return _cmd_verify(argparse.Namespace(dest=args.dest, hashes=False, transformer=None, json=False, quiet=True))
+    return _cmd_verify(
+        argparse.Namespace(
+            dest=args.dest, hashes=False, transformer=None, json=False, quiet=True, models=",".join(chosen.models)
+        )
+    )
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .provision.verify import verify_model_dir
 
-    result = verify_model_dir(args.dest, hashes=args.hashes, transformer=args.transformer)
+    models = getattr(args, "models", None)
+    result = verify_model_dir(args.dest, hashes=args.hashes, transformer=args.transformer, adapters=models)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0 if result.ok else 1
@@ -181,6 +210,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     hashed = f", {result.files_hashed} files re-hashed" if result.files_hashed else ""
     print(f"{args.dest}: {verdict}{hashed}")
     return 0 if result.ok else 1
+
+
+def _parse_models(text: str) -> str:
+    from .provision.profiles import parse_models
+
+    try:
+        return ",".join(parse_models(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parse_box(text: str):
@@ -290,7 +328,7 @@ class VideoKeptError(Exception):
     """Writing the video where it was asked for failed at the end; it was kept elsewhere (named in the message)."""
 
 
-MODEL_NAMES = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")
+MODEL_NAMES = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES
 
 
 def _model_options(model: str, speakers: int, source_end: str, keep_background: bool, feather: float | None) -> dict:
@@ -693,6 +731,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=8, help="files downloaded at the same time")
     p.add_argument(
+        "--models",
+        type=_parse_models,
+        default="multitalk",
+        metavar="MODELS",
+        help="the audio models to fetch, comma-separated: multitalk (the default), infinitetalk-single, "
+        "infinitetalk-multi; infinitetalk = both InfiniteTalk files, all = the three",
+    )
+    p.add_argument(
         "--speed-lora",
         action="store_true",
         help="also fetch the lightx2v step-distillation LoRA (1.4 GB) for preset fast, into DEST/Lightx2v/",
@@ -711,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hashes", action="store_true", help="re-hash every file download recorded (reads every byte)")
     p.add_argument("--transformer", help="the transformer to check, when the directory holds several")
+    p.add_argument(
+        "--models",
+        type=_parse_models,
+        metavar="MODELS",
+        help="audio models that must be there, comma-separated (as download --models; default: any one)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_verify)
 

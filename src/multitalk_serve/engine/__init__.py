@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Progress": ".pipeline.generate",
     "STAGES": ".pipeline.generate",
     "Box": ".pipeline.conditioning",
+    "MODEL_CHOICES": ".pipeline.variants",
     "check_inputs": ".pipeline.inputs",
     "check_output_path": ".pipeline.inputs",
     "CheckedInputs": ".pipeline.inputs",
@@ -118,6 +119,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "MAX_SPEAKERS",
     "MAX_STEPS",
     "MAX_VIDEO_SECONDS",
+    "MODEL_CHOICES",
     "PRESETS",
     "SAMPLE_RATE",
     "SOURCE_ENDS",
@@ -235,6 +237,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         open_source,
         sniff_media,
     )
+    from .pipeline.variants import MODEL_CHOICES
     from .pipeline.video import FPS
     from .speed.memory import T5_BYTES, MemoryPlan, parse_plan, plan_memory
     from .speed.policy import (

@@ -478,18 +478,29 @@ class Downloader:
         return part.stat().st_size if part.is_file() else 0
 
     def _check_space(self, todo: list[RemoteFile]) -> None:
+        """Enough free space for what is left, plus the float32 originals alive while their half copies are written
+        (one per file fetched at a time): with too little room for ``workers`` of them, fewer files are fetched at a
+        time (logged); ``E_SPACE`` when even one at a time does not fit."""
         if not todo:
             return
         need = sum(r.final_size_bound() - self._partial_bytes(r) for r in todo)
-        converting = sorted((r.size for r in todo if r.to_bf16), reverse=True)[: self.workers]
-        need += sum(converting)  # float32 originals alive while their bfloat16 copies are written
+        converting = sorted((r.size for r in todo if r.to_bf16), reverse=True)
         free = shutil.disk_usage(self.root).free
-        if free < need + SPACE_MARGIN:
-            raise DownloadError(
-                "E_SPACE",
-                f"{self.root} has {free / 1e9:.1f} GB free; this download needs {(need + SPACE_MARGIN) / 1e9:.1f} GB "
-                f"({len(todo)} files to fetch). Use a larger volume or free space, then rerun.",
-            )
+        for workers in range(self.workers, 0, -1):
+            if free >= need + sum(converting[:workers]) + SPACE_MARGIN:
+                if workers < self.workers:
+                    self.log(
+                        f"{free / 1e9:.1f} GB free: fetching {workers} files at a time instead of {self.workers}, "
+                        "so the float32 files being converted fit beside the rest"
+                    )
+                    self.workers = workers
+                return
+        need += sum(converting[:1]) + SPACE_MARGIN
+        raise DownloadError(
+            "E_SPACE",
+            f"{self.root} has {free / 1e9:.1f} GB free; this download needs {need / 1e9:.1f} GB "
+            f"({len(todo)} files to fetch). Use a larger volume or free space, then rerun.",
+        )
 
     def _fetch_all(self, todo: list[RemoteFile], manifest: Manifest, report: Report) -> None:
         if not todo:

@@ -12,21 +12,35 @@ exact byte counts come from the Hub when you run ``download --dry-run``.
   ``.pth`` encoders), unchanged, + MeiGen-MultiTalk + chinese-wav2vec2-base.
 - ``gguf-q8`` / ``gguf-q4``: city96's GGUF transformer (Q8_0 / Q4_K_M) with the diffusers encoders and the
   MultiTalk layers in bfloat16: the smallest download and the least GPU memory for the weights.
+
+Audio models (``profile(name, models)``, ``download --models``): which audio adapters a profile fetches, MultiTalk's
+(the default, as before) and/or InfiniteTalk's single and multi files (``MeiGen-AI/InfiniteTalk``, into
+``InfiniteTalk/{single,multi}/``), each stored as the profile stores MultiTalk's (bf16 in ``bf16`` and the GGUF
+profiles, float32 as published in ``official``). Any non-empty set makes a valid model folder.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..engine.loading.layouts import WanDims, multitalk_shapes, original_base_shapes
+from ..engine.loading.layouts import INFINITETALK_WEIGHTS_NAME, WanDims, multitalk_shapes, original_base_shapes
 from ..engine.loading.original_encoders import CLIP_CHECKPOINT, T5_CHECKPOINT, T5_TOKENIZER, VAE_CHECKPOINT
-from ..engine.loading.paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
+from ..engine.loading.paths import (
+    ADAPTER_FIELDS,
+    DIFFUSERS_DIR,
+    INFINITETALK_DIR,
+    MULTITALK_DIR,
+    ORIGINAL_DIR,
+    WAV2VEC_DIR,
+)
 
 DIFFUSERS_REPO = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 ORIGINAL_REPO = "Wan-AI/Wan2.1-I2V-14B-480P"
 GGUF_REPO = "city96/Wan2.1-I2V-14B-480P-gguf"
 MULTITALK_REPO = "MeiGen-AI/MeiGen-MultiTalk"
+INFINITETALK_REPO = "MeiGen-AI/InfiniteTalk"
 WAV2VEC_REPO = "TencentGameMate/chinese-wav2vec2-base"
 GGUF_FILES = {"Q8_0": "wan2.1-i2v-14b-480p-Q8_0.gguf", "Q4_K_M": "wan2.1-i2v-14b-480p-Q4_K_M.gguf"}
 # The lightx2v I2V 480p step-distillation LoRA (4 steps, no text guidance) as Kijai republished it; the file
@@ -49,11 +63,38 @@ class Fetch:
     components: tuple[tuple[str, str], ...] = ()  # (component, path inside ``folder``)
 
 
+# The audio models a profile can fetch (the names of ``engine.AUDIO_ADAPTERS``, in its order) and the shorthands
+# ``download --models`` accepts.
+AUDIO_MODELS = tuple(ADAPTER_FIELDS)  # multitalk, infinitetalk-single, infinitetalk-multi
+DEFAULT_MODELS = ("multitalk",)
+MODEL_SHORTHANDS = {"infinitetalk": ("infinitetalk-single", "infinitetalk-multi"), "all": AUDIO_MODELS}
+
+
+def parse_models(text: str | Iterable[str]) -> tuple[str, ...]:
+    """``"multitalk,infinitetalk-single"`` (or a list) -> the audio models in canonical order; ``ValueError`` naming
+    the choices for an unknown or empty one. ``infinitetalk`` = single + multi, ``all`` = the three."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    chosen: set[str] = set()
+    for item in (i.strip().lower() for i in items):
+        if item in MODEL_SHORTHANDS:
+            chosen.update(MODEL_SHORTHANDS[item])
+        elif item in AUDIO_MODELS:
+            chosen.add(item)
+        elif item:
+            choices = ", ".join((*AUDIO_MODELS, *MODEL_SHORTHANDS))
+            raise ValueError(f"unknown audio model {item!r}: choose from {choices} (comma-separated)")
+    if not chosen:
+        raise ValueError(f"no audio model named: choose from {', '.join((*AUDIO_MODELS, *MODEL_SHORTHANDS))}")
+    return tuple(m for m in AUDIO_MODELS if m in chosen)
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
     summary: str
     fetches: tuple[Fetch, ...]
+    models: tuple[str, ...] = DEFAULT_MODELS  # the audio models it fetches
+    base: str = ""  # the name in PROFILES it was made from ("": ``name``)
 
     def components(self) -> dict[str, tuple[Fetch, str]]:
         """Component name -> (the fetch that provides it, its path inside the fetch's folder)."""
@@ -68,6 +109,27 @@ def _multitalk(bf16: bool) -> Fetch:
         to_bf16=("multitalk.safetensors",) if bf16 else (),
         components=(("multitalk", "multitalk.safetensors"),),
     )
+
+
+def _infinitetalk(models: tuple[str, ...], bf16: bool) -> Fetch | None:
+    kinds = [m.removeprefix("infinitetalk-") for m in models if m.startswith("infinitetalk-")]
+    if not kinds:
+        return None
+    files = tuple(f"{kind}/{INFINITETALK_WEIGHTS_NAME}" for kind in kinds)
+    return Fetch(
+        INFINITETALK_REPO,
+        INFINITETALK_DIR,
+        include=files,
+        to_bf16=files if bf16 else (),
+        components=tuple((f"infinitetalk_{kind}", file) for kind, file in zip(kinds, files, strict=True)),
+    )
+
+
+def _audio(models: tuple[str, ...], bf16: bool) -> tuple[Fetch, ...]:
+    """The fetches of the audio models chosen (MultiTalk's repository, InfiniteTalk's)."""
+    fetches = [_multitalk(bf16)] if "multitalk" in models else []
+    infinitetalk = _infinitetalk(models, bf16)
+    return (*fetches, infinitetalk) if infinitetalk is not None else tuple(fetches)
 
 
 # chinese-wav2vec2-base: configs from main, safetensors weights from the PR branch (as MultiTalk's README does).
@@ -90,7 +152,7 @@ def _diffusers(with_transformer: bool) -> Fetch:
     )
 
 
-def _gguf(profile: str, quant: str) -> Profile:
+def _gguf(profile: str, quant: str, models: tuple[str, ...]) -> Profile:
     name = GGUF_FILES[quant]
     return Profile(
         profile,
@@ -98,19 +160,14 @@ def _gguf(profile: str, quant: str) -> Profile:
         (
             Fetch(GGUF_REPO, "", include=(name,), components=(("transformer", name),)),
             _diffusers(False),
-            _multitalk(True),
+            *_audio(models, True),
             *WAV2VEC,
         ),
     )
 
 
-PROFILES: dict[str, Profile] = {
-    "bf16": Profile(
-        "bf16",
-        "diffusers layout, float32 files stored as bf16 (CLIP as fp16)",
-        (_diffusers(True), _multitalk(True), *WAV2VEC),
-    ),
-    "official": Profile(
+def _official(models: tuple[str, ...]) -> Profile:
+    return Profile(
         "official",
         "the original Wan layout, as MultiTalk users already have it (bf16 shards, .pth encoders)",
         (
@@ -134,20 +191,49 @@ PROFILES: dict[str, Profile] = {
                     ("vae", VAE_CHECKPOINT),
                 ),
             ),
-            _multitalk(False),
+            *_audio(models, False),
             *WAV2VEC,
         ),
+    )
+
+
+_BUILDERS = {
+    "bf16": lambda models: Profile(
+        "bf16",
+        "diffusers layout, float32 files stored as bf16 (CLIP as fp16)",
+        (_diffusers(True), *_audio(models, True), *WAV2VEC),
     ),
-    "gguf-q8": _gguf("gguf-q8", "Q8_0"),
-    "gguf-q4": _gguf("gguf-q4", "Q4_K_M"),
+    "official": _official,
+    "gguf-q8": lambda models: _gguf("gguf-q8", "Q8_0", models),
+    "gguf-q4": lambda models: _gguf("gguf-q4", "Q4_K_M", models),
 }
+
+
+def profile(name: str, models: str | Iterable[str] = DEFAULT_MODELS) -> Profile:
+    """The profile ``name`` fetching the audio models ``models`` (``parse_models``; default MultiTalk's only). With
+    other models than the default the profile is named ``<name>+<model>+...`` (the manifest records it)."""
+    if name not in _BUILDERS:
+        raise KeyError(name)
+    chosen = parse_models(models)
+    made = _BUILDERS[name](chosen)
+    if chosen == DEFAULT_MODELS:
+        return Profile(made.name, made.summary, made.fetches, chosen, name)
+    listed = ", ".join(chosen)
+    return Profile(f"{name}+{'+'.join(chosen)}", f"{made.summary}; audio: {listed}", made.fetches, chosen, name)
+
+
+PROFILES: dict[str, Profile] = {name: profile(name) for name in _BUILDERS}
 
 
 def with_speed_lora(profile: Profile) -> Profile:
     """``profile`` plus the speed LoRA for ``preset: fast`` (``download --speed-lora``)."""
     lora = Fetch(SPEED_LORA_REPO, "", include=(SPEED_LORA_FILE,))
     return Profile(
-        f"{profile.name}+speed-lora", f"{profile.summary}; + the lightx2v speed LoRA", (*profile.fetches, lora)
+        f"{profile.name}+speed-lora",
+        f"{profile.summary}; + the lightx2v speed LoRA",
+        (*profile.fetches, lora),
+        profile.models,
+        profile.base or profile.name,
     )
 
 
@@ -169,6 +255,14 @@ def transformer_params(dims: WanDims | None = None) -> tuple[int, int]:
     return base, sum(math.prod(s) for s in multitalk_shapes(dims).values())
 
 
+# Each InfiniteTalk file (single/, multi/) holds MultiTalk's 330 tensors with the same shapes, in float32 (a public
+# converter reads "330 FP32 tensors"; our loader's strict key check, as the official's, requires exactly those keys;
+# docs/infinitetalk.md section 2): 2,487,168,000 parameters = 9.95 GB each. COMPUTED, not read from the Hub (its file
+# list was not reachable when this was written); ``download --dry-run`` prints the Hub's byte counts.
+AUDIO_MODEL_PARAMS = dict.fromkeys(AUDIO_MODELS, 2_487_168_000)
+VOLUME_GB = 100.0  # the network volume every profile, with any audio models and the speed LoRA, must fit
+
+
 def gguf_bytes(quant: str, dims: WanDims | None = None) -> int:
     """Tensor bytes of a community GGUF of the base transformer (tensor types as ``engine.gguf_quant``)."""
     import gguf
@@ -187,32 +281,55 @@ class Estimate:
     profile: str
     download_gb: float  # bytes transferred
     disk_gb: float  # bytes kept on the volume
-    transformer_gb: float  # transformer + MultiTalk layers, as loaded on the GPU
+    transformer_gb: float  # transformer + one set of audio layers, as loaded on the GPU
     encoders_gb: float  # T5 (bf16) + CLIP (bf16) + VAE (fp32) + wav2vec2 (fp32) on the GPU
+    models: tuple[str, ...] = DEFAULT_MODELS
+    peak_gb: float = 0.0  # the most the volume holds while downloading, converting one file at a time
+    adapter_host_gb: float = 0.0  # host memory of an AdapterBank holding every model (bf16), when more than one
 
     @property
     def gpu_weights_gb(self) -> float:
         return self.transformer_gb + self.encoders_gb
 
 
-def estimate(name: str) -> Estimate:
-    """Sizes of a profile, from parameter counts (the Hub's exact byte counts: ``download --dry-run``)."""
-    base, audio = transformer_params()
+def estimate(name: str, models: str | Iterable[str] = DEFAULT_MODELS, *, speed_lora: bool = False) -> Estimate:
+    """Sizes of a profile with the audio models ``models``, from parameter counts (the Hub's exact byte counts:
+    ``download --dry-run``). The GPU holds one set of audio layers whatever the number of models (the others wait in
+    host memory and are copied in when a job asks for them: ``AdapterBank``)."""
+    chosen = parse_models(models)
+    base, _ = transformer_params()
+    audio = sum(AUDIO_MODEL_PARAMS[m] for m in chosen)  # every file, as stored
+    one = max(AUDIO_MODEL_PARAMS[m] for m in chosen)  # the set on the GPU
     on_gpu_encoders = (T5_ENCODER_PARAMS + CLIP_VISION_PARAMS) * 2 + (VAE_PARAMS + WAV2VEC_PARAMS) * 4
     small = VAE_PARAMS * 4 + WAV2VEC_PARAMS * 4
+    largest_converted = 0  # the float32 original alive beside its half copy while converting
     if name == "bf16":
         download = (base + audio + T5_ENCODER_PARAMS + CLIP_VISION_PARAMS) * 4 + small
         disk = (base + audio + T5_ENCODER_PARAMS + CLIP_VISION_PARAMS) * 2 + small
-        transformer = (base + audio) * 2
+        transformer = (base + one) * 2
+        largest_converted = one * 4  # the audio files are the largest float32 files (shards are smaller)
     elif name == "official":
         download = disk = base * 2 + T5_ENCODER_PARAMS * 2 + (CLIP_VISION_PARAMS + CLIP_TEXT_PARAMS) * 4 + small
         download = disk = download + audio * 4
-        transformer = (base + audio) * 2
+        transformer = (base + one) * 2
     elif name in ("gguf-q8", "gguf-q4"):
         quant = gguf_bytes("Q8_0" if name == "gguf-q8" else "Q4_K_M")
         download = quant + (audio + T5_ENCODER_PARAMS + CLIP_VISION_PARAMS) * 4 + small
         disk = quant + (audio + T5_ENCODER_PARAMS + CLIP_VISION_PARAMS) * 2 + small
-        transformer = quant + audio * 2
+        transformer = quant + one * 2
+        largest_converted = one * 4
     else:
         raise KeyError(name)
-    return Estimate(name, download / GB, disk / GB, transformer / GB, on_gpu_encoders / GB)
+    if speed_lora:
+        download, disk = download + SPEED_LORA_GB * GB, disk + SPEED_LORA_GB * GB
+    host = audio * 2 if len(chosen) > 1 else 0
+    return Estimate(
+        name,
+        download / GB,
+        disk / GB,
+        transformer / GB,
+        on_gpu_encoders / GB,
+        chosen,
+        (disk + largest_converted) / GB,
+        host / GB,
+    )

@@ -7,6 +7,7 @@ found, its files, tensor names and shapes, configs, and the widths between compo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +72,16 @@ def verify_model_dir(
     transformer: str | Path | None = None,
     cache_dirs: list[Path] | None = None,
     workers: int = 4,
+    adapters: str | Sequence[str] | None = None,
 ) -> Verification:
+    """``adapters``: audio models that must be there (names, or ``"a,b"``; ``None``: any one, see
+    ``inspect_model_dir``)."""
     root = Path(root)
     manifest = read_manifest(root) if root.is_dir() else None
-    result = Verification(inspect_model_dir(root, transformer=transformer, cache_dirs=cache_dirs), None)
+    if isinstance(adapters, str):
+        adapters = [a for a in adapters.split(",") if a]
+    inventory = inspect_model_dir(root, transformer=transformer, cache_dirs=cache_dirs, adapters=adapters)
+    result = Verification(inventory, None)
     if manifest is None:
         result.notes.append("no .multitalk/manifest.json (not made by `download`): checked the files themselves only")
         return result

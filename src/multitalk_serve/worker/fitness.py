@@ -11,10 +11,19 @@ unhealthy at start instead of failing its first job.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 
-from ..engine import AUDIO_ADAPTERS, T5_BYTES, CheckpointError, ConfigError, MemoryPlan, find_components
+from ..engine import (
+    AUDIO_ADAPTERS,
+    MODEL_CHOICES,
+    T5_BYTES,
+    CheckpointError,
+    ConfigError,
+    MemoryPlan,
+    find_components,
+)
 from ..provision.verify import verify_model_dir
 from .config import WorkerConfig
 
@@ -22,17 +31,18 @@ from .config import WorkerConfig
 HEADROOM_GB = {"480p": 10.0, "720p": 22.0}
 
 
-def check_model_folder(config: WorkerConfig) -> list[str]:
+def check_model_folder(config: WorkerConfig, adapters: Sequence[str] | None = None) -> list[str]:
     """What ``multitalk-serve verify`` checks (without re-hashing): raise ``CheckpointError`` naming everything
     missing or inconsistent (files download recorded, tensors, shapes, configs, widths between components; headers
-    only, no weights read); return the files that make up the model."""
-    result = verify_model_dir(config.model_path, transformer=config.transformer)
+    only, no weights read); return the files that make up the model. ``adapters``: the audio models the worker will
+    load (``multitalk``, ``infinitetalk-single``, ``infinitetalk-multi``), each required; ``None``: any one."""
+    result = verify_model_dir(config.model_path, transformer=config.transformer, adapters=adapters)
     if not result.ok:
         raise CheckpointError(f"{config.model_path}: " + "; ".join(result.all_problems))
     return result.inventory.files
 
 
-MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # what a request may name
+MODELS = MODEL_CHOICES  # what a request may name: multitalk, infinitetalk, infinitetalk-single, infinitetalk-multi
 INFINITETALK = ("infinitetalk-single", "infinitetalk-multi")
 
 

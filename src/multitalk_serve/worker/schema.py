@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ..engine import MAX_SPEAKERS, MAX_STEPS
 
-MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")
+MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES (test)
 IMAGE_FIELDS = ("image", "image_url", "cond_image", "condition_image", "image_s3_key")
 VIDEO_FIELDS = ("video", "video_url", "cond_video")
 DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."

@@ -10,11 +10,13 @@ problem is collected, so one run says everything that is missing. ``verify`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .paths import ModelPaths, find_components
+from .layouts import is_audio_key
+from .paths import ADAPTER_FIELDS, ADAPTER_FILES, ModelPaths, find_components
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "image_encoder", "image_processor", "vae", "wav2vec")
 
@@ -58,31 +60,55 @@ class Inventory:
             raise CheckpointError(f"{self.root}: " + "; ".join(self.problems))
 
 
-def _transformer(located: dict, report: ComponentReport, problems: list[str]) -> dict:
-    """The transformer with its audio weights; each InfiniteTalk file found is checked against it too (into
-    ``problems``, so one bad adapter does not hide the others)."""
+def _adapters(located: dict) -> dict[str, Path]:
+    """The audio adapters found, by name, in ``ModelPaths.adapters()``'s order."""
+    return {name: located[f] for name, f in ADAPTER_FIELDS.items() if located.get(f) is not None}
+
+
+def _no_audio_message(root: Path, transformer: Path) -> str:
+    expected = " or ".join(str(root / f) for f in ADAPTER_FILES.values())
+    return (
+        f"no audio weights: {transformer} holds none and no audio model was found; expected {expected} "
+        "(`multitalk-serve download --models ...` fetches them)"
+    )
+
+
+def _transformer(located: dict, root: Path, reports: list[ComponentReport], problems: list[str]) -> dict:
+    """The transformer with the first audio adapter found (MultiTalk's, else InfiniteTalk single's, else multi's:
+    what the pipeline loads it with by default); every other adapter found is checked against the same model (into
+    ``problems``, so one bad adapter does not hide the others). ``reports``: the transformer's, then one per adapter."""
     from .transformer import _check_keys_and_shapes, build_empty_model, resolve_transformer
 
-    # The transformer as the pipeline loads it (with MultiTalk's weights); InfiniteTalk-only installs wait for the
-    # pipeline to load InfiniteTalk (docs/infinitetalk.md).
-    adapters = [k for k in ("infinitetalk_single", "infinitetalk_multi") if located.get(k) is not None]
-    audio = located["multitalk"]
-    source = resolve_transformer(located["transformer"], audio)
+    report = reports[0]
+    adapters = _adapters(located)
+    first = next(iter(adapters.values()), None)
+    try:
+        source = resolve_transformer(located["transformer"], first)
+    except CheckpointError as exc:
+        if first is None and "no MultiTalk audio weights" in str(exc):
+            raise CheckpointError(_no_audio_message(root, located["transformer"])) from exc
+        raise
     model = build_empty_model(source.dims)
     _check_keys_and_shapes(model, source)
     report.layout = source.layout
     report.files = [str(f) for f in source.files]
-    report.bytes = sum(r.nbytes for r in source.refs.values())
-    for key in adapters:
-        if located[key] == audio:
-            continue
+    separate = source.audio_file is not None  # the audio bytes are reported per adapter below
+    report.bytes = sum(r.nbytes for k, r in source.refs.items() if not (separate and is_audio_key(k)))
+    for name, path in adapters.items():
+        field_name = ADAPTER_FIELDS[name]
+        adapter = ComponentReport(field_name, str(path), layout=f"audio: {name}", files=[str(path)])
+        reports.append(adapter)
         try:
-            other = resolve_transformer(located["transformer"], located[key])
-            _check_keys_and_shapes(model, other)
+            other = source if path == first else resolve_transformer(located["transformer"], path)
+            if other is not source:
+                _check_keys_and_shapes(model, other)
+            adapter.bytes = sum(r.nbytes for k, r in other.refs.items() if is_audio_key(k))
         except CheckpointError as exc:
-            problems.append(f"{key}: {exc}")
+            adapter.problem = f"{field_name}: {exc}"
+            problems.append(adapter.problem)
             continue
-        report.files.append(str(located[key]))
+        if path != first:
+            report.files.append(str(path))
     return {"text": source.dims.text_dim, "image": source.dims.image_dim, "audio": source.dims}
 
 
@@ -154,10 +180,15 @@ def inspect_model_dir(
     multitalk: str | Path | None = None,
     wav2vec: str | Path | None = None,
     cache_dirs: list[Path] | None = None,
+    adapters: Sequence[str] | None = None,
 ) -> Inventory:
-    """Check every component of the model directory ``root``; never raises for a bad directory (see ``problems``)."""
+    """Check every component of the model directory ``root``; never raises for a bad directory (see ``problems``).
+
+    The audio adapters found are reported after the components (``multitalk``, ``infinitetalk_single``,
+    ``infinitetalk_multi``), each checked against the transformer; ``adapters`` names those that must be there
+    (``None``: any one of them, or audio weights in the transformer itself)."""
     located, problems = find_components(
-        root, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec, cache_dirs=cache_dirs
+        root, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec, cache_dirs=cache_dirs, adapters=adapters
     )
     paths = ModelPaths(**located) if not problems else None
     inventory = Inventory(str(root), paths, problems=list(problems))
@@ -172,11 +203,16 @@ def inspect_model_dir(
             else:
                 report.problem = next((p for p in problems if p.startswith(f"{name}:")), "not found")
             continue
-        if name == "transformer" and located["multitalk"] is None and "multitalk" in str(problems):
-            continue
+        audio_problem = any(p.startswith(tuple(f"{f}:" for f in ADAPTER_FIELDS.values())) for p in problems)
+        if name == "transformer" and audio_problem and not _adapters(located):
+            continue  # the audio weights named are missing (reported already) and there are no others
         try:
             if name == "transformer":
-                found[name] = _transformer(located, report, inventory.problems)
+                reports = [report]
+                try:
+                    found[name] = _transformer(located, Path(root), reports, inventory.problems)
+                finally:
+                    inventory.components.extend(reports[1:])
             elif name in ("text_encoder", "image_encoder", "vae"):
                 found[name] = _encoder(name, path, report)
             elif name == "tokenizer":

@@ -11,6 +11,10 @@ A model root may hold any mix of the published layouts (``multitalk-serve downlo
     ROOT/chinese-wav2vec2-base/
     ROOT/.multitalk/manifest.json         written by ``download``: which profile, and which file is which component
 
+The audio weights are the audio adapters (``loading/adapters.py``): MultiTalk's, InfiniteTalk's single and multi.
+A folder needs at least one of them (or a transformer that holds its audio weights); any mix is a valid folder, an
+InfiniteTalk-only one (no ``MeiGen-MultiTalk/``) included. ``ModelPaths.adapters()`` lists those found.
+
 ROOT may also itself be a ``-Diffusers`` or original folder. A component not found under ROOT is looked up in the
 Hugging Face caches (``HF_HUB_CACHE``, ``HF_HOME/hub`` and RunPod's cached models under
 ``/runpod-volume/huggingface-cache/hub``), in place: nothing is copied. Order for each component: an explicit
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -45,6 +50,20 @@ WAV2VEC_DIR = "chinese-wav2vec2-base"
 MANIFEST = Path(".multitalk") / "manifest.json"
 RUNPOD_HF_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 
+# Audio adapter name (``adapters.AUDIO_ADAPTERS``, what a request and ``download --models`` name) -> the
+# ``ModelPaths`` field (and the provisioning manifest's component name) holding its weights file.
+ADAPTER_FIELDS = {
+    "multitalk": "multitalk",
+    "infinitetalk-single": "infinitetalk_single",
+    "infinitetalk-multi": "infinitetalk_multi",
+}
+# Where each adapter's weights lie under a model root, as the official READMEs download them (for messages).
+ADAPTER_FILES = {
+    "multitalk": f"{MULTITALK_DIR}/{MULTITALK_WEIGHTS_NAME} (MeiGen-AI/MeiGen-MultiTalk)",
+    "infinitetalk-single": f"{INFINITETALK_DIR}/single/{INFINITETALK_WEIGHTS_NAME} (MeiGen-AI/InfiniteTalk)",
+    "infinitetalk-multi": f"{INFINITETALK_DIR}/multi/{INFINITETALK_WEIGHTS_NAME} (MeiGen-AI/InfiniteTalk)",
+}
+
 # Hugging Face repositories each folder comes from (for cache lookups).
 REPOS = {
     "diffusers": ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
@@ -58,7 +77,7 @@ REPOS = {
 @dataclass(frozen=True)
 class ModelPaths:
     transformer: Path  # any layout load_transformer accepts
-    multitalk: Path | None  # None: the transformer source holds the audio weights (or they sit beside it)
+    multitalk: Path | None  # None: no MultiTalk file (InfiniteTalk only, or audio weights in/beside the transformer)
     text_encoder: Path  # diffusers folder or the original .pth
     tokenizer: Path
     image_encoder: Path  # diffusers folder or the original .pth
@@ -69,13 +88,9 @@ class ModelPaths:
     infinitetalk_multi: Path | None = None
 
     def adapters(self) -> dict[str, Path]:
-        """The audio adapters found, by name (``multitalk``, ``infinitetalk-single``, ``infinitetalk-multi``)."""
-        named = {
-            "multitalk": self.multitalk,
-            "infinitetalk-single": self.infinitetalk_single,
-            "infinitetalk-multi": self.infinitetalk_multi,
-        }
-        return {k: v for k, v in named.items() if v is not None}
+        """The audio adapters found, by name, in the order ``multitalk``, ``infinitetalk-single``,
+        ``infinitetalk-multi`` (the only listing of what a folder holds; ``ADAPTER_FIELDS`` maps the names)."""
+        return {k: getattr(self, f) for k, f in ADAPTER_FIELDS.items() if getattr(self, f) is not None}
 
     def as_dict(self) -> dict[str, str | None]:
         return {f.name: (str(getattr(self, f.name)) if getattr(self, f.name) else None) for f in fields(self)}
@@ -175,10 +190,14 @@ def resolve_model_paths(
     multitalk: str | Path | None = None,
     wav2vec: str | Path | None = None,
     cache_dirs: list[Path] | None = None,
+    adapters: Sequence[str] | None = None,
 ) -> ModelPaths:
-    """Every component's path (see module docstring); ``CheckpointError`` lists everything that is missing."""
+    """Every component's path (see module docstring); ``CheckpointError`` lists everything that is missing.
+
+    ``adapters``: the audio adapters the caller needs (names of ``AUDIO_ADAPTERS``); each one missing is a problem
+    naming the file expected. ``None``: whatever the folder holds (``ModelPaths.adapters()``)."""
     found, problems = find_components(
-        root, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec, cache_dirs=cache_dirs
+        root, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec, cache_dirs=cache_dirs, adapters=adapters
     )
     if problems:
         raise CheckpointError(f"incomplete model directory {root}: " + "; ".join(problems))
@@ -192,9 +211,16 @@ def find_components(
     multitalk: str | Path | None = None,
     wav2vec: str | Path | None = None,
     cache_dirs: list[Path] | None = None,
+    adapters: Sequence[str] | None = None,
 ) -> tuple[dict[str, Path | None], list[str]]:
     """What ``resolve_model_paths`` finds, without raising: (component -> path or None, problems)."""
     root = Path(root)
+    unknown = [a for a in adapters or () if a not in ADAPTER_FIELDS]
+    if unknown:
+        known = ", ".join(ADAPTER_FIELDS)
+        return dict.fromkeys(f.name for f in fields(ModelPaths)), [
+            f"unknown audio model {a!r}: choose from {known}" for a in unknown
+        ]
     if not root.is_dir():
         return dict.fromkeys(f.name for f in fields(ModelPaths)), [f"model directory does not exist: {root}"]
     caches = hf_cache_dirs() if cache_dirs is None else cache_dirs
@@ -269,8 +295,19 @@ def find_components(
             problems.append(f"{name}: not found, expected {what} (searched {searched})")
         elif not path.exists():
             problems.append(f"{name}: {path} does not exist")
-    if audio is not None and not audio.exists():
-        problems.append(f"multitalk: {audio} does not exist")
+    located = {
+        "multitalk": audio,
+        "infinitetalk_single": infinitetalk["single"],
+        "infinitetalk_multi": infinitetalk["multi"],
+    }
+    for field_name, path in located.items():
+        if path is not None and not path.exists():  # named explicitly or by the manifest, and gone
+            problems.append(f"{field_name}: {path} does not exist")
+    for name in dict.fromkeys(adapters or ()):
+        if located[ADAPTER_FIELDS[name]] is None:
+            problems.append(
+                f"{ADAPTER_FIELDS[name]}: the {name} audio weights are not there, expected {root}/{ADAPTER_FILES[name]}"
+            )
     found = {
         "transformer": chosen,
         "multitalk": audio,

@@ -57,14 +57,14 @@ from .conditioning import (
 from .inputs import check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
-from .source import ConditionSource, ImageSource, VideoSource, sniff_media
+from .source import MAX_VIDEO_SECONDS, SOURCE_ENDS, ImageSource, VideoSource, sniff_media
 from .variants import LoopVariant, adapter_for, check_model_name, loop_for
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
 
 logger = logging.getLogger(__name__)
 
 VAE_STRIDE = (4, 8, 8)
-SOURCE_ENDS = ("hold", "pingpong")
+ConditionSource = ImageSource | VideoSource
 PARALLEL_LOAD_MIN_CORES = 8
 MAX_IMAGE_PIXELS = 40_000_000  # larger inputs are refused before decoding (decompression bombs)
 MIN_IMAGE_SIDE = 32
@@ -444,12 +444,21 @@ class MultiTalkPipeline:
         InfiniteTalk single, multi)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from ..loading.adapters import adapter_spec
         from ..loading.paths import resolve_model_paths
         from ..loading.weights import prefetch
 
         if speed is not None:
             speed_lora, speed_lora_scale, fuse_speed_lora = speed.speed_lora, speed.scale, speed.fuse
-        paths = resolve_model_paths(model_dir, transformer=transformer, multitalk=multitalk, wav2vec=wav2vec)
+        # InfiniteTalk files must be there when named (MultiTalk's weights may sit in the transformer's own files)
+        needed = [adapter_spec(a).name for a in adapters or ()]
+        paths = resolve_model_paths(
+            model_dir,
+            transformer=transformer,
+            multitalk=multitalk,
+            wav2vec=wav2vec,
+            adapters=[a for a in needed if a != "multitalk"] or None,
+        )
         held = _adapter_files(paths, adapters)
         first, first_file = next(iter(held.items())) if held else (None, paths.multitalk)
         device = torch.device(device)
@@ -630,7 +639,9 @@ class MultiTalkPipeline:
 
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
         if video is not None:
-            source: ConditionSource = VideoSource(video, source_end=opts.source_end, max_seconds=opts.max_duration_s)
+            # a source longer than the audio is fine (its start is dubbed); the cap bounds the cost of indexing it
+            cap = max(opts.max_duration_s, MAX_VIDEO_SECONDS)
+            source: ConditionSource = VideoSource(video, source_end=opts.source_end, max_seconds=cap)
         else:
             source = ImageSource(load_image(image))
         try:
@@ -728,7 +739,7 @@ class MultiTalkPipeline:
             timings["color_correction"] += time.perf_counter() - t
             if job.region is not None:
                 t = time.perf_counter()
-                behind = torch.stack([job.source.frame(clip.start + i, size) for i in range(decoded.shape[1])], dim=1)
+                behind = job.source.clip(clip.start, decoded.shape[1], size)  # the source frames at the same times
                 decoded = composite(decoded, behind.to(decoded.device), job.region.to(decoded.device))
                 timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - t
             new = decoded[:, clip.keep_from :][:, : job.total_frames - written]
