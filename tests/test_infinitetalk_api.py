@@ -78,7 +78,10 @@ def test_new_fields_and_their_defaults():
     assert job.video_field is None and job.source_field == "image"
     for model in ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi"):
         assert parse(image=IMG, audio=A1, model=model).model == model
-    job = parse(video=VID, audio=A1, model="infinitetalk", source_end="pingpong", keep_background=True, feather=12.5)
+    job = parse(
+        video=VID, audio=A1, model="infinitetalk", source_end="pingpong", keep_background=True, boxes=[[0, 0, 8, 8]],
+        feather=12.5,
+    )  # fmt: skip
     assert (job.source_end, job.keep_background, job.feather) == ("pingpong", True, 12.5)
     # WaveSpeed's mask_image: the region regenerated, and it implies keep_background
     job = parse(video=VID, audio=A1, mask_image=MASK)
@@ -108,6 +111,7 @@ def test_new_fields_and_their_defaults():
         ({"video": VID, "audio": A1, "feather": 4}, "feather is the edge width of keep_background"),
         ({"video": VID, "audio": A1, "keep_background": True, "feather": -1}, "feather: Input should be greater"),
         ({"video": VID, "audio": A1, "keep_background": True, "feather": "4"}, "feather: Input should be a valid"),
+        ({"video": VID, "audio": A1, "keep_background": True}, "keep_background needs the speaker regions: boxes"),
         (
             {"video": VID, "audio": A1, "mask_image": MASK, "keep_background": False},
             "mask_image is the region regenerated with keep_background, which is false",

@@ -276,6 +276,7 @@ def test_cli_passes_the_video_mask_and_model(tiny_root, media, tmp_path, capsys,
         (["--model-name", "multitalk"], "--video: MultiTalk animates an image"),
         (["--image", "IMG"], "--image and --video both give the source"),
         (["--feather", "3"], "--feather is the edge width of --keep-background"),
+        (["--keep-background"], "keep_background needs the speaker regions: --box (one per speaker) or --mask-image"),
         (
             ["--keep-background", "--box", "0,0,8,8", "--box", "8,8,16,16"],
             "one speaker with keep_background takes one box",

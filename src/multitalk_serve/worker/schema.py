@@ -277,6 +277,10 @@ class JobInput(BaseModel):
             self.keep_background = True
         if self.feather is not None and not self.keep_background:
             raise ValueError("feather is the edge width of keep_background: set keep_background true (or drop it)")
+        if self.keep_background and self.mask_image is None and self.boxes is None and self.bbox is None:
+            raise ValueError(
+                "keep_background needs the speaker regions: boxes (one per speaker; or bbox) or mask_image"
+            )
 
     @property
     def image_field(self) -> str:

@@ -154,6 +154,10 @@ def check_inputs(
             "infinitetalk-single, infinitetalk-multi)"
         )
     keep_background = bool(opts.keep_background)
+    if keep_background and boxes is None and mask is None:
+        raise ImageInputError(
+            f"keep_background needs the speaker regions: {names.boxes} (one per speaker) or {names.mask}"
+        )
     _exists(image if video is None else video, names.image if video is None else names.video)
     if mask is not None and not isinstance(mask, Image.Image):
         _exists(mask, names.mask)
