@@ -5,6 +5,8 @@ As a command:
 
     python examples/client.py --endpoint https://api.runpod.ai/v2/ENDPOINT_ID --image face.png \\
         --audio voice.wav --prompt "A woman talks to the camera" --out talk.mp4     # RUNPOD_API_KEY from the env
+    python examples/client.py --endpoint ... --video interview.mp4 --audio new_voice.wav --model infinitetalk \\
+        --keep-background --out dubbed.mp4                                         # dub a video (InfiniteTalk)
 
 As a library:
 
@@ -164,13 +166,22 @@ def _print_progress(p: dict) -> None:
         print(f"  {p.get('pct', 0):5.1f}%  {p.get('stage')}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Make a talking video with a MultiTalk worker.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Make a talking video with a MultiTalk / InfiniteTalk worker.")
     parser.add_argument("--endpoint", required=True, help="https://api.runpod.ai/v2/<endpoint-id> or http://host:8000")
     parser.add_argument("--api-key", default=os.environ.get("RUNPOD_API_KEY"))
-    parser.add_argument("--image", required=True, help="a file, a URL, or a path on the worker's volume")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a file, a URL, or a path on the worker's volume")
+    source.add_argument("--video", help="instead of --image: a video to dub (InfiniteTalk); a file, URL or path")
     parser.add_argument("--audio", required=True, action="append", help="one per speaker (twice for two)")
     parser.add_argument("--prompt", default="A person is talking.")
+    parser.add_argument("--model", choices=("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi"),
+                        help="default: the worker's (MULTITALK_MODEL; with --video: infinitetalk)")  # fmt: skip
+    parser.add_argument("--keep-background", action="store_true",
+                        help="regenerate only the speaker regions; the rest stays the source's")  # fmt: skip
+    parser.add_argument("--mask-image", help="white = the region regenerated (implies --keep-background)")
+    parser.add_argument("--source-end", choices=("hold", "pingpong"), help="a video shorter than the audio")
+    parser.add_argument("--feather", type=float, help="--keep-background's edge width in pixels")
     parser.add_argument("--audio-type", choices=("add", "para"), default="add")
     parser.add_argument("--resolution", choices=("480p", "720p"), default="480p")
     parser.add_argument("--preset", choices=("quality", "balanced", "fast"), help="default: the worker's")
@@ -181,17 +192,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", type=json.loads, default={}, help="more input fields as JSON")
     parser.add_argument("--out", required=True)
     parser.add_argument("--sync", action="store_true", help="use /runsync instead of /run + /status")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def job_input(args: argparse.Namespace) -> dict:
+    """The job's ``input`` from the command line: local files are sent inline, anything else as given."""
 
     def source(value: str) -> str:
         return media(value) if Path(value).is_file() else value
 
-    job = {"image": source(args.image), "audio": [source(a) for a in args.audio], "prompt": args.prompt,
-           "audio_type": args.audio_type, "resolution": args.resolution, **args.extra}  # fmt: skip
+    job: dict = {"audio": [source(a) for a in args.audio], "prompt": args.prompt, "audio_type": args.audio_type,
+                 "resolution": args.resolution}  # fmt: skip
+    if args.video is not None:
+        job["video"] = source(args.video)
+    else:
+        job["image"] = source(args.image)
+    if args.mask_image is not None:
+        job["mask_image"] = source(args.mask_image)
+    if args.keep_background:
+        job["keep_background"] = True
     for key, value in (("preset", args.preset), ("sampling_steps", args.steps), ("seed", args.seed),
-                       ("width", args.width), ("height", args.height)):  # fmt: skip
+                       ("width", args.width), ("height", args.height), ("model", args.model),
+                       ("source_end", args.source_end), ("feather", args.feather)):  # fmt: skip
         if value is not None:
             job[key] = value
+    return {**job, **args.extra}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    job = job_input(args)
     client = MultiTalkClient(args.endpoint, args.api_key)
     started = time.monotonic()
     try:
@@ -201,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     path = client.save_video(output, args.out)
     video = output["video"]
+    model = output.get("params", {}).get("model", "?")
     print(f"saved {path}: {video['duration_s']:.2f} s, {video['frames']} frames, {video['width']}x{video['height']}, "
-          f"{video['bytes'] / 1e6:.2f} MB, seed {output['seed']}, {time.monotonic() - started:.1f} s")  # fmt: skip
+          f"{video['bytes'] / 1e6:.2f} MB, seed {output['seed']}, model {model}, "
+          f"{time.monotonic() - started:.1f} s")  # fmt: skip
     for warning in output.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

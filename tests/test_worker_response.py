@@ -63,6 +63,10 @@ def test_params_come_from_the_options_under_the_api_names():
         "shift": 3.0,
         "speakers": 1,
         "clips": 2,
+        "model": "multitalk",
+        "source_end": "hold",
+        "keep_background": False,
+        "feather": None,
     }
     assert (
         JobParams.from_options(

@@ -1,7 +1,8 @@
-"""multitalk-serve: talking videos from a picture, one or two voices and a prompt (MeiGen MultiTalk).
+"""multitalk-serve: talking videos from a picture or a video, one or two voices and a prompt (MeiGen MultiTalk,
+InfiniteTalk).
 
 Verbs:
-  generate           image + one or two voices + prompt -> talking MP4
+  generate           image (or video) + one or two voices + prompt -> talking MP4
   profiles           the download profiles: sizes on disk and GPU memory for the weights
   download           fetch a profile into a model directory (a network volume), verified and resumable
   verify             check a model directory is complete and consistent (what the worker checks at start)
@@ -252,6 +253,8 @@ def _parse_steps(text: str) -> int:
 
 CLI_INPUT_NAMES_KW = {
     "image": "--image",
+    "video": "--video",
+    "mask": "--mask-image",
     "audio": "--audio",
     "speaker": "--audio (speaker {n})",
     "boxes": "--box",
@@ -270,13 +273,17 @@ def _job_inputs(args: argparse.Namespace):
 
     names = InputNames(**CLI_INPUT_NAMES_KW)
     image, prompt, boxes, audio_type, out = args.image, args.prompt, args.box, args.audio_type, args.out
+    video, json_model = args.video, None
+    if image is not None and video is not None:
+        raise InputError("--image and --video both give the source: give one (an image to animate, a video to dub)")
     audio = None if args.audio is None else [None if a.lower() == "none" else a for a in args.audio]
     if args.input_json:
         from .input_json import JSON_NAMES, read_input_json
 
         job = read_input_json(args.input_json)
+        source_option = "--video" if video is not None else "--image"
         given = {
-            "--image": (image, "cond_image"),
+            source_option: (image if video is None else video, job.source_key),
             "--audio": (audio, "cond_audio"),
             "--prompt": (prompt, "prompt" if job.prompt is not None else None),
             "--box": (boxes, "bbox" if job.boxes is not None else None),
@@ -285,21 +292,24 @@ def _job_inputs(args: argparse.Namespace):
         for option, (value, field) in given.items():
             if value is not None and field is not None:
                 raise InputError(f"{option} and {field} in {args.input_json} both give the same input: give one")
-        image, audio = job.image, job.audio
+        image, video, audio = job.image, job.video, job.audio
+        json_model = "infinitetalk" if job.infinitetalk else None
         prompt = prompt if job.prompt is None else job.prompt
         boxes = boxes if job.boxes is None else job.boxes
         audio_type = audio_type if job.audio_type is None else job.audio_type
         out = out or str(Path(job.path.stem + ".mp4"))
-        field_names = dict(vars(JSON_NAMES))
+        field_names = {**vars(JSON_NAMES), "image": job.source_key}
         # what came from the command line keeps its option's name
         for key, option in (("prompt", "--prompt"), ("boxes", "--box"), ("box", "--box (person {n})")):
             if (key == "prompt" and job.prompt is None) or (key != "prompt" and job.boxes is None):
                 field_names[key] = option
         names = InputNames(**field_names)
-    missing = [f for f, v in (("--image", image), ("--audio", audio), ("--prompt", prompt), ("--out", out)) if not v]
+    source = image if video is None else video
+    missing = [f for f, v in (("--image", source), ("--audio", audio), ("--prompt", prompt), ("--out", out)) if not v]
     if missing:
+        missing = [m if m != "--image" else "--image (or --video)" for m in missing]
         raise EngineError(f"{', '.join(missing)} required (or --input-json FILE, the official JSON)")
-    return image, audio, prompt, boxes, audio_type or "add", out, names
+    return image, video, audio, prompt, boxes, audio_type or "add", out, names, json_model
 
 
 def _place(made: Path, final: Path, option: str = "--out", what: str = "finished video") -> Path:
@@ -318,6 +328,27 @@ class VideoKeptError(Exception):
     """Writing the video where it was asked for failed at the end; it was kept elsewhere (named in the message)."""
 
 
+MODEL_NAMES = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES
+
+
+def _model_options(model: str, speakers: int, source_end: str, keep_background: bool, feather: float | None) -> dict:
+    """The ``GenerateOptions`` fields of the model choice: ``infinitetalk`` becomes the adapter for the speaker count
+    (single for one, multi for two), as the worker does."""
+    if model == "infinitetalk":
+        model = "infinitetalk-single" if speakers == 1 else "infinitetalk-multi"
+    return {"model": model, "source_end": source_end, "keep_background": keep_background, "feather": feather}
+
+
+def _source_kwargs(video, mask) -> dict:
+    """``video=`` / ``mask=`` for ``check_inputs`` and ``generate``, only when given."""
+    extra = {}
+    if video is not None:
+        extra["video"] = video
+    if mask is not None:
+        extra["mask"] = mask
+    return extra
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
@@ -333,9 +364,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         plan_speed_setup,
     )
 
-    image, audio, prompt, boxes, audio_type, out, names = _job_inputs(args)
+    image, source_video, audio, prompt, boxes, audio_type, out, names, json_model = _job_inputs(args)
     if not Path(args.model).is_dir():
+        if args.model.strip().lower() in MODEL_NAMES:
+            raise InputError(
+                f"--model is the model folder; {args.model} is a model's name: choose it with --model-name "
+                f"{args.model.strip().lower()}"
+            )
         raise InputError(f"--model: no such folder: {args.model}")
+    model = args.model_name or json_model or ("infinitetalk" if source_video is not None else "multitalk")
+    if source_video is not None and model == "multitalk":
+        raise InputError(
+            f"{names.image if args.input_json else '--video'}: MultiTalk animates an image; a video needs "
+            "--model-name infinitetalk (or infinitetalk-single / infinitetalk-multi)"
+        )
+    if model == "infinitetalk-single" and len(audio) == 2:
+        raise InputError(
+            "--model-name: infinitetalk-single was trained for one speaker and this job has two audio tracks; use "
+            "infinitetalk-multi (or infinitetalk, which picks it)"
+        )
+    keep_background = bool(args.keep_background or args.mask_image)
+    if args.feather is not None and not keep_background:
+        raise InputError("--feather is the edge width of --keep-background: add --keep-background (or drop it)")
+    if args.mask_image is not None and not Path(args.mask_image).is_file():
+        raise InputError(f"--mask-image: no such file: {args.mask_image}")
     chosen = {
         "steps": args.steps,
         "shift": args.shift,
@@ -357,6 +409,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         num_frames=None if args.duration is None else max(1, round(args.duration * 25)),
         crf=args.crf,
         size=args.size,
+        **_model_options(model, len(audio), args.source_end, keep_background, args.feather),
     )
     # everything that can be checked without a model, before the minutes of loading one
     start = time.perf_counter()
@@ -371,6 +424,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             mask_preview_path=args.mask_preview,
             thumbnail=args.thumbnail,
             names=names,
+            **_source_kwargs(source_video, args.mask_image),
         )
     except AudioError as exc:
         if "s limit" not in str(exc):
@@ -398,6 +452,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         speed=speed,
         setting_names=CLI_NAMES,
         compile=args.compile,
+        **({"adapters": [options.model]} if options.model != "multitalk" else {}),
     )
     plan = pipe.memory_plan.name if pipe.memory_plan else "all resident"
     print(
@@ -421,6 +476,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             callback=None if args.quiet else ProgressBar(),
             thumbnail=thumb,
             mask_preview_path=args.mask_preview,
+            **_source_kwargs(source_video, args.mask_image),
         )
         placed = _place(video, final)
         thumb_placed = _place(thumb, Path(args.thumbnail), "--thumbnail", "thumbnail") if thumb is not None else None
@@ -440,6 +496,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "seed": result.seed,
         "clips": result.clips,
         "preset": args.preset,
+        "model": getattr(result, "model", None) or options.model,
+        "source": "image" if source_video is None else "video",
         "options": {k: result.options[k] for k in ("steps", "text_scale", "audio_scale", "shift", "cache_threshold")},
         "timings": result.timings,
     }
@@ -552,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "generate",
-        help="image + one or two voices + prompt -> talking MP4",
+        help="image (or video) + one or two voices + prompt -> talking MP4",
         description="Generate a talking video. Every input is checked (files, speakers, boxes, sizes, the output "
         "folder) before any model loads, so a mistake costs a second.",
     )
@@ -560,10 +618,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input-json",
         metavar="FILE",
-        help="the official repository's input JSON (prompt, cond_image, cond_audio, audio_type, bbox); relative "
-        "paths are read from the current folder, then from the file's folder; other options still apply",
+        help="the official repositories' input JSON (prompt, cond_image or InfiniteTalk's cond_video, cond_audio, "
+        "audio_type, bbox); relative paths are read from the current folder, then from the file's folder; other "
+        "options still apply",
     )
     p.add_argument("--image", help="reference image with one or two people")
+    p.add_argument(
+        "--video", help="instead of --image: a video to dub (InfiniteTalk; its soundtrack is replaced by --audio)"
+    )
+    p.add_argument(
+        "--model-name",
+        choices=MODEL_NAMES,
+        help="multitalk (default with --image), infinitetalk (default with --video or an InfiniteTalk JSON: single "
+        "for one speaker, multi for two), infinitetalk-single, infinitetalk-multi",
+    )
+    p.add_argument(
+        "--source-end",
+        choices=("hold", "pingpong"),
+        default="hold",
+        help="a video shorter than the audio: hold its last frame (default) or play it back and forth",
+    )
+    p.add_argument(
+        "--keep-background",
+        action="store_true",
+        help="regenerate only the speaker regions (--box, or --mask-image); the rest of the frame stays the source's",
+    )
+    p.add_argument(
+        "--mask-image",
+        help="with --keep-background (implied): an image the size of the source, white = the region regenerated",
+    )
+    p.add_argument("--feather", type=float, help="--keep-background's edge width in output pixels (default: automatic)")
     p.add_argument("--audio", action="append", help="a speaker's audio (twice for two; 'none' = silent)")
     p.add_argument("--prompt", help="what happens in the video")
     p.add_argument("--out", help="output .mp4 (with --input-json: default FILE's name .mp4, here)")

@@ -1,6 +1,9 @@
-"""The official repository's input JSON (``generate_multitalk.py --input_json``), read for ``generate --input-json``.
+"""The official repositories' input JSON (MultiTalk's ``generate_multitalk.py --input_json`` and InfiniteTalk's
+``generate_infinitetalk.py --input_json``), read for ``generate --input-json``.
 
-Its keys: ``prompt``, ``cond_image``, ``cond_audio`` ``{person1, person2}`` (``"None"``: a silent speaker),
+Its keys: ``prompt``, ``cond_image`` (MultiTalk) or ``cond_video`` (InfiniteTalk: a video to dub, or an image to
+animate, told apart by the file's extension as the official ``is_video`` does; such a file runs InfiniteTalk),
+``cond_audio`` ``{person1, person2}`` (``"None"``: a silent speaker),
 ``audio_type`` (``add`` / ``para``), ``bbox`` ``{person1, person2}`` as ``[y_min, x_min, y_max, x_max]`` (row
 first), and ``tts_audio`` (text to speech, not supported yet). The official script opens relative paths from the
 current folder (its examples are run from the repository root); so do we, then from the JSON file's own folder.
@@ -15,10 +18,14 @@ from pathlib import Path
 
 from .engine import Box, InputError, InputNames
 
-KEYS = ("prompt", "cond_image", "cond_audio", "audio_type", "bbox", "tts_audio")
+KEYS = ("prompt", "cond_image", "cond_video", "cond_audio", "audio_type", "bbox", "tts_audio")
+# the official InfiniteTalk's ``is_video``: these extensions are videos, anything else is opened as an image
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".wmv", ".webm", ".mpeg", ".mpg")
 PEOPLE = ("person1", "person2")
 JSON_NAMES = InputNames(
     image="cond_image",
+    video="cond_video",
+    mask="--mask-image",
     audio="cond_audio",
     speaker="cond_audio.person{n}",
     boxes="bbox",
@@ -38,10 +45,17 @@ TTS_MESSAGE = (
 class JsonJob:
     path: Path
     prompt: str | None
-    image: Path
+    image: Path | None  # cond_image, or cond_video naming a picture
     audio: list[Path | None]
     audio_type: str | None
     boxes: list[Box] | None
+    video: Path | None = None  # cond_video naming a video
+    source_key: str = "cond_image"  # the key that gave the source, for messages
+
+    @property
+    def infinitetalk(self) -> bool:
+        """An InfiniteTalk file (``cond_video``): it runs InfiniteTalk unless told otherwise."""
+        return self.source_key == "cond_video"
 
 
 def read_input_json(path: str | Path, cwd: str | Path | None = None) -> JsonJob:
@@ -116,4 +130,13 @@ def read_input_json(path: str | Path, cwd: str | Path | None = None) -> JsonJob:
     prompt = data.get("prompt")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise InputError("prompt: must be a non-empty string")
-    return JsonJob(path, prompt, resolve(data.get("cond_image"), "cond_image"), audio, audio_type, boxes)
+    if "cond_image" in data and "cond_video" in data:
+        raise InputError("cond_image and cond_video both give the source: give one (MultiTalk's or InfiniteTalk's key)")
+    if "cond_video" in data:
+        source = resolve(data["cond_video"], "cond_video")
+        if source.suffix.lower() in VIDEO_EXTENSIONS:
+            return JsonJob(path, prompt, None, audio, audio_type, boxes, video=source, source_key="cond_video")
+        return JsonJob(path, prompt, source, audio, audio_type, boxes, source_key="cond_video")
+    if data.get("cond_image") is None:
+        raise InputError("cond_image: missing (MultiTalk's key for the picture; InfiniteTalk's files use cond_video)")
+    return JsonJob(path, prompt, resolve(data["cond_image"], "cond_image"), audio, audio_type, boxes)

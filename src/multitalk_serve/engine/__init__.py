@@ -83,6 +83,7 @@ _EXPORTS: dict[str, str] = {
     # model folders
     "inspect_model_dir": ".loading.inventory",
     "Inventory": ".loading.inventory",
+    "find_components": ".loading.paths",
     # models: the audio adapters one base transformer switches between (MultiTalk, InfiniteTalk single / multi)
     "AUDIO_ADAPTERS": ".loading.adapters",
     "DEFAULT_ADAPTER": ".loading.adapters",
@@ -161,6 +162,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "choose_preset",
     "composite",
     "default_dtype",
+    "find_components",
     "find_speed_lora",
     "inspect_model_dir",
     "open_container",
@@ -212,6 +214,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         adapter_spec,
     )
     from .loading.inventory import Inventory, inspect_model_dir
+    from .loading.paths import find_components
     from .pipeline.audio import SAMPLE_RATE
     from .pipeline.composite import composite, psnr, region_mask
     from .pipeline.conditioning import Box

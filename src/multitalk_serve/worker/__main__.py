@@ -30,12 +30,13 @@ def main() -> None:
 
     from ..engine import CheckpointError, EngineError
     from .config import WorkerConfig
-    from .fitness import check_gpu_headroom, check_model_folder
+    from .fitness import check_gpu_headroom, check_model_folder, plan_models
     from .handler import Worker
 
     config = WorkerConfig()
     try:
-        files = check_model_folder(config)
+        adapters, _ = plan_models(config)  # MULTITALK_ADAPTERS / MULTITALK_MODEL: E_CONFIG or E_MODEL naming them
+        files = check_model_folder(config, adapters=adapters)
         logging.getLogger("multitalk_serve.worker").info("model folder complete: %d transformer files", len(files))
         worker = Worker.from_config(config)
     except CheckpointError as exc:

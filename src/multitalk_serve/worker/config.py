@@ -26,6 +26,14 @@ def _default_scale() -> float:
     return DEFAULT_SPEED_LORA_SCALE
 
 
+def _names(name: str) -> tuple[str, ...] | None:
+    """A comma-separated list (``multitalk,infinitetalk-single``), lower case; None when unset."""
+    value = _env(name)
+    if value is None:
+        return None
+    return tuple(n.strip().lower() for n in value.split(",") if n.strip()) or None
+
+
 def _flag(name: str) -> bool:
     return (_env(name, "0") or "0").lower() in ("1", "true", "yes")
 
@@ -119,6 +127,7 @@ class WorkerConfig:
     volume_path: Path = field(default_factory=lambda: Path(_env("VOLUME_PATH", "/runpod-volume")))
     max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 120.0))
     max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))
+    max_video_bytes: int = field(default_factory=lambda: int(_float("MAX_VIDEO_MB", 500) * 1_000_000))
     download_timeout_s: float = field(default_factory=lambda: _float("DOWNLOAD_TIMEOUT_SECONDS", 30.0))
     download_retries: int = field(default_factory=lambda: int(_float("DOWNLOAD_RETRIES", 3)))
     # total time for one fetch (URL or S3 key, retries included) and for all of a job's inputs together
@@ -141,6 +150,11 @@ class WorkerConfig:
     fuse_speed_lora: bool = field(default_factory=lambda: _flag("MULTITALK_FUSE_SPEED_LORA"))
     compile: bool = field(default_factory=lambda: _flag("MULTITALK_COMPILE"))
     max_resolution: str = field(default_factory=lambda: _env("MAX_RESOLUTION", "720p") or "720p")
+    # models: the request's default, and the audio adapters this worker holds (None: every one the folder has)
+    model: str | None = field(default_factory=lambda: (_env("MULTITALK_MODEL") or "").strip().lower() or None)
+    adapters: tuple[str, ...] | None = field(default_factory=lambda: _names("MULTITALK_ADAPTERS"))
+    # the original worker's `action: generate` requests that send no image (legacy.py)
+    original_worker_image: str | None = field(default_factory=lambda: _env("ORIGINAL_WORKER_IMAGE"))
 
     def speed_lora_path(self) -> Path | None:
         """``MULTITALK_SPEED_LORA`` resolved as the engine does (``find_speed_lora``)."""

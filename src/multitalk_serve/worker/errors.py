@@ -4,7 +4,8 @@
 |---|---|---|
 | E_INPUT | malformed request: unknown field, wrong type, out of range, conflicting fields | no, fix it |
 | E_DOWNLOAD | an input could not be fetched (HTTP error, timeout, deadline, too large, blocked, missing) | maybe |
-| E_IMAGE | the image is unreadable, too small or too large, or a person box is wrong | no |
+| E_IMAGE | the image (or mask_image) is unreadable, too small or too large, or a person box is wrong | no |
+| E_VIDEO | the video is unreadable, has no video stream or frames, is too large or long, or is an image | no |
 | E_AUDIO | an audio input is unreadable, empty, not finite, has no audio track, or is too long | no |
 | E_OOM | the GPU ran out of memory; the message says which settings would fit | with smaller settings |
 | E_CUDA | a CUDA fault; the worker is recycled after this job | yes |
@@ -21,6 +22,7 @@ CODES = (
     "E_INPUT",
     "E_DOWNLOAD",
     "E_IMAGE",
+    "E_VIDEO",
     "E_AUDIO",
     "E_OOM",
     "E_CUDA",
@@ -52,12 +54,21 @@ def classify(exc: BaseException) -> WorkerError:
     """Map an exception from the engine (or anywhere) to a WorkerError."""
     import torch
 
-    from ..engine import AudioError, CheckpointError, EngineError, GenerationCancelled, ImageInputError
+    from ..engine import (
+        AudioError,
+        CheckpointError,
+        EngineError,
+        GenerationCancelled,
+        ImageInputError,
+        VideoInputError,
+    )
 
     if isinstance(exc, WorkerError):
         return exc
     if isinstance(exc, GenerationCancelled):
         return WorkerError("E_CANCELLED", "the job was cancelled between sampling steps")
+    if isinstance(exc, VideoInputError):
+        return WorkerError("E_VIDEO", str(exc))
     if isinstance(exc, AudioError):
         return WorkerError("E_AUDIO", str(exc))
     if isinstance(exc, ImageInputError):

@@ -40,9 +40,11 @@ from ..engine import (
     parse_plan,
     plan_speed_setup,
     preset_values,
+    sniff_media,
 )
 from .config import S3Settings, WorkerConfig
 from .errors import WorkerError, classify
+from .fitness import INFINITETALK, plan_models
 from .legacy import LegacyRequest, old_probe_facts
 from .logs import install as install_log_scrubbing
 from .media import MediaFetcher
@@ -62,6 +64,17 @@ def _device_and_dtype(config: WorkerConfig) -> tuple[str, torch.dtype]:
         raise ConfigError(f"MULTITALK_DTYPE must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     dtype = DTYPES[config.dtype] if config.dtype else default_dtype(device)
     return device, dtype
+
+
+def _adapter_of(pipeline: MultiTalkPipeline) -> str:
+    """The adapter a pipeline without an adapter list holds (its transformer's, else MultiTalk)."""
+    return getattr(getattr(pipeline, "transformer", None), "audio_adapter", None) or "multitalk"
+
+
+def _is_image(data: bytes) -> bool:
+    """Whether fetched bytes are a picture (the official JSON's ``cond_video`` may name one) rather than a video:
+    from the file's signature (``sniff_media``), nothing decoded."""
+    return sniff_media(data) == "image"
 
 
 LOCAL_TEST_ID = "local_test"  # the RunPod SDK's id for every ``--test_input`` run
@@ -130,9 +143,19 @@ def _runpod_progress(job: dict, body: dict) -> None:
 class Worker:
     """One per process: holds the loaded pipeline and turns RunPod jobs into results."""
 
-    def __init__(self, pipeline: MultiTalkPipeline, config: WorkerConfig, load_seconds: float = 0.0):
+    def __init__(
+        self,
+        pipeline: MultiTalkPipeline,
+        config: WorkerConfig,
+        load_seconds: float = 0.0,
+        default_model: str | None = None,
+    ):
         self.pipeline = pipeline
         self.config = config
+        # the adapters the pipeline holds, and the model a request gets when it names none
+        self.held = list(getattr(pipeline, "adapters", None) or [_adapter_of(pipeline)])
+        fallback = "multitalk" if "multitalk" in self.held else "infinitetalk"
+        self.default_model = default_model or config.model or fallback
         self.load_seconds = load_seconds
         self.jobs_done = 0
         self.gpu = torch.cuda.get_device_name(pipeline.device) if pipeline.device.type == "cuda" else "cpu"
@@ -150,6 +173,7 @@ class Worker:
         )
         if config.memory_plan not in (None, "auto"):
             parse_plan(config.memory_plan, gguf_bytes=0)  # a wrong MULTITALK_MEMORY_PLAN fails the start, not a job
+        adapters, default_model = plan_models(config)  # MULTITALK_ADAPTERS / MULTITALK_MODEL, files present
         pipeline = MultiTalkPipeline.from_pretrained(
             config.model_path,
             transformer=config.transformer,
@@ -161,6 +185,7 @@ class Worker:
             speed=speed,
             setting_names=WORKER_NAMES,
             compile=config.compile,
+            **({"adapters": adapters} if adapters is not None else {}),
         )
         seconds = time.perf_counter() - start
         for note in pipeline.notes:
@@ -168,17 +193,20 @@ class Worker:
         check_loaded(speed, pipeline.speed_lora, pipeline.notes, WORKER_NAMES)
         plan = pipeline.memory_plan.name if pipeline.memory_plan else f"all resident ({dtype})"
         log.info(
-            "pipeline loaded from %s on %s in %.1f s: memory plan %s, attention %s, speed LoRA %s",
+            "pipeline loaded from %s on %s in %.1f s: memory plan %s, attention %s, speed LoRA %s, models %s "
+            "(default %s)",
             config.model_path,
             device,
             seconds,
             plan,
             pipeline.attention_backend,
             speed.speed_lora or "none",
+            ", ".join(getattr(pipeline, "adapters", None) or [_adapter_of(pipeline)]),
+            default_model,
         )
         if config.warmup:
             log.info("warm-up generation done in %.1f s (MULTITALK_WARMUP)", pipeline.warm_up())
-        return cls(pipeline, config, seconds)
+        return cls(pipeline, config, seconds, default_model)
 
     # --- RunPod entry point ------------------------------------------------------------------------------------
     async def handle(self, job: dict) -> dict:
@@ -214,7 +242,10 @@ class Worker:
             bucket = request_s3 or self.config.s3
             if legacy is not None:
                 raw = legacy.translate(
-                    bucket is not None, self.config.max_input_bytes, preset_values("balanced")["cache_threshold"]
+                    bucket is not None,
+                    self.config.max_input_bytes,
+                    preset_values("balanced")["cache_threshold"],
+                    default_image=self.config.original_worker_image,
                 )
             try:
                 request = JobInput.model_validate(raw)
@@ -248,7 +279,16 @@ class Worker:
 
         t = time.perf_counter()
         fetcher = MediaFetcher(self.config, request_s3 or self.config.s3, cancel)  # bounded in time, cancellable
-        image = fetcher.fetch(request.image, request.image_field, "image")
+        image = source_video = mask = None
+        if request.video_field is None:
+            image = fetcher.fetch(request.image, request.image_field, "image")
+        elif request.video_field == "cond_video":  # the official JSON's: a video, or an image
+            data = fetcher.fetch(request.video, request.video_field, "source")
+            image, source_video = (data, None) if _is_image(data) else (None, data)
+        else:
+            source_video = fetcher.fetch(request.video, request.video_field, "video")
+        if request.mask_image is not None:
+            mask = fetcher.fetch(request.mask_image, "mask_image", "image")
         audio = [
             None if a is None else fetcher.fetch(a, request.audio_field(i), "audio")
             for i, a in enumerate(request.audio)
@@ -259,13 +299,26 @@ class Worker:
         if request.boxes is not None:
             boxes = [Box(*b) for b in request.boxes]
         elif request.bbox is not None:
-            boxes = [Box.from_official(request.bbox["person1"]), Box.from_official(request.bbox["person2"])]
+            boxes = [Box.from_official(request.bbox[p]) for p in ("person1", "person2") if p in request.bbox]
+        if image is not None and "source_end" in request.model_fields_set:
+            warnings.append("source_end: applies to a video source; this job animates an image")
+        extra = {"video": source_video} if source_video is not None else {}
+        if mask is not None:
+            extra["mask"] = mask
 
         reporter = ProgressReporter(job, cancel, self.config.progress_interval_s)
         video = workdir / "video.mp4"
         thumbnail = workdir / "thumbnail.jpg" if request.output.thumbnail else None
         result = self.pipeline.generate(
-            image, audio, request.prompt, video, boxes=boxes, options=options, callback=reporter, thumbnail=thumbnail
+            image,
+            audio,
+            request.prompt,
+            video,
+            boxes=boxes,
+            options=options,
+            callback=reporter,
+            thumbnail=thumbnail,
+            **extra,
         )
         for stage, seconds in result.timings.items():
             if stage != "total":
@@ -305,6 +358,8 @@ class Worker:
                 turbo=request.turbo,
                 speakers=result.speakers,
                 clips=result.clips,
+                model=getattr(result, "model", None) or options.model,
+                source="image" if image is not None else "video",
                 **({"forwards": result.forwards} if result.forwards else {}),
             ),
             timings={k: round(v, 3) for k, v in timings.items()},
@@ -361,6 +416,7 @@ class Worker:
         if request.duration is not None:
             frames = max(1, round(request.duration * FPS))
         self._check_length_and_speakers(request, frames, warnings)
+        model = self._model(request)
         seed = None if request.seed in (None, -1) else request.seed
         options = GenerateOptions(
             resolution=request.resolution,
@@ -380,8 +436,33 @@ class Worker:
             num_frames=frames,
             cache_threshold=cache_threshold,
             speed_lora=bool(values["speed_lora"]),
+            model=model,
+            source_end=request.source_end,
+            keep_background=request.keep_background,
+            feather=request.feather,
         )
         return options, preset
+
+    def _model(self, request: JobInput) -> str:
+        """The audio adapter this job runs: the request's ``model`` (``infinitetalk``: single for one speaker,
+        multi for two), else the worker's default (a video: InfiniteTalk). ``E_INPUT`` naming ``model`` and the
+        models this worker holds when it does not hold the one needed; checked before anything is fetched."""
+        held = self.held
+        asked, how = request.model, "model"
+        if asked is None:
+            asked, how = self.default_model, "model (not given; the worker's default, MULTITALK_MODEL)"
+            if asked == "multitalk" and request.video_field is not None:
+                asked, how = "infinitetalk", f"model (not given; {request.video_field} needs InfiniteTalk)"
+        adapter = asked
+        if asked == "infinitetalk":
+            adapter = INFINITETALK[0] if len(request.audio) == 1 else INFINITETALK[1]
+        if adapter not in held:
+            chosen = asked if adapter == asked else f"{asked} with {len(request.audio)} speaker(s) ({adapter})"
+            raise WorkerError(
+                "E_INPUT",
+                f"{how}: {chosen} is not held by this worker; it holds {', '.join(held)} (MULTITALK_ADAPTERS)",
+            )
+        return adapter
 
     def _check_length_and_speakers(self, request: JobInput, frames: int | None, warnings: list[str]) -> None:
         """An explicit length over the cap is refused before anything is fetched; ``para`` with one speaker is
@@ -452,6 +533,8 @@ class Worker:
             "memory_plan": pipe.memory_plan.name if pipe.memory_plan else "all resident",
             "speed_lora": pipe.speed_lora.name if pipe.speed_lora else None,
             "default_preset": self.config.preset,
+            "models": list(self.held),
+            "default_model": self.default_model,
         }
 
     def health(self) -> dict:

@@ -166,8 +166,11 @@ class LegacyRequest:
         return self.family in ("health", "model_check", "model_info")
 
     # --- request ----------------------------------------------------------------------------------------------
-    def translate(self, has_bucket: bool, max_input_bytes: int, balanced_cache: float) -> dict:
-        """Our ``JobInput`` fields for this old request (validated by ``JobInput`` afterwards, as any request)."""
+    def translate(
+        self, has_bucket: bool, max_input_bytes: int, balanced_cache: float, *, default_image: str | None = None
+    ) -> dict:
+        """Our ``JobInput`` fields for this old request (validated by ``JobInput`` afterwards, as any request).
+        ``default_image``: the operator's ``ORIGINAL_WORKER_IMAGE`` (``WorkerConfig.original_worker_image``)."""
         raw = dict(self.raw)
         for name in ("action", "health_check", "type"):
             raw.pop(name, None)  # (a false health_check or another type: not a probe)
@@ -181,7 +184,7 @@ class LegacyRequest:
                 self.written["image"] = first
             self._ignored(image_names[1:], first)
         elif self.family == "stream":
-            default = os.environ.get(DEFAULT_IMAGE_ENV)
+            default = default_image
             if not default:
                 raise WorkerError(
                     "E_INPUT",

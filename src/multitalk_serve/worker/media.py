@@ -31,7 +31,13 @@ from .schema import Media, MediaObject
 RAW_BASE64 = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
 DATA_URI = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,(.*)$", re.DOTALL)
 RELATIVE_PATH = re.compile(r"(?:[\w .-]+/)*[\w .-]+\.[A-Za-z0-9]{1,5}")  # e.g. examples/multi/1/multi1.png
-EXPECTED_TYPES = {"image": ("image/",), "audio": ("audio/", "video/", "application/octet-stream")}
+EXPECTED_TYPES = {
+    "image": ("image/",),
+    "audio": ("audio/", "video/", "application/octet-stream"),
+    "video": ("video/", "application/octet-stream"),
+    "source": ("image/", "video/", "application/octet-stream"),  # the official JSON's cond_video: either
+}
+VIDEO_KINDS = ("video", "source")  # fetched under MAX_VIDEO_MB instead of MAX_INPUT_MB
 CHUNK = 1 << 16
 
 
@@ -119,9 +125,17 @@ class MediaFetcher:
         self.cancel = cancel or threading.Event()
         self.started = time.monotonic()
         self.stage_deadline = self.started + config.input_deadline_s
+        self._limit, self._limit_name = config.max_input_bytes, "MAX_INPUT_MB"  # of the fetch in progress
 
     def fetch(self, media: Media, field: str, kind: str) -> bytes:
-        """The bytes of one media input. ``kind`` is ``image`` or ``audio`` (checks data-URI types)."""
+        """The bytes of one media input. ``kind`` is ``image``, ``audio``, ``video`` or ``source`` (an image or a
+        video): it checks data-URI types and sets the size limit (``MAX_VIDEO_MB`` for a video, else
+        ``MAX_INPUT_MB``)."""
+        self._limit, self._limit_name = (
+            (self.config.max_video_bytes, "MAX_VIDEO_MB")
+            if kind in VIDEO_KINDS
+            else (self.config.max_input_bytes, "MAX_INPUT_MB")
+        )
         if self.cancel.is_set():
             raise WorkerError("E_CANCELLED", f"the job was cancelled before {field} was fetched")
         if isinstance(media, MediaObject):
@@ -158,11 +172,9 @@ class MediaFetcher:
 
     # --- sources ----------------------------------------------------------------------------------------------
     def _check_size(self, size: int, field: str) -> None:
-        if size > self.config.max_input_bytes:
-            raise WorkerError(
-                "E_DOWNLOAD",
-                f"{field}: {size / 1e6:.3g} MB is over the {self.config.max_input_bytes / 1e6:.3g} MB limit",
-            )
+        if size > self._limit:
+            limit = f"{self._limit / 1e6:.3g} MB limit ({self._limit_name})"
+            raise WorkerError("E_DOWNLOAD", f"{field}: {size / 1e6:.3g} MB is over the {limit}")
 
     def _base64(self, text: str, field: str, kind: str) -> bytes:
         payload = text
@@ -261,7 +273,7 @@ class MediaFetcher:
                 raise _Aborted()
             state["tries"] = attempt + 1
             try:
-                response = safe_get(url, timeout=self.config.download_timeout_s, max_bytes=self.config.max_input_bytes)
+                response = safe_get(url, timeout=self.config.download_timeout_s, max_bytes=self._limit)
             except SSRFError as exc:
                 raise WorkerError("E_DOWNLOAD", f"{field}: refused to fetch {shown}: {_reason(exc)}") from None
             except Exception as exc:  # connection errors, timeouts: retried
@@ -276,13 +288,13 @@ class MediaFetcher:
                     raise WorkerError("E_DOWNLOAD", f"{field}: HTTP {response.status_code} for {shown}")
                 chunks = []
                 try:
-                    for chunk in iter_content_capped(response, CHUNK, self.config.max_input_bytes):
+                    for chunk in iter_content_capped(response, CHUNK, self._limit):
                         watch.check()
                         chunks.append(chunk)
                 except SSRFError:
                     raise WorkerError(
                         "E_DOWNLOAD",
-                        f"{field}: {shown} is larger than the {self.config.max_input_bytes / 1e6:.3g} MB limit",
+                        f"{field}: {shown} is larger than the {self._limit / 1e6:.3g} MB limit ({self._limit_name})",
                     ) from None
                 except _Aborted:
                     raise

@@ -32,6 +32,10 @@ PARAM_NAMES = {
     "size": "size",
     "seed": "seed",
     "shift": "shift",
+    "model": "model",
+    "source_end": "source_end",
+    "keep_background": "keep_background",
+    "feather": "feather",
 }
 # options a job cannot choose through the API, or that are the worker's (reported elsewhere or not at all)
 NOT_REPORTED = {
@@ -39,7 +43,7 @@ NOT_REPORTED = {
     "apg_norm_threshold": "fixed (official value)",
     "max_duration_s": "the worker's MAX_DURATION_SECONDS",
     "frames_per_clip": "fixed: 81",
-    "motion_frames": "fixed: 25",
+    "motion_frames": "fixed: 25 (MultiTalk), 9 (InfiniteTalk)",
     "crf": "output.crf, as asked",
 }
 
@@ -85,19 +89,24 @@ class JobParams(_Model):
     shift: float
     speakers: int
     clips: int
+    model: str = Field(description="the audio adapter the job ran: multitalk, infinitetalk-single, infinitetalk-multi")
+    source: Literal["image", "video"] = Field("image", description="what the job animated: an image or a video")
+    source_end: str = Field("hold", description="a video shorter than the audio: hold or pingpong")
+    keep_background: bool = Field(False, description="only the speaker regions were regenerated")
+    feather: float | None = Field(None, description="keep_background's edge width in pixels; null: automatic")
     forwards: dict[str, int] | None = Field(None, description="step caching: transformer forwards computed / reused")
 
     @classmethod
     def from_options(cls, options: GenerateOptions, **extra: Any) -> JobParams:
         """``options`` as run (resolved: seed and shift filled in), plus what is not an option (preset, turbo,
-        speakers, clips, forwards)."""
+        speakers, clips, forwards) or is known better after the job (``model``: the adapter it ran)."""
         values = asdict(options)
         reported = {PARAM_NAMES[k]: v for k, v in values.items() if k in PARAM_NAMES}
         reported["negative_prompt"] = "default" if options.negative_prompt is None else "custom"
         reported["size"] = f"{options.size[1]}x{options.size[0]}" if options.size else "bucket"
         if options.size:
             reported["resolution"] = "custom"  # width/height replace the bucket
-        return cls(**reported, **extra)
+        return cls(**{**reported, **extra})
 
 
 class WorkerInfo(_Model):
@@ -109,6 +118,8 @@ class WorkerInfo(_Model):
     memory_plan: str
     speed_lora: str | None = Field(description="speed LoRA file name, or null")
     default_preset: str
+    models: list[str] = Field(description="the audio adapters this worker holds (MULTITALK_ADAPTERS)")
+    default_model: str = Field(description="the model of a job that names none (MULTITALK_MODEL)")
 
 
 class JobOutput(_Model):

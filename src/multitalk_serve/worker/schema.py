@@ -3,7 +3,8 @@ as JSON Schema in docs/schema/.
 
 Besides our canonical fields it accepts the names other MultiTalk front ends use, so their clients keep working:
 the official JSON (``cond_image``, ``cond_audio{person1,person2}``, ``audio_type``, ``bbox``, ``sample_steps`` ...),
-hosted APIs (``image_url``, ``audio_url``, ``first_audio_url``/``second_audio_url``, ``left_audio``/``right_audio``)
+hosted APIs (``image_url``, ``audio_url``, ``first_audio_url``/``second_audio_url``, ``left_audio``/``right_audio``;
+for InfiniteTalk fal's ``video_url``, WaveSpeed's ``video`` and ``mask_image``, the official JSON's ``cond_video``)
 and the original RunPod worker (``condition_image``/``image_s3_key``, ``audio_1``/``audio_s3_key``,
 ``output_format``, ``turbo``). A value may be given under one name only.
 """
@@ -17,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ..engine import MAX_SPEAKERS, MAX_STEPS
 
+MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES (test)
+IMAGE_FIELDS = ("image", "image_url", "cond_image", "condition_image", "image_s3_key")
+VIDEO_FIELDS = ("video", "video_url", "cond_video")
 DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._\-/]*$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
@@ -71,7 +75,8 @@ class OutputOptions(BaseModel):
 
 
 class JobInput(BaseModel):
-    """What a job's ``input`` may contain. Only ``image`` and one or two audio tracks are required."""
+    """What a job's ``input`` may contain. Only the source (``image`` or ``video``) and one or two audio tracks are
+    required."""
 
     # strict: numbers must be JSON numbers (integers for integer fields), booleans JSON booleans, text JSON strings:
     # "40", true for a number, 1 or "yes" for a boolean, boxes as text are refused, never converted; no NaN/Infinity
@@ -79,15 +84,44 @@ class JobInput(BaseModel):
 
     prompt: str = Field(DEFAULT_PROMPT, min_length=1, max_length=4000, description="what happens in the video")
     image: Media | None = Field(None, description=f"reference image with one or two people: {MEDIA_DOC}")
+    video: Media | None = Field(
+        None,
+        description=f"instead of image: a video to dub (InfiniteTalk; its soundtrack is replaced): {MEDIA_DOC}",
+    )
+    model: Literal[MODELS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="multitalk, infinitetalk (single for one speaker, multi for two), infinitetalk-single or "
+        "infinitetalk-multi; default: the worker's MULTITALK_MODEL (with a video: infinitetalk)",
+    )
+    source_end: Literal["hold", "pingpong"] = Field(
+        "hold", description="a video shorter than the audio: hold its last frame, or play it back and forth"
+    )
+    keep_background: bool = Field(
+        False,
+        description="keep the rest of the frame: only the speaker regions (boxes, or mask_image) are regenerated, "
+        "everything else is the source's",
+    )
+    mask_image: Media | None = Field(
+        None,
+        description="keep_background: an image the size of the source, white = the region regenerated (implies "
+        f"keep_background): {MEDIA_DOC}",
+    )
+    feather: float | None = Field(
+        None, ge=0, le=256, description="keep_background: edge width in output pixels (default: automatic)"
+    )
     audio: list[Media | None] | Media | None = Field(
         None, description=f"one track per speaker (1 or 2; null = silent speaker): {MEDIA_DOC}"
     )
     audio_type: Literal["add", "para"] = Field("add", description="two speakers: add = in turn, para = at once")
     boxes: list[list[float]] | None = Field(
-        None, description="two speakers: [[x_min, y_min, x_max, y_max], ...] in source-image pixels (x = column)"
+        None,
+        description="two speakers: [[x_min, y_min, x_max, y_max], ...] in source pixels (x = column); one speaker "
+        "with keep_background: one box, the region regenerated",
     )
     bbox: dict[str, list[float]] | None = Field(
-        None, description="official format: {person1: [y_min, x_min, y_max, x_max], person2: [...]}"
+        None,
+        description="official format: {person1: [y_min, x_min, y_max, x_max], person2: [...]} (person1 alone: "
+        "one speaker with keep_background)",
     )
     resolution: Literal["480p", "720p"] = Field("480p", description="resolution bucket")
     mode: Literal["streaming", "clip"] = Field(
@@ -122,6 +156,10 @@ class JobInput(BaseModel):
     image_url: Media | None = Field(None, description="alias of image")
     cond_image: Media | None = Field(None, description="alias of image (official JSON)")
     condition_image: Media | None = Field(None, description="alias of image (original worker)")
+    video_url: Media | None = Field(None, description="alias of video (fal)")
+    cond_video: Media | None = Field(
+        None, description="official InfiniteTalk JSON: a video, or an image (then it is the image)"
+    )
     image_s3_key: str | None = Field(None, description="image = this key in the configured bucket (original worker)")
     audio_url: Media | None = Field(None, description="alias of audio, one speaker")
     audio_1: Media | None = Field(None, description="speaker 1 (original worker)")
@@ -145,6 +183,7 @@ class JobInput(BaseModel):
     output_format: Literal["s3", "base64", "volume"] | None = Field(None, description="alias of output.format")
     # the field names the request used, for messages (``cond_image``, ``cond_audio.person2``, ...)
     _image_field: str = PrivateAttr("image")
+    _video_field: str | None = PrivateAttr(None)
     _audio_fields: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
@@ -165,20 +204,32 @@ class JobInput(BaseModel):
             if given and given[0] != canonical:
                 setattr(self, canonical, getattr(self, given[0]))
 
-        images = [
-            n
-            for n in ("image", "image_url", "cond_image", "condition_image", "image_s3_key")
-            if getattr(self, n) is not None
-        ]
-        if len(images) > 1:
-            raise ValueError(f"{' and '.join(images)} all give the image: give one")
-        if not images:
-            raise ValueError("image is required (or image_url / cond_image / condition_image / image_s3_key)")
-        self._image_field = images[0]
-        if images[0] == "image_s3_key":
-            self.image = MediaObject(s3_key=self.image_s3_key)
+        sources = [n for n in (*IMAGE_FIELDS, *VIDEO_FIELDS) if getattr(self, n) is not None]
+        if len(sources) > 1:
+            images = [n for n in sources if n in IMAGE_FIELDS]
+            if len(images) == len(sources):
+                raise ValueError(f"{' and '.join(images)} all give the image: give one")
+            verb = "both give" if len(sources) == 2 else "all give"
+            raise ValueError(
+                f"{' and '.join(sources)} {verb} the source: give one (an image to animate, or a video to dub)"
+            )
+        if not sources:
+            raise ValueError(
+                "image is required (or image_url / cond_image / condition_image / image_s3_key), or a video to dub "
+                "(video / video_url / cond_video)"
+            )
+        field = sources[0]
+        if field in VIDEO_FIELDS:
+            self._video_field = field
+            self.video, self.image = getattr(self, field), None
+            if self.model == "multitalk":
+                raise ValueError(
+                    f"{field}: MultiTalk animates an image; a video needs model infinitetalk (or "
+                    "infinitetalk-single / infinitetalk-multi)"
+                )
         else:
-            self.image = getattr(self, images[0])
+            self._image_field = field
+            self.image = MediaObject(s3_key=self.image_s3_key) if field == "image_s3_key" else getattr(self, field)
 
         self.audio = self._resolve_audio()
         if self.output_format is not None:
@@ -189,22 +240,62 @@ class JobInput(BaseModel):
             raise ValueError("duration and num_frames both set the length: give one")
         if self.boxes is not None and self.bbox is not None:
             raise ValueError("boxes and bbox both give the person boxes: give one")
-        if (self.boxes is not None or self.bbox is not None) and len(self.audio) != 2:
-            raise ValueError("person boxes are for two speakers; this job has one audio track")
-        if self.boxes is not None and (len(self.boxes) != 2 or any(len(b) != 4 for b in self.boxes)):
+        self._resolve_keep_background(fields_set)
+        one = len(self.audio) == 1
+        if (self.boxes is not None or self.bbox is not None) and one and not self.keep_background:
+            raise ValueError(
+                "person boxes are for two speakers; this job has one audio track (one box is the region kept "
+                "apart with keep_background)"
+            )
+        people = 1 if one else 2
+        if self.boxes is not None and (len(self.boxes) != people or any(len(b) != 4 for b in self.boxes)):
+            if one:
+                raise ValueError("boxes: one speaker with keep_background takes one [x_min, y_min, x_max, y_max] list")
             raise ValueError("boxes must be two [x_min, y_min, x_max, y_max] lists")
-        if self.bbox is not None and (
-            set(self.bbox) != {"person1", "person2"} or any(len(b) != 4 for b in self.bbox.values())
-        ):
+        wanted = {"person1"} if one else {"person1", "person2"}
+        if self.bbox is not None and (set(self.bbox) != wanted or any(len(b) != 4 for b in self.bbox.values())):
+            if one:
+                raise ValueError("bbox: one speaker with keep_background takes {person1: [4 numbers]}")
             raise ValueError("bbox must be {person1: [4 numbers], person2: [4 numbers]}")
+        if one and self.mask_image is not None and (self.boxes is not None or self.bbox is not None):
+            box = "boxes" if self.boxes is not None else "bbox"
+            raise ValueError(f"mask_image and {box} both give the region to regenerate: give one")
+        if self.model == "infinitetalk-single" and len(self.audio) == 2:
+            raise ValueError(
+                "model: infinitetalk-single was trained for one speaker and this job has two audio tracks; use "
+                "infinitetalk-multi (or infinitetalk, which picks it)"
+            )
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height go together")
         return self
+
+    def _resolve_keep_background(self, fields_set: set[str]) -> None:
+        """``mask_image`` implies ``keep_background``; ``feather`` needs it."""
+        if self.mask_image is not None:
+            if "keep_background" in fields_set and not self.keep_background:
+                raise ValueError("mask_image is the region regenerated with keep_background, which is false: drop one")
+            self.keep_background = True
+        if self.feather is not None and not self.keep_background:
+            raise ValueError("feather is the edge width of keep_background: set keep_background true (or drop it)")
+        if self.keep_background and self.mask_image is None and self.boxes is None and self.bbox is None:
+            raise ValueError(
+                "keep_background needs the speaker regions: boxes (one per speaker; or bbox) or mask_image"
+            )
 
     @property
     def image_field(self) -> str:
         """The field that gave the image, as the request spelt it."""
         return self._image_field
+
+    @property
+    def video_field(self) -> str | None:
+        """The field that gave the video (``video``, ``video_url``, ``cond_video``), or None for an image source."""
+        return self._video_field
+
+    @property
+    def source_field(self) -> str:
+        """The field that gave the source, image or video, as the request spelt it."""
+        return self._video_field or self._image_field
 
     def audio_field(self, i: int) -> str:
         """The field that gave speaker ``i``'s audio, as the request spelt it (``audio[0]``, ``cond_audio.person2``)."""
@@ -262,6 +353,10 @@ MEDIA_FIELDS = {
     "image_url",
     "cond_image",
     "condition_image",
+    "video",
+    "video_url",
+    "cond_video",
+    "mask_image",
     "audio_url",
     "audio_1",
     "audio_2",

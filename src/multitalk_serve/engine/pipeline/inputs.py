@@ -1,11 +1,13 @@
 """Everything about a job that can be checked without a model, checked in well under a second.
 
-``check_inputs`` opens the image and decodes every audio track (files exist, the image is an image, the audio is
-audio), counts the speakers, checks the person boxes against the image, the options (sizes, steps, ...) and the
-output paths (their folder exists and takes a file). ``MultiTalkPipeline.generate`` runs the same checks, but only
-after the models are loaded: a front end (the CLI) calls this first, so that a mistake costs a second, not the
-minutes of loading 14B weights. Messages name each input as the caller wrote it (``InputNames``): ``--image`` for
-the CLI, ``cond_image`` for an official JSON file, ``image`` for the library.
+``check_inputs`` opens the image (or probes the video: InfiniteTalk's source, ``source.VideoSource``, its first frame
+decoded) and decodes every audio track (files exist, the image is an image, the video a video, the audio is audio),
+checks the keep-the-rest mask against the source's size, counts the speakers, checks the person boxes against the
+source, the options (sizes, steps, ...) and the output paths (their folder exists and takes a file).
+``MultiTalkPipeline.generate`` runs the same checks, but only after the models are loaded: a front end (the CLI)
+calls this first, so that a mistake costs a second, not the minutes of loading 14B weights. Messages name each
+input as the caller wrote it (``InputNames``): ``--image`` for the CLI, ``cond_image`` for an official JSON file,
+``image`` for the library.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import AudioError, ImageInputError, InputError, SpeakerCountError
+from ..errors import AudioError, ImageInputError, InputError, MaskInputError, SpeakerCountError
 from ..limits import MAX_SPEAKERS
 from .audio import FPS, SAMPLE_RATE, decode_audio
 from .conditioning import Box, boxes_overlap, choose_bucket
@@ -31,6 +33,8 @@ class InputNames:
     """How a caller names each input, for messages. ``{n}`` is the speaker / box number (1, 2)."""
 
     image: str = "image"
+    video: str = "video"  # InfiniteTalk's source, instead of the image
+    mask: str = "mask"  # keep_background's region
     audio: str = "audio"  # the list as a whole
     speaker: str = "audio of speaker {n}"  # one track
     boxes: str = "boxes"
@@ -98,7 +102,7 @@ def _exists(source: object, name: str) -> None:
 
 
 def check_inputs(
-    image: str | Path | bytes | Image.Image,
+    image: str | Path | bytes | Image.Image | None,
     audio: list[str | Path | bytes | np.ndarray | None],
     prompt: str = "a person talks",
     output: str | Path | None = None,
@@ -108,10 +112,14 @@ def check_inputs(
     mask_preview_path: str | Path | None = None,
     thumbnail: str | Path | None = None,
     names: InputNames = LIBRARY_INPUT_NAMES,
+    video: str | Path | bytes | None = None,
+    mask: str | Path | bytes | Image.Image | None = None,
 ) -> CheckedInputs:
     """Check a job without any model: raises an ``InputError`` (``AudioError``, ``ImageInputError``,
-    ``SpeakerCountError``) naming the input as ``names`` spells it. ``options``: a ``GenerateOptions`` (default:
-    the defaults). Decodes the audio once (a second for minutes of audio); the image is opened and decoded."""
+    ``VideoInputError``, ``MaskInputError``, ``SpeakerCountError``) naming the input as ``names`` spells it.
+    ``options``: a ``GenerateOptions`` (default: the defaults). Exactly one of ``image`` and ``video`` (InfiniteTalk
+    only); ``mask``: keep_background's region, the source's size. Decodes the audio once (a second for minutes of
+    audio); the image is opened and decoded, the video probed and its first frame decoded."""
     from .generate import GenerateOptions, load_image  # light: generate.py's heavy imports are torch's own
 
     opts = options if options is not None else GenerateOptions()
@@ -138,13 +146,56 @@ def check_inputs(
         )
     if all(a is None for a in audio):
         raise AudioError(f"{names.audio}: every speaker is silent; at least one audio track is needed")
-    _exists(image, names.image)
+    if (image is None) == (video is None):
+        raise InputError(f"give exactly one of {names.image} (a picture to animate) and {names.video} (a video to dub)")
+    if video is not None and opts.model == "multitalk":
+        raise InputError(
+            f"{names.video}: MultiTalk animates an image; a video needs an InfiniteTalk model (infinitetalk, "
+            "infinitetalk-single, infinitetalk-multi)"
+        )
+    keep_background = bool(opts.keep_background)
+    if keep_background and boxes is None and mask is None:
+        raise ImageInputError(
+            f"keep_background needs the speaker regions: {names.boxes} (one per speaker) or {names.mask}"
+        )
+    _exists(image if video is None else video, names.image if video is None else names.video)
+    if mask is not None and not isinstance(mask, Image.Image):
+        _exists(mask, names.mask)
     for i, source in enumerate(audio):
         _exists(source, names.speaker.format(n=i + 1))
 
-    picture = load_image(image, names.image)
+    if video is None:
+        picture = load_image(image, names.image)
+        width, height = picture.width, picture.height
+    else:
+        from .source import VideoSource
+
+        with VideoSource(
+            video, name=names.video, source_end=opts.source_end, max_seconds=float(opts.max_duration_s)
+        ) as clip:
+            width, height = clip.width, clip.height
+    if mask is not None:
+        if not keep_background:
+            raise MaskInputError(f"{names.mask}: a mask is the region regenerated with keep_background, which is off")
+        try:
+            region = load_image(mask, names.mask)
+        except ImageInputError as exc:
+            raise MaskInputError(str(exc)) from None
+        if region.size != (width, height):
+            source_name = names.image if video is None else names.video
+            raise MaskInputError(
+                f"{names.mask}: {region.width}x{region.height}, but {source_name} is {width}x{height}; the mask must "
+                "be the source's size"
+            )
     speakers = len(audio)
-    if boxes is not None:
+    if boxes is not None and keep_background and speakers == 1:
+        if len(boxes) != 1:
+            raise ImageInputError(
+                f"{names.boxes}: one speaker with keep_background takes one box (the region regenerated), got "
+                f"{plural(len(boxes), 'box')}"
+            )
+        boxes[0].validate(width, height, names.box.format(n=1))
+    elif boxes is not None:
         if speakers != MAX_SPEAKERS:
             raise ImageInputError(
                 f"{names.boxes}: person boxes are for two speakers, and {plural(speakers, 'audio track')} "
@@ -153,8 +204,8 @@ def check_inputs(
         if len(boxes) != MAX_SPEAKERS:
             raise ImageInputError(f"{names.boxes}: two speakers need two boxes, got {plural(len(boxes), 'box')}")
         for i, box in enumerate(boxes):
-            box.validate(picture.width, picture.height, names.box.format(n=i + 1))
-        boxes_overlap(boxes, picture.width, picture.height, names.box.format(n=1), names.box.format(n=2))
+            box.validate(width, height, names.box.format(n=i + 1))
+        boxes_overlap(boxes, width, height, names.box.format(n=1), names.box.format(n=2))
 
     lengths = []
     cap, cut = float(opts.max_duration_s), opts.num_frames is not None
@@ -177,8 +228,8 @@ def check_inputs(
         raise AudioError(f"{names.audio}: {what} lasts {seconds:.1f} s, over the {cap:g} s limit")
     if frames < 1:
         raise AudioError(f"{names.audio}: shorter than one video frame (40 ms)")
-    size = tuple(opts.size) if opts.size else choose_bucket(picture.height, picture.width, opts.resolution)
-    return CheckedInputs(picture.width, picture.height, speakers, seconds, frames, size)
+    size = tuple(opts.size) if opts.size else choose_bucket(height, width, opts.resolution)
+    return CheckedInputs(width, height, speakers, seconds, frames, size)
 
 
 def _arrangement(audio_type: str) -> str:
