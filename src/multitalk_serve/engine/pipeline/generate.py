@@ -57,7 +57,7 @@ from .conditioning import (
 from .inputs import check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
-from .source import MAX_VIDEO_SECONDS, SOURCE_ENDS, ImageSource, VideoSource, sniff_media
+from .source import SOURCE_ENDS, ImageSource, VideoSource, sniff_media, video_limit
 from .variants import LoopVariant, adapter_for, check_model_name, loop_for
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
 
@@ -639,8 +639,7 @@ class MultiTalkPipeline:
 
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
         if video is not None:
-            # a source longer than the audio is fine (its start is dubbed); the cap bounds the cost of indexing it
-            cap = max(opts.max_duration_s, MAX_VIDEO_SECONDS)
+            cap = video_limit(opts.max_duration_s)
             source: ConditionSource = VideoSource(video, source_end=opts.source_end, max_seconds=cap)
         else:
             source = ImageSource(load_image(image))

@@ -168,10 +168,10 @@ def check_inputs(
         picture = load_image(image, names.image)
         width, height = picture.width, picture.height
     else:
-        from .source import VideoSource
+        from .source import VideoSource, video_limit
 
         with VideoSource(
-            video, name=names.video, source_end=opts.source_end, max_seconds=float(opts.max_duration_s)
+            video, name=names.video, source_end=opts.source_end, max_seconds=video_limit(opts.max_duration_s)
         ) as clip:
             width, height = clip.width, clip.height
     if mask is not None:

@@ -48,6 +48,14 @@ from .video import FPS
 
 SOURCE_ENDS = ("hold", "pingpong")  # what a video shorter than the audio shows past its end
 MAX_VIDEO_SECONDS = 600.0  # default duration limit of a video source (the caller may pass its own)
+
+
+def video_limit(max_duration_s: float) -> float:
+    """The longest source video a job accepts: a source longer than the audio is fine (its start is dubbed), so the
+    cap is the job's duration limit or ``MAX_VIDEO_SECONDS``, whichever is larger (it bounds the cost of indexing)."""
+    return max(float(max_duration_s), MAX_VIDEO_SECONDS)
+
+
 MAX_VIDEO_SIDE = 4096  # pixels a side (4K DCI), checked before decoding
 MAX_VIDEO_PIXELS = 9_000_000  # pixels a frame (4096 x 2160 = 8.8 MP passes)
 MIN_VIDEO_SIDE = 32  # as an image input
