@@ -395,8 +395,8 @@ def test_scrub_gives_what_the_plain_regex_search_gives():
 
 
 def test_scrubbing_a_job_with_megabytes_of_base64_is_fast():
-    """The SDK logs whole jobs at DEBUG: scrubbing 2 MB of inline media took about 8 s (the key regex at every
-    position), which made the 300-request load test 3.5x slower; now a few milliseconds."""
+    """The SDK logs whole jobs at DEBUG: scrubbing 2 MB of inline media took about 4 s (the key regex at every
+    position); now about 0.15 s."""
     from multitalk_serve.worker.logs import scrub
 
     payload = base64.b64encode(np.random.default_rng(0).bytes(1_500_000)).decode()
@@ -406,7 +406,7 @@ def test_scrubbing_a_job_with_megabytes_of_base64_is_fast():
         cleaned = scrub(text)
         seconds = time.perf_counter() - started
         assert payload[:200] not in cleaned and "u:p@" not in cleaned and "X-Amz-Signature=s" not in cleaned
-        assert seconds < 1.0, seconds
+        assert seconds < 2.0, seconds  # (was 4 s for each on an idle machine)
 
 
 def test_the_sdk_printer_scrubs_only_what_it_prints(capsys, monkeypatch):
