@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# One intra-op thread (set before torch is imported; subprocesses inherit it): the tiny models' operations are too
+# small for a second thread to pay, and on a busy 2-core machine a waiting OpenMP team spins, which made a tiny
+# generation up to 5x slower (docs/testing.md). Set OMP_NUM_THREADS to choose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
