@@ -72,36 +72,11 @@ def read_back(out: dict, tmp_path: Path, name: str = "out.mp4"):
     return probe(path)
 
 
-def test_worker_dubs_a_video_and_reports_the_model(itk_worker, media, tmp_path):
+# Each tiny worker job costs seconds (the tiny VAE over an 81-frame clip): three jobs cover the worker's new paths.
+def test_worker_dubs_a_short_video_keeping_the_background(itk_worker, media, tmp_path):
+    """A 10-frame source under 25 frames of audio (pingpong), one speaker's box with keep_background: the
+    single-speaker adapter, the output as long as the audio, every choice reported."""
     assert itk_worker.held == ADAPTERS and itk_worker.default_model == "multitalk"
-    out = run(
-        itk_worker, video=data_uri(media["video"], "video/mp4"), audio=data_uri(media["audio"], "audio/wav"), **SMALL
-    )
-    info = read_back(out, tmp_path)
-    assert (info.frames, info.width, info.height, info.audio_codec) == (25, 64, 64, "aac")  # = the audio, 25 fps
-    params = out["params"]
-    assert (params["model"], params["source"], params["source_end"], params["keep_background"]) == (
-        "infinitetalk-single",
-        "video",
-        "hold",
-        False,
-    )
-    assert "adapter_switch" in out["timings"] and out["timings"]["adapter_switch"] >= 0
-
-
-def test_worker_switches_the_adapter_per_job(itk_worker, media, tmp_path):
-    """After the dubbing job (infinitetalk-single): MultiTalk, then InfiniteTalk multi for two tracks; each job
-    reports the adapter it ran and what switching to it cost (a copy of the audio layers, never a reload)."""
-    image, voice = png_uri(), data_uri(media["audio"], "audio/wav")
-    first = run(itk_worker, image=image, audio=voice, model="multitalk", **SMALL)
-    second = run(itk_worker, image=image, audio=[voice, None], model="infinitetalk", **SMALL)
-    assert [o["params"]["model"] for o in (first, second)] == ["multitalk", "infinitetalk-multi"]
-    assert [o["params"]["source"] for o in (first, second)] == ["image", "image"]
-    assert first["timings"]["adapter_switch"] >= 0 and second["timings"]["adapter_switch"] > 0  # multitalk -> multi
-    assert itk_worker.pipeline.adapter == "infinitetalk-multi"
-
-
-def test_worker_keeps_the_background_with_one_box(itk_worker, media, tmp_path):
     out = run(
         itk_worker,
         video_url=data_uri(media["short"], "video/mp4"),
@@ -112,27 +87,37 @@ def test_worker_keeps_the_background_with_one_box(itk_worker, media, tmp_path):
         source_end="pingpong",
         **SMALL,
     )
+    info = read_back(out, tmp_path)
+    assert (info.frames, info.width, info.height, info.audio_codec) == (25, 64, 64, "aac")  # = the audio, 25 fps
     params = out["params"]
-    assert (params["keep_background"], params["feather"], params["source_end"], params["source"]) == (
+    assert (params["model"], params["source"], params["source_end"], params["keep_background"], params["feather"]) == (
+        "infinitetalk-single",
+        "video",
+        "pingpong",
         True,
         4.0,
-        "pingpong",
-        "video",
     )
-    assert read_back(out, tmp_path).frames == 25  # the 10-frame source played back and forth under 25 frames
+    assert "adapter_switch" in out["timings"] and out["timings"]["adapter_switch"] >= 0
 
 
-def test_worker_official_cond_video_may_be_an_image_and_a_mask_keeps_the_rest(itk_worker, media, tmp_path):
-    out = run(
+def test_worker_official_cond_video_image_with_a_mask_then_two_speakers_switch(itk_worker, media, tmp_path):
+    """The official field ``cond_video`` holding an image, ``mask_image`` keeping the rest; then two tracks with
+    model ``infinitetalk``: the worker switches to the two-speaker adapter and reports what the switch cost."""
+    image, voice = png_uri(), data_uri(media["audio"], "audio/wav")
+    first = run(
         itk_worker,
-        cond_video=png_uri(),
-        cond_audio={"person1": data_uri(media["audio"], "audio/wav")},
+        cond_video=image,
+        cond_audio={"person1": voice},
         mask_image=data_uri(media["mask"], "image/png"),
         **SMALL,
     )
-    params = out["params"]
+    params = first["params"]
     assert (params["model"], params["source"], params["keep_background"]) == ("infinitetalk-single", "image", True)
-    assert read_back(out, tmp_path).frames == 25
+    assert read_back(first, tmp_path).frames == 25
+    second = run(itk_worker, image=image, audio=[voice, None], model="infinitetalk", **SMALL)
+    assert (second["params"]["model"], second["params"]["source"]) == ("infinitetalk-multi", "image")
+    assert second["timings"]["adapter_switch"] > 0  # single -> multi: a copy of the audio layers
+    assert itk_worker.pipeline.adapter == "infinitetalk-multi"
 
 
 @pytest.mark.parametrize(
