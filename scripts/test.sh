@@ -5,4 +5,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -q "$@"
+# two worker processes (one torch thread each, tests/conftest.py): the tiny models' many small operations keep one
+# core busy per process; a file's tests stay in one process (its module fixtures are built once)
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"

@@ -124,6 +124,8 @@ def test_worker_official_cond_video_image_with_a_mask_then_two_speakers_switch(i
     ("field", "make", "code", "words"),
     [
         ("video", lambda m: data_uri(m["sound_only"], "video/mp4"), "E_VIDEO", "video: no video stream"),
+        # named as the request sent it, also when the engine finds the problem
+        ("video_url", lambda m: data_uri(m["sound_only"], "video/mp4"), "E_VIDEO", "video_url: no video stream"),
         ("video_url", lambda m: png_uri(), "E_INPUT", "video_url: a data URI of type image/png"),
         ("video", lambda m: base64.b64encode(m["mask"].read_bytes()).decode(), "E_VIDEO", "not a video"),
     ],
@@ -149,7 +151,7 @@ def test_worker_mask_of_the_wrong_size_is_e_image(itk_worker, media):
             },
         }
     )
-    assert out["error"].startswith("E_IMAGE: ") and "mask" in out["error"], out
+    assert out["error"].startswith("E_IMAGE: ") and "mask_image" in out["error"], out
 
 
 def test_worker_without_infinitetalk_refuses_a_video_before_fetching(tiny_pipeline, media):

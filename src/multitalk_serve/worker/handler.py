@@ -31,6 +31,7 @@ from ..engine import (
     EngineError,
     GenerateOptions,
     GenerationCancelled,
+    InputNames,
     MultiTalkPipeline,
     Progress,
     ProgressClock,
@@ -302,6 +303,14 @@ class Worker:
             boxes = [Box.from_official(request.bbox[p]) for p in ("person1", "person2") if p in request.bbox]
         if image is not None and "source_end" in request.model_fields_set:
             warnings.append("source_end: applies to a video source; this job animates an image")
+        # messages from the engine name each input as this request sent it (image_url, cond_video, ...)
+        names = InputNames(
+            image=request.source_field if image is not None else "image",
+            video=request.video_field or "video",
+            mask="mask_image",
+            boxes="bbox" if request.bbox is not None and request.boxes is None else "boxes",
+            box="bbox.person{n}" if request.bbox is not None and request.boxes is None else "boxes: person {n}",
+        )
         extra = {"video": source_video} if source_video is not None else {}
         if mask is not None:
             extra["mask"] = mask
@@ -318,6 +327,7 @@ class Worker:
             options=options,
             callback=reporter,
             thumbnail=thumbnail,
+            names=names,
             **extra,
         )
         for stage, seconds in result.timings.items():

@@ -54,7 +54,7 @@ from .conditioning import (
     mask_preview,
     person_masks,
 )
-from .inputs import check_output_path, plural
+from .inputs import LIBRARY_INPUT_NAMES, InputNames, check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
 from .source import SOURCE_ENDS, ImageSource, VideoSource, sniff_media, video_limit
@@ -598,18 +598,20 @@ class MultiTalkPipeline:
         boxes: list[Box] | None = None,
         options: GenerateOptions | None = None,
         callback: Callable[[Progress], None] | None = None,
+        names: InputNames = LIBRARY_INPUT_NAMES,
     ) -> PreparedJob:
         """Validate and encode every input (audio features, source, masks, prompts), choose and activate the audio
         adapter, and plan the clips. The job holds the source open: run it with ``frames`` (which closes it) or
-        close ``job.source``."""
+        close ``job.source``. ``names``: how the caller names the image, video, mask and boxes (in messages)."""
         opts = (options or GenerateOptions()).resolved()
         opts.validate()
         loop = loop_for(opts.model)
         if (image is None) == (video is None):
-            raise InputError("give either an image or a video (exactly one)")
+            raise InputError(f"give either {names.image} or {names.video} (exactly one)")
         if video is not None and not loop.takes_video:
             raise InputError(
-                f"video: {opts.model} animates an image; dubbing a video needs an InfiniteTalk model (infinitetalk)"
+                f"{names.video}: {opts.model} animates an image; dubbing a video needs an InfiniteTalk model "
+                "(infinitetalk)"
             )
         if opts.keep_background and boxes is None and mask is None:
             raise ImageInputError("keep_background needs the speaker regions: person boxes or a mask image")
@@ -640,18 +642,18 @@ class MultiTalkPipeline:
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
         if video is not None:
             cap = video_limit(opts.max_duration_s)
-            source: ConditionSource = VideoSource(video, source_end=opts.source_end, max_seconds=cap)
+            source: ConditionSource = VideoSource(video, name=names.video, source_end=opts.source_end, max_seconds=cap)
         else:
-            source = ImageSource(load_image(image))
+            source = ImageSource(load_image(image, names.image))
         try:
             single_box = opts.keep_background and speakers == 1
             if boxes is not None and speakers != MAX_SPEAKERS and not (single_box and len(boxes) == 1):
                 raise ImageInputError(
-                    f"boxes are for two speakers (or one box for keep_background with one speaker); got "
-                    f"{plural(len(boxes), 'box')} and {plural(speakers, 'speaker')}"
+                    f"{names.boxes}: person boxes are for two speakers (or one box for keep_background with one "
+                    f"speaker); got {plural(len(boxes), 'box')} and {plural(speakers, 'speaker')}"
                 )
             if boxes is not None and speakers == 1:
-                boxes[0].validate(source.width, source.height, "box of person 1")
+                boxes[0].validate(source.width, source.height, names.box.format(n=1))
             height, width = source.height, source.width
             target = tuple(opts.size) if opts.size else choose_bucket(height, width, opts.resolution)
             reference = source.frame(0, target)  # [3, H, W] in [-1, 1]
@@ -660,9 +662,14 @@ class MultiTalkPipeline:
             masks = latent_masks(bucket_masks, (target[0] // VAE_STRIDE[1], target[1] // VAE_STRIDE[2]))
             region = None
             if opts.keep_background:
-                mask_image = load_image(mask, "mask_image") if mask is not None else None
+                mask_image = load_image(mask, names.mask) if mask is not None else None
                 region = region_mask(
-                    target, (height, width), boxes=None if mask_image else boxes, mask=mask_image, feather=opts.feather
+                    target,
+                    (height, width),
+                    boxes=None if mask_image else boxes,
+                    mask=mask_image,
+                    feather=opts.feather,
+                    name=names.mask,
                 )
             t = time.perf_counter()
             switch = self.use_adapter(adapter)
@@ -778,6 +785,7 @@ class MultiTalkPipeline:
         callback: Callable[[Progress], None] | None = None,
         thumbnail: str | Path | None = None,
         mask_preview_path: str | Path | None = None,
+        names: InputNames = LIBRARY_INPUT_NAMES,
     ) -> GenerationResult:
         """Generate the talking video into ``output`` (MP4, H.264 + AAC, 25 fps).
 
@@ -789,14 +797,15 @@ class MultiTalkPipeline:
         array, or ``None`` for a silent speaker). ``boxes``: two person boxes in source pixels (two speakers;
         default: left/right halves; one box for one speaker with ``keep_background``).
         ``callback`` receives a ``Progress`` after every stage and sampling step; raising ``GenerationCancelled`` in
-        it stops the job between steps (the partial MP4 is removed).
+        it stops the job between steps (the partial MP4 is removed). ``names``: how the caller names its inputs, so
+        that an input found unusable here is named as the caller sent it (e.g. ``video_url``, ``cond_video``).
         """
         started = time.perf_counter()
         for path, name in ((output, "output"), (thumbnail, "thumbnail"), (mask_preview_path, "mask_preview_path")):
             if path is not None:  # before any work: a missing folder must not cost a finished video
                 check_output_path(path, name)
         job = self.prepare(
-            image, audio, prompt, video=video, mask=mask, boxes=boxes, options=options, callback=callback
+            image, audio, prompt, video=video, mask=mask, boxes=boxes, options=options, callback=callback, names=names
         )
         try:
             return self._generate(job, started, output, callback, thumbnail, mask_preview_path)
