@@ -202,9 +202,9 @@ def catalogue(env: Env) -> list[Case]:
             ("s3Config", "accessSecret"),
         ),
         Case("three speakers", job(audio=[aud, aud, aud]), "E_INPUT", ("audio",)),
-        Case("duration over the cap", job(duration=3000), "E_INPUT", ("duration: 3000 s", "120 s limit")),
-        Case("duration of an hour", job(duration=3600), "E_INPUT", ("duration: 3600 s", "120 s limit")),
-        Case("num_frames over the cap", job(num_frames=3001), "E_INPUT", ("num_frames: 3001 frames", "120 s limit")),
+        Case("duration over the cap", job(duration=3000), "E_INPUT", ("duration: 3000 s", "600 s limit")),
+        Case("duration of an hour", job(duration=3600), "E_INPUT", ("duration: 3600 s", "600 s limit")),
+        Case("num_frames over the cap", job(num_frames=15001), "E_INPUT", ("num_frames: 15001 frames", "600 s limit")),
         Case(
             "s3Config as a string",
             {**job(), "s3Config": "https://s3.example.com AKIAEXAMPLEKEY1234 secret"},

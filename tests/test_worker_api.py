@@ -129,10 +129,10 @@ def test_bad_image_and_over_long_audio(client, worker, tmp_path):
     ).json()
     assert reply["error"].startswith("E_IMAGE: image: not a readable image"), reply
     reply = client.post(
-        "/runsync", json={"input": {"image": png_b64(), "audio": wav_b64(tmp_path), "duration": 500, **FAST}}
+        "/runsync", json={"input": {"image": png_b64(), "audio": wav_b64(tmp_path), "duration": 900, **FAST}}
     ).json()
     # a length over the cap is refused before the media is fetched or decoded
-    assert reply["error"] == "E_INPUT: duration: 500 s is over this worker's 120 s limit (MAX_DURATION_SECONDS)", reply
+    assert reply["error"] == "E_INPUT: duration: 900 s is over this worker's 600 s limit (MAX_DURATION_SECONDS)", reply
 
 
 def test_health_probe(client):

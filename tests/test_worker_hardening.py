@@ -167,9 +167,9 @@ class NoFetch(MediaFetcher):
 @pytest.mark.parametrize(
     ("length", "says"),
     [
-        ({"duration": 3600}, "duration: 3600 s is over this worker's 120 s limit (MAX_DURATION_SECONDS)"),
-        ({"duration": 120.5}, "duration: 120.5 s is over this worker's 120 s limit"),
-        ({"num_frames": 3001}, "num_frames: 3001 frames (120.04 s at 25 fps) is over this worker's 120 s limit"),
+        ({"duration": 3600}, "duration: 3600 s is over this worker's 600 s limit (MAX_DURATION_SECONDS)"),
+        ({"duration": 600.5}, "duration: 600.5 s is over this worker's 600 s limit"),
+        ({"num_frames": 15001}, "num_frames: 15001 frames (600.04 s at 25 fps) is over this worker's 600 s limit"),
     ],
 )
 def test_a_length_over_the_cap_is_refused_before_any_fetch(tiny_pipeline, tmp_path, monkeypatch, length, says):
@@ -185,7 +185,7 @@ def test_a_length_over_the_cap_is_refused_before_any_fetch(tiny_pipeline, tmp_pa
 
 
 def test_the_duration_cap_message_states_the_real_cap(tiny_pipeline, tmp_path):
-    """Audio over the cap, no explicit length: the message says 120 s, not the decoder's 121 s margin."""
+    """Audio over the cap, no explicit length: the message says the cap (2 s here), not the decoder's one-frame margin."""
     import wave
 
     import numpy as np

@@ -704,8 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-duration",
         type=float,
-        default=120.0,
-        help="longest audio accepted, in seconds (default 120); longer audio is refused: --duration cuts it",
+        default=600.0,
+        help="longest audio accepted, in seconds (default 600); longer audio is refused: --duration cuts it",
     )
     p.add_argument("--crf", type=int, default=19)
     p.add_argument("--thumbnail", help="save the first frame here")

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEFAULT_MAX_DURATION_S = 600.0  # ten minutes (the longest video a job may ask for; MAX_DURATION_SECONDS)
+MAX_JOB_SECONDS = 24 * 3600  # the most MAX_DURATION_SECONDS may be set to (the request schema's ceiling)
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
@@ -125,7 +128,7 @@ class WorkerConfig:
     transformer: str | None = field(default_factory=lambda: _env("MULTITALK_TRANSFORMER"))
     warmup: bool = field(default_factory=lambda: _flag("MULTITALK_WARMUP"))
     volume_path: Path = field(default_factory=lambda: Path(_env("VOLUME_PATH", "/runpod-volume")))
-    max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 120.0))
+    max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", DEFAULT_MAX_DURATION_S))
     max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))
     max_video_bytes: int = field(default_factory=lambda: int(_float("MAX_VIDEO_MB", 500) * 1_000_000))
     download_timeout_s: float = field(default_factory=lambda: _float("DOWNLOAD_TIMEOUT_SECONDS", 30.0))
@@ -155,6 +158,15 @@ class WorkerConfig:
     adapters: tuple[str, ...] | None = field(default_factory=lambda: _names("MULTITALK_ADAPTERS"))
     # the original worker's `action: generate` requests that send no image (legacy.py)
     original_worker_image: str | None = field(default_factory=lambda: _env("ORIGINAL_WORKER_IMAGE"))
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not (math.isfinite(self.max_duration_s) and 0 < self.max_duration_s <= MAX_JOB_SECONDS):
+            raise ValueError(
+                f"MAX_DURATION_SECONDS must be more than 0 and at most {MAX_JOB_SECONDS} (a day), "
+                f"got {self.max_duration_s:g}"
+            )
 
     def speed_lora_path(self) -> Path | None:
         """``MULTITALK_SPEED_LORA`` resolved as the engine does (``find_speed_lora``)."""

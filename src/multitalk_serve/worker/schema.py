@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..engine import MAX_SPEAKERS, MAX_STEPS
+from .config import MAX_JOB_SECONDS
 
 MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES (test)
 IMAGE_FIELDS = ("image", "image_url", "cond_image", "condition_image", "image_s3_key")
@@ -127,8 +128,13 @@ class JobInput(BaseModel):
     mode: Literal["streaming", "clip"] = Field(
         "streaming", description="streaming: as long as the audio; clip: one clip"
     )
-    duration: float | None = Field(None, gt=0, le=3600, description="seconds of video (audio cut or silence-padded)")
-    num_frames: int | None = Field(None, ge=1, le=90000, description="frames of video at 25 fps (instead of duration)")
+    # the schema's ceiling is a day (config.MAX_JOB_SECONDS); the worker's MAX_DURATION_SECONDS (600 s) is the real cap
+    duration: float | None = Field(
+        None, gt=0, le=MAX_JOB_SECONDS, description="seconds of video (audio cut or silence-padded)"
+    )
+    num_frames: int | None = Field(
+        None, ge=1, le=MAX_JOB_SECONDS * 25, description="frames of video at 25 fps (instead of duration)"
+    )
     sampling_steps: int = Field(40, ge=1, le=MAX_STEPS, description="denoising steps")
     text_guide_scale: float = Field(5.0, ge=0, le=20, description="text guidance; 1 switches to 2-pass guidance")
     audio_guide_scale: float = Field(4.0, ge=0, le=20, description="audio guidance")
