@@ -68,6 +68,7 @@ class WindowSampler:
     """A progress callback: one sample at the end of every window."""
 
     device: str
+    census_at: frozenset[int] = frozenset()  # windows whose sample also counts the live tensors
     samples: list[dict] = field(default_factory=list)
     _clip: int = 0
     _start: float = field(default_factory=time.perf_counter)
@@ -92,7 +93,29 @@ class WindowSampler:
 
             row["cuda_allocated_mb"] = round(torch.cuda.memory_allocated() / 2**20, 2)
             row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 2)
+        if window in self.census_at:
+            row.update(tensor_census())
         self.samples.append(row)
+
+
+def tensor_census() -> dict:
+    """The tensors alive now (found by the garbage collector) and their storage in MB, each storage counted once:
+    exact where RSS is blurred by the allocator, so a tensor kept per window shows at any size."""
+    import gc
+    import warnings
+
+    import torch
+
+    storages: dict[int, int] = {}
+    count = 0
+    with warnings.catch_warnings():  # isinstance on every object wakes deprecated module attributes
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+                count += 1
+                storage = obj.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return {"live_tensors": count, "live_tensor_mb": round(sum(storages.values()) / 2**20, 3)}
 
 
 def takes_job_dir() -> bool:
@@ -101,7 +124,9 @@ def takes_job_dir() -> bool:
     return "job_dir" in inspect.signature(MultiTalkPipeline.generate).parameters
 
 
-def run_job(pipe, windows: int, out: Path, job_dir: Path | None = None, device: str = "cpu") -> dict:
+def run_job(
+    pipe, windows: int, out: Path, job_dir: Path | None = None, device: str = "cpu", census_at: tuple[int, ...] = ()
+) -> dict:
     """One long tiny job; returns its per-window samples, the output's probe and the summary."""
     from PIL import Image
 
@@ -113,7 +138,7 @@ def run_job(pipe, windows: int, out: Path, job_dir: Path | None = None, device: 
     options = GenerateOptions(
         size=SIZE, steps=1, frames_per_clip=FRAMES_PER_CLIP, motion_frames=MOTION_FRAMES, seed=0, crf=30
     )
-    sampler = WindowSampler(device)
+    sampler = WindowSampler(device, frozenset(census_at))
     extra = {"job_dir": job_dir} if job_dir is not None else {}
     if device.startswith("cuda"):
         import torch
@@ -154,12 +179,14 @@ def load(root: Path | None, device: str):
 
 def table(report: dict) -> str:
     cuda = "cuda_peak_mb" in report["samples"][0]
-    head = f"{'window':>7} {'RSS MB':>9} {'t s':>8}" + (f" {'CUDA alloc MB':>14} {'CUDA peak MB':>13}" if cuda else "")
+    head = f"{'window':>7} {'RSS MB':>9} {'t s':>8} {'tensors':>8} {'tensor MB':>10}"
+    head += f" {'CUDA alloc MB':>14} {'CUDA peak MB':>13}" if cuda else ""
     lines = [f"{report['path']}: {report['windows']} windows, {report['frames']} frames, {report['seconds']} s", head]
     last = report["samples"][-1]["window"]
     for row in report["samples"]:
-        if row["window"] in REPORTED or row["window"] == last:
+        if row["window"] in REPORTED or row["window"] == last or "live_tensors" in row:
             line = f"{row['window']:>7} {row['rss_mb']:>9.1f} {row['t_s']:>8.2f}"
+            line += f" {row.get('live_tensors', ''):>8} {row.get('live_tensor_mb', ''):>10}"
             if cuda:
                 line += f" {row['cuda_allocated_mb']:>14.2f} {row['cuda_peak_mb']:>13.2f}"
             lines.append(line)
@@ -181,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load(args.root, args.device)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs.append(run_job(pipe, args.windows, Path(tmp) / "memory.mp4", device=args.device))
+        census = (1, 10, 30, args.windows - 2, args.windows - 1)  # the same point of every window: the next one starts
+        runs.append(run_job(pipe, args.windows, Path(tmp) / "memory.mp4", device=args.device, census_at=census))
         print(table(runs[-1]), flush=True)
         if args.job_dir is not None:
             if takes_job_dir():
                 args.job_dir.mkdir(parents=True, exist_ok=True)
-                runs.append(run_job(pipe, args.windows, Path(tmp) / "segments.mp4", args.job_dir, args.device))
+                out = Path(tmp) / "segments.mp4"
+                runs.append(run_job(pipe, args.windows, out, args.job_dir, args.device, census))
                 print(table(runs[-1]), flush=True)
             else:
                 print("--job-dir: this engine's generate takes no job_dir (segments): measured the in-memory path only")

@@ -187,30 +187,143 @@ class Wav2Vec2Features:
     @torch.no_grad()
     def __call__(self, wave: np.ndarray, frames: int | None = None) -> torch.Tensor:
         """``wave`` (16 kHz) -> ``[frames, layers, channels]`` float32 on CPU; ``frames`` defaults to the
-        official ``int(seconds * 25)``."""
+        official ``int(seconds * 25)``.
+
+        Audio longer than ``WHOLE_TRACK_SECONDS`` runs the CNN front end in chunks (``cnn_features``): the whole
+        track at once keeps several ``[512, 20 * samples / 320]`` activations alive (about 16 MB a second of audio:
+        9.5 GB for ten minutes, on the GPU); in chunks it is about 1 MB a second (the CNN's output at 50 Hz and the
+        encoder's states at 25 Hz). Shorter audio, every length the official code runs, takes the whole-track path
+        unchanged."""
         frames = int(len(wave) / SAMPLE_RATE * FPS) if frames is None else frames
         if frames < 1:
             raise AudioError("the audio is shorter than one video frame (40 ms)")
         values = self.feature_extractor(wave, sampling_rate=SAMPLE_RATE).input_values[0]
         values = torch.as_tensor(np.asarray(values), dtype=torch.float32, device=self.device)[None]
+        chunked = len(wave) > WHOLE_TRACK_SECONDS * SAMPLE_RATE and _chunkable(self.model)
+        self.last_chunks = 0
+        if chunked:
+            cnn, self.last_chunks = cnn_features(self.model, values, CNN_CHUNK_FRAMES)  # [1, 512, T at 50 Hz]
+            del values
+            values = torch.zeros(1, 1, device=self.device)  # the encoder below is handed the CNN output instead
+        extractor = self.model.feature_extractor
 
         def to_video_rate(module, args, cnn):  # [1, 512, T at 50 Hz] -> [1, 512, frames]
             return F.interpolate(cnn, size=frames, mode="linear", align_corners=True)
 
-        hook = self.model.feature_extractor.register_forward_hook(to_video_rate)
+        hook = extractor.register_forward_hook(to_video_rate)
+        if chunked:
+            extractor.forward = lambda input_values: cnn  # an instance attribute: the module's own forward is skipped
         try:
             out = self.model(values, output_hidden_states=True, return_dict=True)
         finally:
             hook.remove()
+            extractor.__dict__.pop("forward", None)
         return torch.stack(out.hidden_states[1:], dim=2)[0].float().cpu()  # [frames, layers, channels]
 
 
-def window_features(features: torch.Tensor, start: int, frames: int, window: int = 5) -> torch.Tensor:
+WHOLE_TRACK_SECONDS = 60.0  # longer audio runs the wav2vec2 CNN in chunks (same features within float rounding)
+CNN_CHUNK_FRAMES = 500  # CNN output frames (50 Hz: 10 s of audio) a chunk computes
+
+
+def _chunkable(model) -> bool:
+    """The CNN front ends ``cnn_features`` computes exactly: convolutions without padding, each followed by a
+    per-time-step layer norm, or (the first one only) a group norm of one channel a group (per-channel statistics
+    over the whole track, which ``cnn_features`` gathers in a first pass)."""
+    layers = getattr(getattr(model, "feature_extractor", None), "conv_layers", None)
+    if layers is None:
+        return False
+    for i, layer in enumerate(layers):
+        conv, norm = getattr(layer, "conv", None), getattr(layer, "layer_norm", None)
+        if not isinstance(conv, torch.nn.Conv1d) or conv.padding != (0,) or conv.dilation != (1,):
+            return False
+        if isinstance(norm, torch.nn.GroupNorm) and (i or norm.num_groups != norm.num_channels):
+            return False
+    return True
+
+
+def _receptive_field(layers) -> tuple[int, int]:
+    """(samples one output frame sees, samples between two output frames) of a stack of unpadded convolutions."""
+    field, step = 1, 1
+    for layer in layers:
+        field += (layer.conv.kernel_size[0] - 1) * step
+        step *= layer.conv.stride[0]
+    return field, step
+
+
+def _output_length(layers, samples: int) -> int:
+    for layer in layers:
+        samples = (samples - layer.conv.kernel_size[0]) // layer.conv.stride[0] + 1
+    return samples
+
+
+def cnn_features(model, values: torch.Tensor, chunk: int = CNN_CHUNK_FRAMES) -> tuple[torch.Tensor, int]:
+    """wav2vec2's CNN front end (``model.feature_extractor``) over ``values`` ``[1, samples]`` in chunks of
+    ``chunk`` output frames; returns (``[1, channels, T]`` as the whole-track forward gives it, the chunk count).
+
+    Output frame ``j`` sees samples ``[j * step, j * step + field)`` (400 and 320 for wav2vec2), so a chunk of
+    output frames ``[a, b)`` is computed from samples ``[a * step, (b - 1) * step + field)`` alone, and every layer's
+    frames line up with the whole-track ones. The first layer's group norm (one channel a group: each channel
+    normalised by its mean and variance over the whole track) takes its statistics from a first pass over the first
+    convolution, accumulated in float64, so that no chunk sees only its own."""
+    layers = model.feature_extractor.conv_layers
+    field, step = _receptive_field(layers)
+    total = _output_length(layers, values.shape[-1])
+    if total < 1:
+        raise AudioError("the audio is too short for wav2vec2")
+    first = layers[0]
+    norm = first.layer_norm if isinstance(getattr(first, "layer_norm", None), torch.nn.GroupNorm) else None
+    bounds = [(a, min(a + chunk, total)) for a in range(0, total, chunk)]
+    scale = shift = None
+    if norm is not None:  # pass 1: per-channel sums of the first convolution's output over the whole track
+        kernel, stride = first.conv.kernel_size[0], first.conv.stride[0]
+        frames0 = _output_length(layers[:1], values.shape[-1])
+        step0 = max(1, chunk * step // stride)  # first-layer frames a chunk
+        sums = torch.zeros(2, first.conv.out_channels, dtype=torch.float64, device=values.device)
+        pivot = None  # the first chunk's channel means: sums of (x - pivot) lose nothing when a mean is large
+        for a in range(0, frames0, step0):
+            b = min(a + step0, frames0)
+            x = first.conv(values[:, None, a * stride : (b - 1) * stride + kernel])[0]
+            pivot = x.mean(dim=1, keepdim=True) if pivot is None else pivot
+            x -= pivot
+            sums[0] += x.sum(dim=1, dtype=torch.float64)
+            sums[1] += (x * x).sum(dim=1, dtype=torch.float64)
+            del x
+        centred = sums[0] / frames0
+        mean = centred + pivot[:, 0].double()
+        inv_std = ((sums[1] / frames0 - centred * centred).clamp_min(0) + norm.eps).rsqrt()
+        scale = (inv_std * norm.weight.double()).to(values.dtype)[:, None]  # GroupNorm's affine folded in
+        shift = (norm.bias.double() - mean * inv_std * norm.weight.double()).to(values.dtype)[:, None]
+    parts = []
+    for a, b in bounds:
+        x = values[:, None, a * step : (b - 1) * step + field]
+        for i, layer in enumerate(layers):
+            x = first.activation(first.conv(x) * scale + shift) if i == 0 and norm is not None else layer(x)
+        if x.shape[-1] != b - a:  # the frames do not line up: a layer this code does not know
+            raise AudioError(f"wav2vec2 chunking: {x.shape[-1]} frames for chunk [{a}, {b})")
+        parts.append(x)
+    return torch.cat(parts, dim=-1), len(bounds)
+
+
+def window_features(
+    features: torch.Tensor, start: int, frames: int, window: int = 5, length: int | None = None
+) -> torch.Tensor:
     """``[P, L, layers, C]`` -> ``[P, frames, window, layers, C]``: for each video frame ``f`` of the clip that
-    starts at ``start``, the features of frames ``f - window//2 .. f + window//2`` clamped to ``[0, L-1]``."""
+    starts at ``start``, the features of frames ``f - window//2 .. f + window//2`` clamped to ``[0, L-1]``.
+
+    ``length``: read them from ``mirror_pad(features, length)`` (the last clip's audio) without building it: the
+    same values, but only the clip's windows are gathered, not a copy of the whole track (553 MB a speaker for ten
+    minutes)."""
     half = window // 2
     centre = torch.arange(start, start + frames)[:, None] + torch.arange(-half, half + 1)[None, :]
-    return features[:, centre.clamp(0, features.shape[1] - 1)]
+    if length is None:
+        return features[:, centre.clamp(0, features.shape[1] - 1)]
+    return features[:, torch.from_numpy(_mirror_index(centre.clamp(0, length - 1).numpy(), features.shape[1]))]
+
+
+def _mirror_index(idx: np.ndarray, have: int) -> np.ndarray:
+    """Where frame ``idx`` of a track continued by its mirror image (``a b c | c b a | a b c ...``) comes from."""
+    idx = idx % (2 * have)
+    return np.where(idx < have, idx, 2 * have - 1 - idx)
 
 
 def mirror_pad(features: torch.Tensor, length: int) -> torch.Tensor:
@@ -220,8 +333,4 @@ def mirror_pad(features: torch.Tensor, length: int) -> torch.Tensor:
     have = features.shape[1]
     if length <= have:
         return features[:, :length]
-    idx = np.arange(length)
-    period = 2 * have
-    idx = idx % period
-    idx = np.where(idx < have, idx, period - 1 - idx)
-    return features[:, torch.from_numpy(idx)]
+    return features[:, torch.from_numpy(_mirror_index(np.arange(length), have))]
