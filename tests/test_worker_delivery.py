@@ -174,7 +174,7 @@ def test_s3_presigned_segments_and_a_playlist_of_presigned_urls(tmp_path, segmen
     assert requests.get(summary["playlist_url"], timeout=10).text.endswith("#EXT-X-ENDLIST\n")
     assert (summary["published"], summary["failed"], summary["storage"]) == (3, 0, "s3")
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("multitalk_serve"))
-    assert "segment 3/3 delivered (s3" in logged
+    assert "job-2: segment 2 of 3 delivered (s3" in logged
     assert "Signature" not in logged and "X-Amz" not in logged and "http" not in logged
 
 
@@ -201,7 +201,7 @@ def test_an_upload_failing_mid_stream_is_noted_and_the_stream_goes_on(tmp_path, 
         "segments/seg_00001.ts failed after 2 tries (ConnectionError)); the final video has every segment"
     ]
     assert set(publisher.published_events()) == {0, 2}
-    assert "segment 2/3: segment 1 not delivered" in caplog.text
+    assert "job-3: segment 1 not delivered" in caplog.text
 
 
 def test_a_bucket_that_is_down_is_not_tried_for_every_segment(tmp_path, segment_files, bucket, monkeypatch):
@@ -215,6 +215,18 @@ def test_a_bucket_that_is_down_is_not_tried_for_every_segment(tmp_path, segment_
     summary = publisher.finish()
     assert (summary["published"], summary["failed"]) == (0, 3) and "playlist_url" not in summary
     assert publisher.warnings()[0].startswith("streaming: 3 of 3 segments were not delivered")
+    monkeypatch.setattr(delivery, "PAUSE_AFTER_FAILURES_S", 0.0)  # the pause is over: one try, and it succeeds
+    client.failing = "-none-"
+    assert "url" in publisher.publish(segments(segment_files)[2]) and client.puts[-2:] == ["seg_00002.ts", "index.m3u8"]
+
+
+def test_publish_never_raises(tmp_path, segment_files):
+    publisher = SegmentPublisher(config(tmp_path), None, "job-11", OutputOptions())
+    gone = Segment(0, 3, tmp_path / "missing.ts", 0, FRAMES)
+    event = publisher.publish(gone)
+    assert event["note"] == f"segment 0 not delivered: FileNotFoundError; {KEPT}" and "path" not in event
+    assert publisher.summary()["failed"] == 1 and "FileNotFoundError" in publisher.warnings()[0]
+    assert "path" in publisher.publish(segments(segment_files)[1])  # the next one is delivered
 
 
 def test_one_publish_is_bounded_in_time(tmp_path, segment_files, bucket):
@@ -229,24 +241,29 @@ def test_one_publish_is_bounded_in_time(tmp_path, segment_files, bucket):
 
 def test_resumed_segments_are_announced_again_without_a_second_upload(tmp_path, segment_files, bucket):
     cfg = config(tmp_path, s3=bucket)
-    first = SegmentPublisher(cfg, None, "job-6", OutputOptions())
-    before = [first.publish(s) for s in segments(segment_files[:2])]  # the worker dies after window 2
+    first = SegmentPublisher(cfg, None, "job-6", OutputOptions(), backoff_s=0.01)
+    spy(first, failing="seg_00001")  # the upload of window 2 fails, then the worker dies
+    before = [first.publish(s) for s in segments(segment_files[:2])]
+    assert "url" in before[0] and "note" in before[1]
     kept = json.loads(json.dumps(first.published_events()))  # as the job's state keeps it
-    assert set(kept) == {"0", "1"} and all("url" not in e and e["key"].endswith(".ts") for e in kept.values())
+    assert set(kept) == {"0"} and "url" not in kept["0"] and kept["0"]["key"] == "mt/job-6/segments/seg_00000.ts"
 
     again = SegmentPublisher(cfg, None, "job-6", OutputOptions(), already=kept)
     client = spy(again)
     events = [again.publish(s) for s in segments(segment_files, resumed=2)]
-    assert client.puts == ["seg_00002.ts", "index.m3u8"]
-    for i in (0, 1):
-        assert events[i]["resumed"] is True and events[i]["url"].split("?")[0] == before[i]["url"].split("?")[0]
-        assert requests.get(events[i]["url"], timeout=10).content == segment_files[i].read_bytes()
-        assert events[i]["playlist_url"]  # the earlier run's playlist until this run writes it
-    assert "resumed" not in events[2]
+    # window 1 (delivered before) is announced again; window 2 (its upload failed) and window 3 are uploaded now
+    assert client.puts == ["seg_00001.ts", "index.m3u8", "seg_00002.ts", "index.m3u8"]
+    assert events[0]["resumed"] is True and events[0]["url"].split("?")[0] == before[0]["url"].split("?")[0]
+    assert events[0]["playlist_url"] == events[2]["playlist_url"]  # the earlier run's playlist, rewritten since
+    assert "resumed" not in events[1] and "resumed" not in events[2]
+    for i, event in enumerate(events):
+        assert requests.get(event["url"], timeout=10).content == segment_files[i].read_bytes()
     summary = again.finish()
     listed = requests.get(summary["playlist_url"], timeout=10).text
-    assert all(e["url"] in listed for e in events) and listed.endswith("#EXT-X-ENDLIST\n")
-    assert (summary["published"], summary["resumed"], summary["failed"]) == (3, 2, 0)
+    assert all(e["url"] in listed for e in events) and "DISCONTINUITY" not in listed
+    assert listed.endswith("#EXT-X-ENDLIST\n") and again.warnings() == []
+    assert (summary["published"], summary["resumed"], summary["failed"]) == (3, 1, 0)
+    assert set(again.published_events()) == {0, 1, 2}
 
 
 def test_resumed_segments_on_the_volume_are_not_copied_again(tmp_path, segment_files, monkeypatch):

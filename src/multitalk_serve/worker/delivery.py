@@ -8,7 +8,8 @@ far, and becomes one streamed ``{"type": "segment", ...}`` item (docs/api.md, "S
   path under ``VOLUME_PATH/outputs/``, the playlist names segments relatively. Inline: the segment's bytes in base64
   when one streamed item can carry them (RunPod: 1 MB per item), else a note.
 - A stream must not hold the GPU: one segment's upload gets ``SEGMENT_TRIES`` short tries within
-  ``SEGMENT_DEADLINE_S``, and after ``MAX_FAILURES_IN_A_ROW`` failures the rest of the job's segments are not tried.
+  ``SEGMENT_DEADLINE_S``, and after ``MAX_FAILURES_IN_A_ROW`` failures in a row segments are not tried for
+  ``PAUSE_AFTER_FAILURES_S`` (then one is tried again).
 - A failure never fails the job: the item says why in ``note`` (the segment is kept on the worker and is in the final
   video), ``summary()`` counts it and ``warnings()`` gives one line for the result.
 - Resume: ``already`` (what ``published_events()`` returned in an earlier run of the job) lets a resumed segment be
@@ -43,7 +44,8 @@ SEGMENT_TRIES = 2  # tries of one segment's upload (the final video gets UPLOAD_
 SEGMENT_DEADLINE_S = 15.0  # no new try starts past this many seconds into one segment's upload
 SEGMENT_CONNECT_TIMEOUT_S = 3.0
 SEGMENT_READ_TIMEOUT_S = 10.0
-MAX_FAILURES_IN_A_ROW = 3  # then the rest of the job's segments are not tried (a bucket that is down)
+MAX_FAILURES_IN_A_ROW = 3  # then segments are not tried for PAUSE_AFTER_FAILURES_S (a bucket that is down)
+PAUSE_AFTER_FAILURES_S = 60.0  # after it, one segment is tried again: a success resumes delivery
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_CONTENT_TYPE = "video/mp2t"
 PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
@@ -137,6 +139,7 @@ class SegmentPublisher:
         self._playlist_dirty = False
         self._reasons: list[str] = []  # why segments (or the playlist) were not delivered, in order
         self._in_a_row = 0
+        self._last_failure = 0.0  # time.monotonic() of the last failed delivery
         self._published = self._reannounced = self._failed = self._too_large = self._playlist_failed = 0
         self._total = 0
         self._bytes = 0
@@ -170,9 +173,9 @@ class SegmentPublisher:
 
     # --- publishing ------------------------------------------------------------------------------------------
     def publish(self, segment: SegmentLike) -> dict[str, Any]:
-        """Deliver one segment and return its streamed item; never raises for a delivery that failed."""
+        """Deliver one segment and return its streamed item. Never raises: whatever goes wrong becomes the item's
+        ``note`` (the engine calls this between windows; the job goes on)."""
         started = time.perf_counter()
-        size = Path(segment.path).stat().st_size
         self._total = max(self._total, int(segment.total))
         event: dict[str, Any] = {
             "type": "segment",
@@ -182,8 +185,29 @@ class SegmentPublisher:
             "duration_s": round(float(segment.duration_s), 3),
             "frames": int(segment.frames),
             "format": "mpegts",
-            "bytes": size,
         }
+        try:
+            self._publish(segment, event)
+        except Exception as exc:  # a bug or an unreadable file must not end a job whose video is being made
+            if {"url", "path", "base64"} & event.keys():  # delivered; what came after failed
+                event["note"] = f"segment {segment.index} delivered, then {type(exc).__name__}"
+            else:
+                self._failed += 1
+                reason = f"segment {segment.index} not delivered: {type(exc).__name__}"
+                self._reasons.append(reason)
+                event["note"] = f"{reason}; {KEPT}"
+            log.warning("job %s: %s", self.job_id, event["note"], exc_info=True)
+        seconds = time.perf_counter() - started
+        event["publish_s"] = round(seconds, 3)
+        self._seconds += seconds
+        if event["index"] in self._events:
+            self._events[event["index"]] = dict(event)  # kept apart from what the caller may add (eta_s)
+        return event
+
+    def _publish(self, segment: SegmentLike, event: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        size = Path(segment.path).stat().st_size
+        event["bytes"] = size
         earlier = self.already.get(segment.index) if getattr(segment, "resumed", False) else None
         where: dict[str, Any] | None = None
         note = None
@@ -203,7 +227,7 @@ class SegmentPublisher:
                 )
                 self._reasons.append(reason)
                 note = f"{reason}; {KEPT}"
-        elif self._in_a_row >= MAX_FAILURES_IN_A_ROW:
+        elif self._in_a_row >= MAX_FAILURES_IN_A_ROW and time.monotonic() - self._last_failure < PAUSE_AFTER_FAILURES_S:
             self._failed += 1
             note = f"segment {segment.index} not delivered: the last {self._in_a_row} deliveries failed; {KEPT}"
         else:
@@ -212,6 +236,7 @@ class SegmentPublisher:
                 self._in_a_row = 0
             except WorkerError as exc:
                 self._in_a_row += 1
+                self._last_failure = time.monotonic()
                 self._failed += 1
                 self._reasons.append(exc.message)
                 note = f"segment {segment.index} not delivered: {exc.message}; {KEPT}"
@@ -231,23 +256,18 @@ class SegmentPublisher:
         event.update(self.playlist_where())
         if note:
             event["note"] = note
-        seconds = time.perf_counter() - started
-        event["publish_s"] = round(seconds, 3)
-        self._seconds += seconds
-        if note:
-            log.warning("job %s: segment %d/%d: %s", self.job_id, segment.index + 1, segment.total, note)
+            log.warning("job %s: %s", self.job_id, note)
         else:
             log.info(
-                "job %s: segment %d/%d %s (%s, %.0f KB) in %.2f s",
+                "job %s: segment %d of %d %s (%s, %.0f KB) in %.2f s",
                 self.job_id,
-                segment.index + 1,
+                segment.index,
                 segment.total,
                 "announced again" if event.get("resumed") else "delivered",
                 self.target,
                 size / 1e3,
-                seconds,
+                time.perf_counter() - started,
             )
-        return event
 
     def _reannounce(self, segment: SegmentLike, earlier: Mapping[str, Any]) -> dict[str, Any] | None:
         """Where an earlier run of this job already delivered ``segment``, or None when it did not (or it is gone)."""
@@ -264,7 +284,10 @@ class SegmentPublisher:
 
     def _to_s3(self, segment: SegmentLike) -> dict[str, Any]:
         key = self.key(segment_name(segment.index))
-        data = Path(segment.path).read_bytes()
+        try:
+            data = Path(segment.path).read_bytes()
+        except OSError as exc:
+            raise WorkerError("E_UPLOAD", f"cannot read {segment.path} ({exc.strerror or exc})") from None
         upload_with_retries(
             lambda: self.client.put_object(Bucket=self.s3.bucket, Key=key, Body=data, ContentType=SEGMENT_CONTENT_TYPE),
             self.s3.bucket,
