@@ -13,6 +13,7 @@
 | E_UPLOAD | the video could not be stored anywhere (upload failed and no fallback) | yes |
 | E_OUTPUT_TOO_LARGE | the video is too large to return inline and no storage is configured | configure S3 |
 | E_MODEL | the model files are missing or inconsistent | operator |
+| E_BUSY | another run of the same job (same job_key or job id) is still in progress | later: it continues the job |
 | E_INTERNAL | anything else (a bug): the message names the exception | maybe |
 """
 
@@ -30,6 +31,7 @@ CODES = (
     "E_UPLOAD",
     "E_OUTPUT_TOO_LARGE",
     "E_MODEL",
+    "E_BUSY",
     "E_INTERNAL",
 )
 

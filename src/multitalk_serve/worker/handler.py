@@ -162,7 +162,8 @@ class ProgressReporter:
         """A window's segment is delivered: streamed at once, and in every progress body from now on (for /status)."""
         if self.last_eta is not None and "eta_s" not in event:
             event = {**event, "eta_s": self.last_eta}
-        self.segment = event
+        # repeated in /status progress bodies without its data (inline segments travel in the stream only)
+        self.segment = {k: v for k, v in event.items() if k != "base64"}
         if self.emit is not None:
             self._emit(event)
         self._send({"type": "progress", "stage": "segment", "elapsed_s": round(time.monotonic() - self.start, 1)})

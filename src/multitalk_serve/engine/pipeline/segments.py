@@ -38,6 +38,9 @@ STATE_FILE = "state.pt"
 STATE_VERSION = 1
 SEGMENT_FORMAT = "mpegts"
 SEGMENT_NAME = "seg_{:05d}.ts"
+# Segment timestamps start this late (frames): the AAC encoder's priming samples would otherwise fall before zero
+# and the muxer would shift the first segment's pictures, overlapping the second in a player.
+TS_OFFSET_FRAMES = 25
 
 
 @dataclass
@@ -135,14 +138,15 @@ def write_segment(
             audio.layout = "mono"
         for i, rgb in enumerate(pixels):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts, frame.time_base = start_frame + i, Fraction(1, FPS)
+            frame.pts, frame.time_base = TS_OFFSET_FRAMES + start_frame + i, Fraction(1, FPS)
             for packet in video.encode(frame):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
         if audio is not None:
             first = round(start_frame / FPS * AUDIO_RATE)
-            write_audio(container, audio, _slice(soundtrack, first, round(len(pixels) / FPS * AUDIO_RATE)), first)
+            wave = _slice(soundtrack, first, round(len(pixels) / FPS * AUDIO_RATE))
+            write_audio(container, audio, wave, first + round(TS_OFFSET_FRAMES / FPS * AUDIO_RATE))
     except BaseException:
         container.close()
         tmp.unlink(missing_ok=True)
