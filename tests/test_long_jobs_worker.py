@@ -203,3 +203,20 @@ def test_a_worker_killed_mid_job_is_continued_by_the_next_with_the_same_video(ti
                 except subprocess.TimeoutExpired:
                     process.kill()
         fake.close()
+
+
+def test_a_bucket_failing_mid_stream_never_fails_the_job(worker, tmp_path):
+    """Every segment upload fails (the bucket is down): the items say so, the segments stay on the worker, and the
+    job completes with the video on the volume (the final upload's fallback)."""
+    short = base64.b64encode(write_audio(tmp_path / "s.wav", 1.0).read_bytes()).decode()
+    s3 = {"endpointUrl": "http://127.0.0.1:9", "accessId": "a", "accessSecret": "b", "bucketName": "down"}
+    items = []
+    out = worker.run(
+        {"id": "down-bucket", "s3Config": s3, "input": {"image": png_b64(), "audio": [short], **FAST}},
+        emit=items.append,
+    )
+    assert "error" not in out, out
+    segments = [i for i in items if i["type"] == "segment"]
+    assert len(segments) == 3 and all("note" in s and "url" not in s for s in segments), segments
+    assert Path(out["video_path"]).is_file() and out["video"]["frames"] == 25
+    assert any("segments were not delivered" in w for w in out["warnings"]), out["warnings"]
