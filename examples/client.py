@@ -128,7 +128,7 @@ class MultiTalkClient:
         while time.monotonic() < deadline:
             reply = self.status(job_id)
             status = reply.get("status")
-            if status in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            if status in FINAL:
                 return self._result(reply)
             progress = reply.get("output")
             if isinstance(progress, list):  # a streaming worker's items so far: the last progress item
