@@ -183,8 +183,7 @@ class MultiTalkClient:
                 if self.local:  # the local server forgets the job after /stream
                     raise JobFailed(status, "E_NO_RESULT: the job streamed no result", job_id)
                 return self._result(self.status(job_id))  # the stream is drained: the final output has it
-            if not self.local:
-                time.sleep(poll_s)
+            time.sleep(poll_s)
         raise TimeoutError(f"job {job_id} still running after {timeout_s:.0f} s")
 
     # --- results ------------------------------------------------------------------------------------------------
