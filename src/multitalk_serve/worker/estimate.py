@@ -46,10 +46,11 @@ MAX_KEYS = 200  # setups kept; the least recently updated are dropped
 ALPHA = 0.3  # weight of the newest job in the running mean of seconds per window
 MARGIN = 0.05  # a job is refused when elapsed + estimate > timeout x (1 - MARGIN)
 FPS = 25  # the engine's output frame rate (engine.FPS; a test keeps them equal)
-# Time after the last window: the final MP4 assembled from the segments (video packets copied, the audio encoded
-# once), the upload and the result. Measured in docs/reliability.md ("Time and cost estimate"): well under these.
-OVERHEAD_BASE_S = 10.0
-OVERHEAD_PER_VIDEO_S = 0.02  # per second of video (assembly and upload grow with its length)
+# Time after the last window: the final MP4 assembled from the segments (video packets copied, the soundtrack
+# encoded once: 48 kHz AAC), its upload and the result. Measured for 10 minutes of 480p video on 2 shared CPU cores
+# (docs/reliability.md, "Time and cost estimate"): packets copied 2 s, AAC 44 s; that is 0.077 s per second of video.
+OVERHEAD_BASE_S = 10.0  # upload (150 MB at 50 MB/s: 3 s), presigning, the thumbnail, the result
+OVERHEAD_PER_VIDEO_S = 0.08
 
 # RunPod serverless prices per second, flex workers (runpod.md section 2.4, from runpod/docs
 # snippets/serverless-gpu-pricing-table.mdx); matched against torch's device name, first match wins.
