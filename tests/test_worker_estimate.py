@@ -431,3 +431,48 @@ def test_the_environment_default_is_not_read_at_import(monkeypatch):
     assert execution_timeout_of({}, None) == 321.0  # os.environ when no env is given
     assert price_per_second("cpu") == (pytest.approx(0.002), "GPU_PRICE_PER_HOUR")
     assert os.environ["EXECUTION_TIMEOUT_SECONDS"] == "321"
+
+
+# --- one job through the handler's callbacks --------------------------------------------------------------------
+def test_job_timer_learns_from_one_job_and_refuses_the_next_that_cannot_fit(tmp_path):
+    now = [100.0]
+    history = TimingHistory(tmp_path / "timings.json")
+
+    def timer(timeout, cold=False):
+        return est.JobTimer(
+            history, H100, "bf16", timeout, started=now[0], source="policy.executionTimeout", cold=cold, env={},
+            clock=lambda: now[0],
+        )  # fmt: skip
+
+    first = timer(600.0, cold=True)
+    first.on_plan(plan(windows=4, frames=200))  # nothing measured yet: no estimate, never refused
+    for index, seconds in enumerate([40.0, 20.0, 22.0, 18.0]):
+        first.on_segment(SimpleNamespace(index=index, seconds=seconds, resumed=False))
+    now[0] += 120.0
+    result = first.result()
+    assert result == {"gpu_seconds": 120.0}  # no estimate to report
+    first.record()  # once only
+    assert history.entry(key())["jobs"] == 1 and history.per_window(key()) == 20.0
+    assert history.entry(key())["first_samples"] == 0  # the worker's first job: its first window is not learnt
+
+    second = timer(600.0)
+    now[0] += 30.0  # downloads, audio, conditioning
+    second.on_plan(plan(windows=20, frames=1000, resume_from=2))  # 18 x 20 s + 90 s < 570 s - 30 s
+    second.on_segment(SimpleNamespace(index=1, seconds=99.0, resumed=True))  # an earlier run's: not this GPU's time
+    second.on_segment(SimpleNamespace(index=2, seconds=30.0, resumed=False))
+    second.on_segment(SimpleNamespace(index=3, seconds=26.0, resumed=False))
+    now[0] += 400.0
+    result = second.result()
+    assert result["gpu_seconds"] == 430.0
+    info = EstimateInfo(**result["estimate"])
+    assert (info.windows, info.windows_left, info.per_window_s, info.scaled) == (20, 18, 20.0, False)
+    assert history.per_window(key()) == pytest.approx(20.0 + est.ALPHA * 6.0)
+    assert history.entry(key())["first_extra_s"] == pytest.approx(4.0)  # 30 s against this job's other window, 26 s
+
+    third = timer(600.0)
+    now[0] += 30.0
+    with pytest.raises(WorkerError) as exc:
+        third.on_plan(plan(windows=40, frames=2000))
+    assert exc.value.code == "E_TOO_LONG" and "(policy.executionTimeout)" in exc.value.message
+    third.record()  # nothing ran: nothing learnt
+    assert history.entry(key())["jobs"] == 2

@@ -259,7 +259,8 @@ class TimingHistory:
             if not entry:
                 return  # one window and nothing to compare it with
             if not first_is_cold:
-                extra = max(0.0, values[0] - entry["per_window_s"])
+                # against this job's other windows; a one-window job against the mean
+                extra = max(0.0, values[0] - (statistics.median(steady) if steady else entry["per_window_s"]))
                 old = entry["first_extra_s"]
                 entry["first_extra_s"] = old + ALPHA * (extra - old) if entry["first_samples"] else extra
                 entry["first_samples"] += 1
@@ -559,3 +560,61 @@ def gpu_seconds(started: float, now: float | None = None) -> float:
     """Seconds the job held the GPU worker: from ``started`` (``time.perf_counter()`` when the job began) to now."""
     end = time.perf_counter() if now is None else now
     return round(max(0.0, end - started), 3)
+
+
+# --- one job, for the handler -----------------------------------------------------------------------------------
+class JobTimer:
+    """What the handler needs for one job: ``on_plan`` (the engine's callback, before sampling) estimates the job
+    and raises ``E_TOO_LONG`` when it cannot finish in time; ``on_segment`` collects this run's window times;
+    ``record`` adds them to the history (once; also for a job that failed after some windows); ``result`` records
+    and gives the result's ``gpu_seconds`` and ``estimate``.
+
+    ``started`` is the job's start on ``clock`` (``time.perf_counter``), ``cold`` whether it is the worker's first
+    job (its first window's extra is not learnt)."""
+
+    def __init__(
+        self,
+        history: TimingHistory,
+        gpu: str,
+        memory_plan: str,
+        timeout_s: float | None,
+        started: float,
+        *,
+        source: str | None = None,
+        cold: bool = False,
+        env: Mapping[str, str] | None = None,
+        clock=time.perf_counter,
+    ):
+        self.history, self.gpu, self.memory_plan = history, gpu, memory_plan
+        self.timeout_s, self.source, self.started = timeout_s, source, started
+        self.cold, self.env, self.clock = cold, env, clock
+        self.key: TimingKey | None = None
+        self.estimate: Estimate | None = None
+        self.windows: list[float] = []
+        self._recorded = False
+
+    def on_plan(self, plan: Any) -> None:
+        self.key = key_for(plan, self.gpu, self.memory_plan)
+        self.estimate = estimate_job(self.history, plan, self.key, self.env)
+        elapsed = self.clock() - self.started
+        if self.estimate is not None:
+            log.info("estimate: %s; %.0f s elapsed, timeout %s", self.estimate.describe(), elapsed, self.timeout_s)
+        check_fits(self.estimate, self.timeout_s, elapsed, source=self.source, frames=int(plan.frames))
+
+    def on_segment(self, segment: Any) -> None:
+        if not getattr(segment, "resumed", False):
+            self.windows.append(float(segment.seconds))
+
+    def record(self) -> None:
+        if self._recorded or self.key is None:
+            return
+        self._recorded = True
+        self.history.record(self.key, self.windows, first_is_cold=self.cold)
+
+    def result(self) -> dict[str, Any]:
+        """``gpu_seconds`` and, when there was one, ``estimate`` for ``JobOutput``."""
+        self.record()
+        out: dict[str, Any] = {"gpu_seconds": gpu_seconds(self.started, self.clock())}
+        if self.estimate is not None:
+            out["estimate"] = self.estimate.as_dict()
+        return out
