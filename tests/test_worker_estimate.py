@@ -168,7 +168,12 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, m
         history.record(key(), [3.0, 12.0])  # never raises
     assert "No space left" in caplog.text
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["timings.json"]
-    assert history.per_window(key()) == 2.0  # the file (older, whole) is read again
+    assert history.per_window(key()) == pytest.approx(2.0 + est.ALPHA * 10.0)  # this worker's copy is newer
+    assert TimingHistory(path).per_window(key()) == 2.0  # others read the old file, whole
+    monkeypatch.undo()
+    history.record(key(), [3.0, 2.0])  # space again: the next job saves everything
+    assert TimingHistory(path).per_window(key()) == history.per_window(key()) and history.entry(key())["jobs"] == 3
+    monkeypatch.setattr(est.os, "fsync", full)
 
     def boom(*args, **kwargs):
         raise RuntimeError("unexpected")

@@ -160,6 +160,7 @@ class TimingHistory:
         self.max_keys = max_keys
         self.clock = clock
         self._entries: dict[str, dict] = {}
+        self._unsaved = False  # the last write failed: this process's copy is newer than the file
 
     @classmethod
     def on_volume(cls, volume_path: Path, mounted: bool | None = None) -> TimingHistory:
@@ -170,7 +171,7 @@ class TimingHistory:
 
     # reading and writing
     def _read(self) -> dict[str, dict]:
-        if self.path is None:
+        if self.path is None or self._unsaved:
             return self._entries
         try:
             raw = self.path.read_text()
@@ -218,7 +219,9 @@ class TimingHistory:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             tmp = None
+            self._unsaved = False
         except OSError as exc:  # read-only volume, disk full, ...: the job goes on, the history stays in memory
+            self._unsaved = True
             log.warning("timing history %s not saved (%s): kept in memory", self.path, exc)
         finally:
             if tmp is not None:
