@@ -219,6 +219,9 @@ class MultiTalkClient:
             body["webhook"] = webhook
         if execution_timeout_s:
             body["policy"] = {"executionTimeout": int(execution_timeout_s * 1000)}
+            # also in the input: the worker refuses at once a job it estimates cannot finish in time (E_TOO_LONG),
+            # and the local API drops policy
+            body["input"] = {"execution_timeout_s": float(execution_timeout_s), **job_input}
         return body
 
     def _post(self, path: str, body: dict | None, timeout: float | None = 60.0) -> dict:

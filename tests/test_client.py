@@ -98,6 +98,7 @@ def test_client_polls_and_reports_progress(runpod_api, tmp_path):
     assert (
         state["request"]["s3Config"] == {"bucketName": "b"} and state["request"]["policy"]["executionTimeout"] == 900000
     )
+    assert state["request"]["input"]["execution_timeout_s"] == 900  # the worker sees it even without policy
     assert [p["pct"] for p in seen] == [50.0, 75.0]
     assert client.save_video(output, tmp_path / "v.mp4").read_bytes() == b"mp4"
 

@@ -10,6 +10,7 @@
 | E_OOM | the GPU ran out of memory; the message says which settings would fit | with smaller settings |
 | E_CUDA | a CUDA fault; the worker is recycled after this job | yes |
 | E_CANCELLED | the job was cancelled or timed out, during a download or between sampling steps | - |
+| E_TOO_LONG | estimated not to finish within its execution timeout; refused before sampling | with a longer timeout |
 | E_UPLOAD | the video could not be stored anywhere (upload failed and no fallback) | yes |
 | E_OUTPUT_TOO_LARGE | the video is too large to return inline and no storage is configured | configure S3 |
 | E_MODEL | the model files are missing or inconsistent | operator |
@@ -28,6 +29,7 @@ CODES = (
     "E_OOM",
     "E_CUDA",
     "E_CANCELLED",
+    "E_TOO_LONG",
     "E_UPLOAD",
     "E_OUTPUT_TOO_LARGE",
     "E_MODEL",

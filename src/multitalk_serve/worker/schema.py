@@ -159,6 +159,14 @@ class JobInput(BaseModel):
         None, ge=64, le=2048, multiple_of=16, description="explicit height instead of the bucket"
     )
     output: OutputOptions = Field(default_factory=OutputOptions)
+    execution_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="the execution timeout this job runs under, in seconds (the same as policy.executionTimeout, "
+        "which wins when the worker sees it; the local API drops policy): a job estimated not to finish in it is "
+        "refused with E_TOO_LONG before sampling",
+    )
 
     # --- accepted names of other front ends -------------------------------------------------------------------
     image_url: Media | None = Field(None, description="alias of image")
