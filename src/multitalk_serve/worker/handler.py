@@ -48,6 +48,7 @@ from ..engine import (
 from .config import S3Settings, WorkerConfig
 from .delivery import SegmentPublisher
 from .errors import WorkerError, classify
+from .estimate import JobTimer, TimingHistory, check_env, execution_timeout_with_source
 from .fitness import INFINITETALK, plan_models
 from .jobstate import LOCK, JobFolders, JobLock
 from .legacy import LegacyRequest, old_probe_facts
@@ -220,12 +221,14 @@ class Worker:
         volume = config.volume_path if config.volume_mounted else None
         self.folders = JobFolders(volume, config.job_state_ttl_s, config.job_lock_wait_s)  # resume (jobstate.py)
         self.folders.sweep()
+        self.timing_history = TimingHistory.on_volume(config.volume_path, config.volume_mounted)  # estimate.py
         self._baseline_allocated = self._allocated()  # GPU memory held by the loaded models
         install_log_scrubbing()
 
     @classmethod
     def from_config(cls, config: WorkerConfig | None = None) -> Worker:
         config = config or WorkerConfig()
+        check_env()  # a bad GPU_PRICE_PER_HOUR / EXECUTION_TIMEOUT_SECONDS fails the start, not a job
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
         speed = plan_speed_setup(
@@ -424,12 +427,16 @@ class Worker:
         except OSError as exc:  # the volume cannot hold the job's state: the job runs, without resume
             warnings.append(f"the job's state cannot be kept on the volume ({exc.strerror or exc}): no resume")
             job_dir = workdir / "job"
+        timeout, timeout_source = execution_timeout_with_source(job, request.execution_timeout_s)
+        memory_plan = self._setup()["memory_plan"]
+        timer = JobTimer(self.timing_history, self.gpu, memory_plan, timeout, started, source=timeout_source, cold=cold)
         try:
             publisher = SegmentPublisher(
                 self.config, request_s3, job_id, request.output, already=self.folders.published(job_dir)
             )
 
             def on_segment(segment) -> None:
+                timer.on_segment(segment)  # the window's time, for later estimates
                 reporter.segment_ready(publisher.publish(segment))
                 if lock is not None:
                     self.folders.save_published(job_dir, publisher.published_events())
@@ -447,6 +454,7 @@ class Worker:
                 job_dir=job_dir,
                 fingerprint=fingerprint,
                 on_segment=on_segment,
+                on_plan=timer.on_plan,  # the time and cost estimate; E_TOO_LONG before any sampling
                 **extra,
             )
             publisher.finish()
@@ -463,6 +471,7 @@ class Worker:
             if lock is not None:  # stored: the job's state is no longer needed
                 _empty(job_dir, keep=LOCK)
         finally:
+            timer.record()  # also from a job that failed after some windows
             if lock is not None:
                 lock.release()
                 with contextlib.suppress(OSError):
@@ -509,6 +518,7 @@ class Worker:
                 **self._setup(),
             ),
             warnings=warnings + result.notes,
+            **timer.result(),
         )
         log.info(
             "job %s done: %d frames %dx%d, %d speaker(s), %d clip(s), %.1f s, stored: %s",
