@@ -73,10 +73,20 @@ KINDS = {"colour": COLOUR_STATS, "contrast": CONTRAST_STATS, "structure": ("stru
 ADVICE = {
     "colour": "set color_correction to 1.0 (or closer to it)",
     "contrast": "set color_correction to 1.0 (or closer to it)",
-    "structure": "the picture is moving away from the reference (identity or scene drift, or a cut in the source "
-    "video); for long jobs use an InfiniteTalk model, which re-reads the source frame at every window",
+    "structure": "the picture is moving away from the reference (identity, pose or scene drift, or a cut in a "
+    "source video); InfiniteTalk models re-read the source at every window (docs/reliability.md, Long videos and "
+    "drift)",
 }
-UNITS = {"colour": " Lab units", "contrast": " of the reference's spread", "structure": ""}
+
+
+def _describe(kind: str, name: str, value: float) -> str:
+    """What a statistic out of its bound means, e.g. ``mean_b is 4.02 Lab units off the reference's (bound 3)``."""
+    bound = BOUNDS[name]
+    if kind == "colour":
+        return f"{name} is {value:.3g} Lab units off the reference's (bound {bound:g})"
+    if kind == "contrast":
+        return f"{name} (the spread) is off the reference's by {value:.3g} of it (bound {bound:g})"
+    return f"structure is {value:.3g} (bound {bound:g}; 0: the reference's layout, about 1.1: an unrelated picture)"
 
 
 def pixel_stride(height: int, width: int) -> int:
@@ -128,7 +138,7 @@ class DriftMonitor:
     def observe(self, window: int, frames: torch.Tensor, reference: torch.Tensor) -> str | None:
         """Measure window ``window``'s frames ``[3, F, H, W]`` (in [-1, 1], after colour correction) against its
         reference ``[3, H, W]``. Returns a note when a statistic first leaves its bound (at most one per kind and
-        job: colour, contrast, structure; several kinds in one window are joined with "; "), else ``None``."""
+        job: colour, contrast, structure; several kinds in one window are joined with " | "), else ``None``."""
         values = window_statistics(frames, reference)
         self.windows += 1
         out: dict[str, str] = {}  # kind -> worst statistic out of bounds this window
@@ -147,11 +157,8 @@ class DriftMonitor:
                 continue
             self.noted[kind] = window
             value = values[name] if math.isfinite(values[name]) else math.nan
-            notes.append(
-                f"drift: window {window}: {name} is {value:.3g}{UNITS[kind]} from the reference "
-                f"(bound {BOUNDS[name]:g}); {ADVICE[kind]}"
-            )
-        return "; ".join(notes) or None
+            notes.append(f"drift: window {window}: {_describe(kind, name, value)}; {ADVICE[kind]}")
+        return " | ".join(notes) or None
 
     def summary(self) -> dict:
         """``{"windows": n, "statistics": {name: {"max", "window", "bound", "first_out"}}, "flagged": [kinds]}``:
