@@ -229,6 +229,11 @@ class Worker:
     def from_config(cls, config: WorkerConfig | None = None) -> Worker:
         config = config or WorkerConfig()
         check_env()  # a bad GPU_PRICE_PER_HOUR / EXECUTION_TIMEOUT_SECONDS fails the start, not a job
+        window = GenerateOptions(frames_per_clip=config.window_frames, motion_frames=config.motion_frames)
+        try:
+            window.validate()  # MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: wrong values fail the start
+        except EngineError as exc:
+            raise ConfigError(f"MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: {exc}") from None
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
         speed = plan_speed_setup(

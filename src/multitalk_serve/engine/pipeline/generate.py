@@ -54,6 +54,7 @@ from .conditioning import (
     mask_preview,
     person_masks,
 )
+from .drift import DriftMonitor
 from .inputs import LIBRARY_INPUT_NAMES, InputNames, check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
@@ -202,6 +203,7 @@ class GenerationResult:
     model: str = "multitalk"  # the audio adapter used (multitalk, infinitetalk-single, infinitetalk-multi)
     segments: int = 0  # with a job folder: the segments the video was assembled from
     resumed_from: int = 0  # windows found done by an earlier run of the same job (job folder)
+    drift: dict = field(default_factory=dict)  # DriftMonitor.summary(): the largest deviation per statistic
 
 
 STAGES = ("audio", "text_encoder", "image_encoders", "sampling", "vae_decode", "color_correction", "encode_mux")
@@ -234,6 +236,7 @@ class PreparedJob:
     step_cache: StepCache | None = None
     notes: list[str] = field(default_factory=list)
     state: LoopState = field(default_factory=LoopState)  # where the window loop stands (resume)
+    drift: DriftMonitor = field(default_factory=DriftMonitor)  # the drift check over this job's windows
 
 
 @dataclass
@@ -735,6 +738,8 @@ class MultiTalkPipeline:
             generator.set_state(resume.rng)
             if job.step_cache is not None:
                 job.step_cache.computed, job.step_cache.skipped = resume.forwards
+            if resume.drift:
+                job.drift = DriftMonitor.from_state(resume.drift)
         job.state = LoopState(first, written)
         for clip in job.clips[first:]:
             features = mirror_pad(job.features, clip.end + 3) if clip.mirror_audio else job.features
@@ -762,6 +767,12 @@ class MultiTalkPipeline:
                 behind = job.source.clip(clip.start, decoded.shape[1], size)  # the source frames at the same times
                 decoded = composite(decoded, behind.to(decoded.device), job.region.to(decoded.device))
                 timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - t
+            if len(job.clips) > 1:  # drift: windows that continue from one another, as shown and carried on
+                t = time.perf_counter()
+                note = job.drift.observe(clip.index, decoded, reference)
+                timings["color_correction"] += time.perf_counter() - t
+                if note is not None:
+                    job.notes.append(note)
             new = decoded[:, clip.keep_from :][:, : job.total_frames - written]
             written += new.shape[1]
             motion = decoded[:, -opts.motion_frames :]
@@ -772,6 +783,7 @@ class MultiTalkPipeline:
                 motion.detach().cpu().clone(),
                 generator.get_state(),
                 (cache.computed, cache.skipped) if cache is not None else (0, 0),
+                job.drift.state(),
             )
             yield new
 
@@ -902,6 +914,7 @@ class MultiTalkPipeline:
             model=job.adapter,
             segments=len(folder.segments) if folder is not None else 0,
             resumed_from=resume.clip if resume is not None else 0,
+            drift=job.drift.summary() if len(job.clips) > 1 else {},
         )
 
     def _write_mp4(self, job: PreparedJob, callback, output) -> tuple[int, np.ndarray | None]:

@@ -91,6 +91,7 @@ class LoopState:
     motion: torch.Tensor | None = None  # [3, n, H, W] the frames the next window continues from (CPU, float32)
     rng: torch.Tensor | None = None  # the sampling generator's state
     forwards: tuple[int, int] = (0, 0)  # step cache: forwards computed, reused
+    drift: dict | None = None  # the drift check so far (DriftMonitor.state())
 
 
 def fingerprint(job, caller: str | None = None) -> str:
@@ -256,6 +257,7 @@ class JobFolder:
             motion=saved["motion"],
             rng=saved["rng"],
             forwards=tuple(saved.get("forwards", (0, 0))),
+            drift=saved.get("drift"),
         )
 
     # --- one window ---------------------------------------------------------------------------------------------
@@ -287,6 +289,7 @@ class JobFolder:
             "motion": state.motion,
             "rng": state.rng,
             "forwards": list(state.forwards),
+            "drift": state.drift,
             "segments": [
                 {
                     "index": s.index,
