@@ -1,6 +1,6 @@
 """Delivering a long job while it is made: each finished segment (a standalone MPEG-TS file from the engine) goes to
 the job's output destination as soon as it exists, with an HLS playlist (``index.m3u8``) that lists every segment so
-far, and becomes one streamed ``{"type": "segment", ...}`` item (docs/api.md, "Streaming").
+far, and becomes one streamed ``{"type": "segment", ...}`` item (docs/api.md, "Segments delivered while the job runs").
 
 - Destination: the first of the job's output order (``storage.destinations``: s3, volume or inline, as the final
   video's). S3: ``OUTPUT_PREFIX/prefix/job/segments/seg_00000.ts``, announced as a presigned URL; the playlist holds
@@ -289,15 +289,18 @@ class SegmentPublisher:
             )
 
     def _reannounce(self, segment: SegmentLike, earlier: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Where an earlier run of this job already delivered ``segment``, or None when it did not (or it is gone)."""
+        """Where an earlier run of this job already delivered ``segment`` (the same name and size), or None when it
+        did not (or it is gone)."""
         name = segment_name(segment.index)
+        if earlier.get("bytes") != Path(segment.path).stat().st_size:
+            return None
         if self.target == "s3" and earlier.get("key") == self.key(name):
             if self._playlist_url is None:  # the earlier run's playlist, until this run writes it again
                 self._playlist_url = self._presign(self.key(PLAYLIST_NAME))
             return {"url": self._presign(self.key(name))}
         if self.target == "volume" and earlier.get("path") == str(self.folder / name):
             target = self.folder / name
-            if target.is_file() and target.stat().st_size == Path(segment.path).stat().st_size:
+            if target.is_file() and target.stat().st_size == earlier["bytes"]:
                 return {"path": str(target)}
         return None  # inline: nothing was kept; sending it again costs no upload
 
