@@ -125,7 +125,7 @@ class WorkerConfig:
     transformer: str | None = field(default_factory=lambda: _env("MULTITALK_TRANSFORMER"))
     warmup: bool = field(default_factory=lambda: _flag("MULTITALK_WARMUP"))
     volume_path: Path = field(default_factory=lambda: Path(_env("VOLUME_PATH", "/runpod-volume")))
-    max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 120.0))
+    max_duration_s: float = field(default_factory=lambda: _float("MAX_DURATION_SECONDS", 600.0))
     max_input_bytes: int = field(default_factory=lambda: int(_float("MAX_INPUT_MB", 200) * 1_000_000))
     max_video_bytes: int = field(default_factory=lambda: int(_float("MAX_VIDEO_MB", 500) * 1_000_000))
     download_timeout_s: float = field(default_factory=lambda: _float("DOWNLOAD_TIMEOUT_SECONDS", 30.0))
@@ -153,6 +153,14 @@ class WorkerConfig:
     # models: the request's default, and the audio adapters this worker holds (None: every one the folder has)
     model: str | None = field(default_factory=lambda: (_env("MULTITALK_MODEL") or "").strip().lower() or None)
     adapters: tuple[str, ...] | None = field(default_factory=lambda: _names("MULTITALK_ADAPTERS"))
+    # long jobs (jobstate.py): job folders kept on the volume this long; how long a second run of a job waits for
+    # the first's lock; stream every window to /stream (a generator handler: the output becomes a list)
+    job_state_ttl_s: float = field(default_factory=lambda: _float("JOB_STATE_TTL_HOURS", 24.0) * 3600)
+    job_lock_wait_s: float = field(default_factory=lambda: _float("JOB_LOCK_WAIT_SECONDS", 90.0))
+    stream: bool = field(default_factory=lambda: _flag("MULTITALK_STREAM"))
+    # the window (clip) length and its motion frames: the models were trained on 81; smaller only for tests
+    window_frames: int = field(default_factory=lambda: int(_float("MULTITALK_WINDOW_FRAMES", 81)))
+    motion_frames: int | None = field(default_factory=lambda: int(_float("MULTITALK_MOTION_FRAMES", 0)) or None)
     # the original worker's `action: generate` requests that send no image (legacy.py)
     original_worker_image: str | None = field(default_factory=lambda: _env("ORIGINAL_WORKER_IMAGE"))
 
