@@ -18,7 +18,7 @@ import requests
 
 from multitalk_serve.worker import delivery
 from multitalk_serve.worker.config import WorkerConfig
-from multitalk_serve.worker.delivery import KEPT, SegmentPublisher, playlist_text
+from multitalk_serve.worker.delivery import KEPT, SegmentPublisher, SegmentsSummary, playlist_text
 from multitalk_serve.worker.errors import WorkerError
 from multitalk_serve.worker.schema import OutputOptions
 
@@ -151,6 +151,10 @@ def test_volume_segments_and_a_playlist_that_plays_as_one_video(tmp_path, segmen
         "playlist_path": str(folder / "index.m3u8"),
     }
     assert publisher.warnings() == [] and not list(folder.glob("*.part"))
+    from multitalk_serve.worker.response import JobOutput  # (imports the engine: torch)
+
+    assert JobOutput.model_fields["segments"].annotation == SegmentsSummary | None  # the result's "segments"
+    assert SegmentsSummary.model_validate(summary).model_dump(exclude_none=True) == summary
     with av.open(str(folder / "index.m3u8")) as played:  # FFmpeg's HLS reader: the three files as one video
         pts = [frame.pts for frame in played.decode(video=0)]
     assert len(pts) == 3 * FRAMES and pts == sorted(pts) and len(set(np.diff(pts))) == 1
@@ -172,6 +176,8 @@ def test_s3_presigned_segments_and_a_playlist_of_presigned_urls(tmp_path, segmen
     assert "#EXT-X-ENDLIST" not in listed.text and "#EXT-X-PLAYLIST-TYPE:EVENT" in listed.text
     summary = publisher.finish()
     assert requests.get(summary["playlist_url"], timeout=10).text.endswith("#EXT-X-ENDLIST\n")
+    with av.open(summary["playlist_url"], format="hls") as played:  # a player needs nothing but the playlist URL
+        assert len(list(played.decode(video=0))) == 3 * FRAMES
     assert (summary["published"], summary["failed"], summary["storage"]) == (3, 0, "s3")
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("multitalk_serve"))
     assert "job-2: segment 2 of 3 delivered (s3" in logged

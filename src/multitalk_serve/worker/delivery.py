@@ -1,6 +1,6 @@
 """Delivering a long job while it is made: each finished segment (a standalone MPEG-TS file from the engine) goes to
 the job's output destination as soon as it exists, with an HLS playlist (``index.m3u8``) that lists every segment so
-far, and becomes one streamed ``{"type": "segment", ...}`` item (docs/api.md, "Streaming").
+far, and becomes one streamed ``{"type": "segment", ...}`` item (docs/api.md, "Segments delivered while the job runs").
 
 - Destination: the first of the job's output order (``storage.destinations``: s3, volume or inline, as the final
   video's). S3: ``OUTPUT_PREFIX/prefix/job/segments/seg_00000.ts``, announced as a presigned URL; the playlist holds
@@ -29,7 +29,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from .config import S3Settings, WorkerConfig
 from .errors import WorkerError
@@ -102,6 +104,23 @@ def playlist_text(entries: Mapping[int, _Entry], ended: bool) -> str:
     if ended:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+class SegmentsSummary(BaseModel):
+    """What the result says about the segments delivered while the job ran (``SegmentPublisher.summary()``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: Literal["s3", "volume", "inline"] = Field(description="where the segments went")
+    published: int = Field(description="segments delivered (re-announced ones of a resumed job included)")
+    resumed: int = Field(description="of those, delivered by an earlier run of the job and announced again")
+    failed: int = Field(description="segments not delivered (upload or write failed); they are in the final video")
+    too_large: int = Field(description="inline segments over what one streamed item carries (sent without data)")
+    playlist_failed: int = Field(description="playlist updates that failed")
+    bytes: int = Field(description="bytes of the segments delivered")
+    seconds: float = Field(description="seconds spent delivering (the GPU waits for it)")
+    playlist_url: str | None = Field(None, description="presigned GET URL of the HLS playlist (S3)")
+    playlist_path: str | None = Field(None, description="the HLS playlist on the network volume")
 
 
 class SegmentPublisher:
@@ -270,15 +289,18 @@ class SegmentPublisher:
             )
 
     def _reannounce(self, segment: SegmentLike, earlier: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Where an earlier run of this job already delivered ``segment``, or None when it did not (or it is gone)."""
+        """Where an earlier run of this job already delivered ``segment`` (the same name and size), or None when it
+        did not (or it is gone)."""
         name = segment_name(segment.index)
+        if earlier.get("bytes") != Path(segment.path).stat().st_size:
+            return None
         if self.target == "s3" and earlier.get("key") == self.key(name):
             if self._playlist_url is None:  # the earlier run's playlist, until this run writes it again
                 self._playlist_url = self._presign(self.key(PLAYLIST_NAME))
             return {"url": self._presign(self.key(name))}
         if self.target == "volume" and earlier.get("path") == str(self.folder / name):
             target = self.folder / name
-            if target.is_file() and target.stat().st_size == Path(segment.path).stat().st_size:
+            if target.is_file() and target.stat().st_size == earlier["bytes"]:
                 return {"path": str(target)}
         return None  # inline: nothing was kept; sending it again costs no upload
 
@@ -368,22 +390,18 @@ class SegmentPublisher:
 
     # --- for the result and the job's state ------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        """For the result: ``published`` (segments delivered, re-announced ones included), ``resumed`` (of those:
-        delivered by an earlier run of the job), ``failed`` (not delivered: an upload or write failed, or was not
-        tried after ``MAX_FAILURES_IN_A_ROW`` failures), ``too_large`` (inline: over one streamed item),
-        ``playlist_failed``, ``bytes`` and ``seconds`` spent publishing, ``storage``, ``playlist_url`` /
-        ``playlist_path``."""
-        return {
-            "published": self._published,
-            "resumed": self._reannounced,
-            "failed": self._failed,
-            "too_large": self._too_large,
-            "playlist_failed": self._playlist_failed,
-            "bytes": self._bytes,
-            "seconds": round(self._seconds, 3),
-            "storage": self.target,
+        """For the result (``SegmentsSummary``, JSON-ready): counts, bytes, seconds spent publishing, playlist."""
+        return SegmentsSummary(
+            storage=self.target,
+            published=self._published,
+            resumed=self._reannounced,
+            failed=self._failed,
+            too_large=self._too_large,
+            playlist_failed=self._playlist_failed,
+            bytes=self._bytes,
+            seconds=round(self._seconds, 3),
             **self.playlist_where(),
-        }
+        ).model_dump(exclude_none=True)
 
     def warnings(self) -> list[str]:
         """At most one line for the result's ``warnings``: how many segments were not delivered while the job ran

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import GenerateOptions
+from .delivery import SegmentsSummary
 
 # GenerateOptions field -> the name the API uses for it (its input field's name)
 PARAM_NAMES = {
@@ -158,6 +159,9 @@ class JobOutput(_Model):
     )
     estimate: EstimateInfo | None = Field(
         None, description="the time and cost estimated before sampling; absent without measured windows on this GPU"
+    )
+    segments: SegmentsSummary | None = Field(
+        None, description="the segments delivered while the job ran, as they were streamed (worker/delivery.py)"
     )
 
     def payload(self) -> dict:
