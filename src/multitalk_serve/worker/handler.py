@@ -46,7 +46,7 @@ from ..engine import (
     sniff_media,
 )
 from .config import S3Settings, WorkerConfig
-from .delivery import SegmentPublisher
+from .delivery import SegmentPublisher, SegmentsSummary
 from .errors import WorkerError, classify
 from .estimate import JobTimer, TimingHistory, check_env, execution_timeout_with_source
 from .fitness import INFINITETALK, plan_models
@@ -436,8 +436,8 @@ class Worker:
         memory_plan = self._setup()["memory_plan"]
         timer = JobTimer(self.timing_history, self.gpu, memory_plan, timeout, started, source=timeout_source, cold=cold)
         try:
-            publisher = SegmentPublisher(
-                self.config, request_s3, job_id, request.output, already=self.folders.published(job_dir)
+            publisher = SegmentPublisher(  # under the job's key: a resend with job_key finds what was delivered
+                self.config, request_s3, key, request.output, already=self.folders.published(job_dir)
             )
 
             def on_segment(segment) -> None:
@@ -462,7 +462,8 @@ class Worker:
                 on_plan=timer.on_plan,  # the time and cost estimate; E_TOO_LONG before any sampling
                 **extra,
             )
-            publisher.finish()
+            delivered = publisher.finish()
+            timings["segments"] = delivered["seconds"]
             warnings += publisher.warnings()
             for stage, seconds in result.timings.items():
                 if stage != "total":
@@ -523,6 +524,7 @@ class Worker:
                 **self._setup(),
             ),
             warnings=warnings + result.notes,
+            segments=SegmentsSummary(**delivered),
             **timer.result(),
         )
         log.info(
