@@ -7,6 +7,8 @@ As a command:
         --audio voice.wav --prompt "A woman talks to the camera" --out talk.mp4     # RUNPOD_API_KEY from the env
     python examples/client.py --endpoint ... --video interview.mp4 --audio new_voice.wav --model infinitetalk \\
         --keep-background --out dubbed.mp4                                         # dub a video (InfiniteTalk)
+    python examples/client.py --endpoint ... --image face.png --audio talk.wav --out talk.mp4 \\
+        --segments live/ --job-key talk-42      # segments as they come: ffplay live/index.m3u8 plays while it is made
 
 As a library:
 
@@ -16,8 +18,13 @@ As a library:
                              on_progress=print)
     client.save_video(output, "talk.mp4")
 
+    saver = SegmentSaver("live")                    # or stream: the segments of a long video as they are made
+    output = client.stream(client.submit({...}), on_item=saver)
+
 Only ``requests`` is needed. Jobs go through ``/run`` and are polled on ``/status`` (progress is printed), or through
-``/runsync`` with ``--sync``. The video comes back as a presigned URL, a path on the network volume, or inline base64,
+``/runsync`` with ``--sync``, or through ``/stream`` with ``--stream``: then every finished segment (a few seconds of
+video, an MPEG-TS file) is reported as it is made, and ``--segments DIR`` saves them with an HLS playlist that a player
+can open before the job ends. The video comes back as a presigned URL, a path on the network volume, or inline base64,
 and ``save_video`` handles each.
 """
 
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
+import math
 import mimetypes
 import os
 import shutil
@@ -56,6 +65,25 @@ class JobFailed(RuntimeError):
         return self.error.split(":", 1)[0] if self.error.startswith("E_") else "E_UNKNOWN"
 
 
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+
+
+def job_result(output: dict | list, job_id: str = "") -> dict:
+    """The result in a job's final ``output``: the dict itself, or, from a streaming worker
+    (``return_aggregate_stream``), the list of all it streamed, whose last ``"type": "result"`` item is the result."""
+    if isinstance(output, list):
+        for item in output:
+            if isinstance(item, dict) and item.get("error"):
+                raise JobFailed("FAILED", str(item["error"]), job_id)
+        results = [i for i in output if isinstance(i, dict) and i.get("type", "result") == "result"]
+        if not results:
+            raise JobFailed("COMPLETED", "E_NO_RESULT: the job ended without a result", job_id)
+        output = results[-1]
+    if not isinstance(output, dict):
+        raise JobFailed("COMPLETED", f"E_NO_RESULT: the job's output is not a result: {output!r:.200}", job_id)
+    return {k: v for k, v in output.items() if k != "type"}
+
+
 class MultiTalkClient:
     def __init__(self, endpoint: str, api_key: str | None = None, timeout: float = 60.0):
         self.endpoint = endpoint.rstrip("/")
@@ -63,6 +91,7 @@ class MultiTalkClient:
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.downloads = requests.Session()  # presigned URLs: never send them the API key
         self.timeout = timeout
 
     # --- raw calls ----------------------------------------------------------------------------------------------
@@ -99,9 +128,11 @@ class MultiTalkClient:
         while time.monotonic() < deadline:
             reply = self.status(job_id)
             status = reply.get("status")
-            if status in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            if status in FINAL:
                 return self._result(reply)
             progress = reply.get("output")
+            if isinstance(progress, list):  # a streaming worker's items so far: the last progress item
+                progress = next((i for i in reversed(progress) if isinstance(i, dict) and "stage" in i), None)
             if on_progress and isinstance(progress, dict) and progress != last:
                 on_progress(progress)
                 last = progress
@@ -113,15 +144,55 @@ class MultiTalkClient:
         """Submit and wait: the job's output."""
         return self.wait(self.submit(job_input, s3_config), on_progress)
 
+    def stream(self, job_id: str, on_item: Callable[[dict], None] | None = None, poll_s: float = 2.0,
+               timeout_s: float = 6 * 3600) -> dict:  # fmt: skip
+        """Poll ``/stream/{id}`` until the job ends; ``on_item`` gets each streamed item (``"type"``: ``"progress"``,
+        ``"segment"`` or ``"result"``) once; returns the result (``"type"`` removed), like ``wait``.
+
+        RunPod answers ``GET /stream`` with the items made since the last call; the local API server wants POST, runs
+        the whole job during that call and answers with every item at once."""
+        deadline = time.monotonic() + timeout_s
+        seen: set[str] = set()  # items already passed on: a poll may repeat some
+        result = None
+        while time.monotonic() < deadline:
+            if self.local:
+                reply = self._post(f"/stream/{job_id}", None, timeout=None)
+            else:
+                response = self.session.get(f"{self.endpoint}/stream/{job_id}", timeout=self.timeout)
+                response.raise_for_status()
+                reply = response.json()
+            chunks = reply.get("stream") or []
+            for chunk in chunks:
+                item = chunk.get("output") if isinstance(chunk, dict) and "output" in chunk else chunk
+                key = hashlib.sha1(json.dumps(item, sort_keys=True).encode()).hexdigest()
+                if key in seen:
+                    continue
+                seen.add(key)
+                if isinstance(item, dict) and item.get("error"):
+                    raise JobFailed("FAILED", str(item["error"]), job_id)
+                if isinstance(item, dict) and item.get("type") == "result":
+                    result = item
+                if on_item and isinstance(item, dict):
+                    on_item(item)
+            if result is not None:
+                return job_result(result, job_id)
+            status = reply.get("status")
+            if status in FINAL and status != "COMPLETED":
+                raise JobFailed(status, str(reply.get("error", "")), job_id)
+            if status == "COMPLETED" and (self.local or not chunks):
+                if self.local:  # the local server forgets the job after /stream
+                    raise JobFailed(status, "E_NO_RESULT: the job streamed no result", job_id)
+                return self._result(self.status(job_id))  # the stream is drained: the final output has it
+            time.sleep(poll_s)
+        raise TimeoutError(f"job {job_id} still running after {timeout_s:.0f} s")
+
     # --- results ------------------------------------------------------------------------------------------------
-    def save_video(self, output: dict, path: str | Path) -> Path:
+    def save_video(self, output: dict | list, path: str | Path) -> Path:
         """Write the video of a job output to ``path`` (download, decode, or copy from a mounted volume)."""
+        output = job_result(output)
         path = Path(path)
         if output.get("video_url"):
-            with self.session.get(output["video_url"], stream=True, timeout=self.timeout) as response:
-                response.raise_for_status()
-                with path.open("wb") as f:
-                    shutil.copyfileobj(response.raw, f)
+            self.download(output["video_url"], path)
         elif output.get("video_base64"):
             path.write_bytes(base64.b64decode(output["video_base64"]))
         elif output.get("video_path") and Path(output["video_path"]).exists():
@@ -131,6 +202,12 @@ class MultiTalkClient:
         else:
             raise ValueError("the output holds no video")
         return path
+
+    def download(self, url: str, path: Path) -> None:
+        with self.downloads.get(url, stream=True, timeout=self.timeout) as response:
+            response.raise_for_status()
+            with path.open("wb") as f:
+                shutil.copyfileobj(response.raw, f)
 
     # --- helpers ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -142,6 +219,9 @@ class MultiTalkClient:
             body["webhook"] = webhook
         if execution_timeout_s:
             body["policy"] = {"executionTimeout": int(execution_timeout_s * 1000)}
+            # also in the input: the worker refuses at once a job it estimates cannot finish in time (E_TOO_LONG),
+            # and the local API drops policy
+            body["input"] = {"execution_timeout_s": float(execution_timeout_s), **job_input}
         return body
 
     def _post(self, path: str, body: dict | None, timeout: float | None = 60.0) -> dict:
@@ -154,7 +234,106 @@ class MultiTalkClient:
         status = reply.get("status")
         if status != "COMPLETED":
             raise JobFailed(status or "UNKNOWN", str(reply.get("error", "")), reply.get("id", ""))
-        return reply["output"]
+        return job_result(reply.get("output"), reply.get("id", ""))
+
+
+class SegmentSaver:
+    """Saves the segments a streaming job reports to ``folder/seg_00000.ts``, ``seg_00001.ts``, ... and keeps
+    ``folder/index.m3u8`` (an HLS event playlist) up to date, so ``ffplay folder/index.m3u8`` (or mpv, VLC) can start
+    as soon as the first segment is there. Use it as ``on_item`` of ``MultiTalkClient.stream``.
+
+    A segment comes as a URL (downloaded), a path (copied when this machine mounts the same volume) or base64. One that
+    cannot be fetched is reported and left out (the final video has it anyway). Segments are kept by index: a resumed
+    job announces its earlier segments again, and a late or repeated one is not listed twice."""
+
+    def __init__(self, folder: str | Path, session: requests.Session | None = None, timeout: float = 60.0,
+                 log: Callable[[str], None] | None = None):  # fmt: skip
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.playlist = self.folder / "index.m3u8"
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.saved: dict[int, float] = {}  # index -> duration (s) of the segments on disk
+        self.missing: set[int] = set()  # indices that could not be fetched
+        self.listed: list[int] = []  # indices in the playlist, in its order
+        self.finished = False
+
+    def __call__(self, item: dict) -> None:
+        if item.get("type") == "segment":
+            self.add(item)
+        elif item.get("type") == "result":
+            self.finish()
+
+    def file(self, index: int) -> Path:
+        return self.folder / f"seg_{index:05d}.ts"
+
+    def add(self, item: dict) -> Path | None:
+        """Fetch one segment item; its file, or None when it could not be fetched."""
+        try:
+            index, duration = int(item["index"]), float(item["duration_s"])
+        except (KeyError, TypeError, ValueError):
+            self.log(f"a segment without index or duration_s: {item!r:.200}")
+            return None
+        path = self.file(index)
+        if index in self.saved:
+            return path  # announced again (a resumed job, a resend): already here
+        name = f"segment {index + 1}/{item.get('total', '?')}"
+        partial = path.with_suffix(".part")
+        try:
+            if item.get("url"):
+                with self.session.get(item["url"], stream=True, timeout=self.timeout) as response:
+                    response.raise_for_status()
+                    with partial.open("wb") as f:
+                        shutil.copyfileobj(response.raw, f)
+            elif item.get("base64"):
+                partial.write_bytes(base64.b64decode(item["base64"], validate=True))
+            elif item.get("path") and Path(item["path"]).is_file():
+                shutil.copyfile(item["path"], partial)
+            elif item.get("path"):
+                raise FileNotFoundError(f"it is on the worker's volume, not readable here: {item['path']}")
+            else:
+                raise ValueError(item.get("note") or "the worker sent no url, path or base64")
+            partial.replace(path)  # complete before a player can see it
+        except (OSError, ValueError, requests.RequestException) as exc:
+            partial.unlink(missing_ok=True)
+            self.log(f"{name} not saved ({exc}); the final video has it")
+            self.missing.add(index)
+            self._update()
+            return None
+        self.missing.discard(index)
+        self.saved[index] = duration
+        self._update()
+        return path
+
+    def finish(self) -> None:
+        """The job ended: list what is left and end the playlist."""
+        self.finished = True
+        self._update()
+
+    def _update(self) -> None:
+        # An event playlist only grows: a segment is listed once every earlier one is here or known to be missing
+        # (at the end: everything saved). Timestamps continue from segment to segment; a gap is a discontinuity.
+        start = self.listed[-1] + 1 if self.listed else 0
+        for index in range(start, max([*self.saved, *self.missing], default=-1) + 1):
+            if index not in self.saved and index not in self.missing and not self.finished:
+                break
+            if index in self.saved:
+                self.listed.append(index)
+        if not self.listed:
+            return
+        lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT",
+                 f"#EXT-X-TARGETDURATION:{math.ceil(max(self.saved[i] for i in self.listed))}",
+                 "#EXT-X-MEDIA-SEQUENCE:0"]  # fmt: skip
+        for previous, index in zip([self.listed[0] - 1, *self.listed], self.listed, strict=False):
+            if index != previous + 1:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines += [f"#EXTINF:{self.saved[index]:.3f},", self.file(index).name]
+        if self.finished:
+            lines.append("#EXT-X-ENDLIST")
+        partial = self.playlist.with_suffix(".part")
+        partial.write_text("\n".join(lines) + "\n")
+        partial.replace(self.playlist)
 
 
 def _print_progress(p: dict) -> None:
@@ -164,6 +343,31 @@ def _print_progress(p: dict) -> None:
               file=sys.stderr)  # fmt: skip
     else:
         print(f"  {p.get('pct', 0):5.1f}%  {p.get('stage')}", file=sys.stderr)
+
+
+class _StreamPrinter:
+    """``--stream``: prints progress and one line per segment; with ``--segments DIR`` saves them (``SegmentSaver``)."""
+
+    def __init__(self, folder: str | None, session: requests.Session):
+        self.saver = SegmentSaver(folder, session) if folder else None
+        self.announced = False
+
+    def __call__(self, item: dict) -> None:
+        if item.get("type") == "progress":
+            _print_progress(item)
+        elif item.get("type") == "segment":
+            saved = self.saver.add(item) if self.saver else None
+            end = item.get("start_s", 0) + item.get("duration_s", 0)
+            where = saved or item.get("url", "").split("?")[0] or item.get("path") or (
+                "inline" if item.get("base64") else f"not delivered: {item.get('note', '')}")  # fmt: skip
+            again = " (made by an earlier run)" if item.get("resumed") else ""
+            print(f"segment {item['index'] + 1}/{item.get('total', '?')}: {item.get('start_s', 0):.2f}-{end:.2f} s, "
+                  f"{where}{again}")  # fmt: skip
+            if self.saver and self.saver.listed and not self.announced:
+                print(f"playback can start: ffplay {self.saver.playlist}")
+                self.announced = True
+        elif item.get("type") == "result" and self.saver:
+            self.saver.finish()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int)
     parser.add_argument("--extra", type=json.loads, default={}, help="more input fields as JSON")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sync", action="store_true", help="use /runsync instead of /run + /status")
+    parser.add_argument("--job-key", help="resume: sending a job again with the same key continues where it stopped")
+    delivery = parser.add_mutually_exclusive_group()
+    delivery.add_argument("--sync", action="store_true", help="use /runsync instead of /run + /status")
+    delivery.add_argument("--stream", action="store_true", help="use /stream: report each segment as it is made")
+    delivery.add_argument("--segments", metavar="DIR", help="--stream, and save the segments + DIR/index.m3u8 to DIR")
     return parser
 
 
@@ -213,7 +421,8 @@ def job_input(args: argparse.Namespace) -> dict:
         job["keep_background"] = True
     for key, value in (("preset", args.preset), ("sampling_steps", args.steps), ("seed", args.seed),
                        ("width", args.width), ("height", args.height), ("model", args.model),
-                       ("source_end", args.source_end), ("feather", args.feather)):  # fmt: skip
+                       ("source_end", args.source_end), ("feather", args.feather),
+                       ("job_key", args.job_key)):  # fmt: skip
         if value is not None:
             job[key] = value
     return {**job, **args.extra}
@@ -225,7 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     client = MultiTalkClient(args.endpoint, args.api_key)
     started = time.monotonic()
     try:
-        output = client.run_sync(job) if args.sync else client.generate(job, on_progress=_print_progress)
+        if args.stream or args.segments:
+            output = client.stream(client.submit(job), _StreamPrinter(args.segments, client.downloads))
+        elif args.sync:
+            output = client.run_sync(job)
+        else:
+            output = client.generate(job, on_progress=_print_progress)
     except JobFailed as exc:
         print(f"job failed: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,8 @@ cancellations and pings. Tests queue jobs, read what the worker posted, and requ
 
 Client side (what ``runpod.Endpoint`` calls, ``runpod/endpoint/runner.py``; set ``runpod.endpoint_url_base`` to
 ``fake.api_base``): ``POST /v2/{endpoint}/run`` and ``/runsync``, ``GET /status/{id}``, ``POST /cancel/{id}``,
-``GET /health``, with RunPod's bodies: ``{"id", "status"}`` then ``IN_QUEUE``, ``IN_PROGRESS`` (with the latest
+``GET /health``, ``GET /stream/{id}`` (the items the worker streamed since the last call: ``{"id", "status",
+"stream": [{"output": item}, ...]}``; ``on_stream_poll`` lets a test post items between polls), with RunPod's bodies: ``{"id", "status"}`` then ``IN_QUEUE``, ``IN_PROGRESS`` (with the latest
 progress ``output``), ``COMPLETED`` (``output``), ``FAILED`` (``error``, no ``output``) or ``CANCELLED``; a request
 without ``Authorization: Bearer ...`` gets 401.
 """
@@ -37,6 +38,9 @@ class FakeRunPod:
         self.polled = False  # a worker has asked for a job
         self.states: dict[str, dict] = {}  # job id -> RunPod's status body (jobs sent through the public API)
         self.runsync_wait = runsync_wait  # RunPod answers /runsync with IN_PROGRESS after this long
+        self.streams: dict[str, list] = {}  # job id -> streamed items not yet read through /stream
+        self.stream_polls: dict[str, int] = {}  # job id -> GET /stream calls so far
+        self.on_stream_poll = None  # optional (job_id, poll number from 1) -> None, called before a /stream answer
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         server = self
@@ -80,6 +84,9 @@ class FakeRunPod:
                     return None if len(parts) >= 3 and parts[0] == "v2" else self._send(404, {})
                 if parts[2] == "status" and len(parts) == 4:
                     state = server.status(parts[3])
+                    return self._send(200, state) if state else self._send(404, {"error": "job not found"})
+                if parts[2] == "stream" and len(parts) == 4:
+                    state = server.stream(parts[3])
                     return self._send(200, state) if state else self._send(404, {"error": "job not found"})
                 if parts[2] == "health":
                     return self._send(200, server.health())
@@ -152,6 +159,8 @@ class FakeRunPod:
         with self.lock:
             self.posts.append({"kind": kind, "job": job_id, "query": query, "body": body})
             state = self.states.get(job_id)
+            if state is not None and kind == "stream":
+                self.streams.setdefault(job_id, []).append(body.get("output"))
             if state is not None and state["status"] not in FINAL and kind == "done":
                 if body.get("status") == "IN_PROGRESS":
                     state["output"] = body.get("output")
@@ -165,6 +174,22 @@ class FakeRunPod:
         with self.lock:
             state = self.states.get(job_id)
             return dict(state) if state is not None else None
+
+    def stream(self, job_id: str) -> dict | None:
+        """``GET /stream/{id}``: the status, and the items streamed since the last call."""
+        with self.lock:
+            if job_id not in self.states:
+                return None
+            self.stream_polls[job_id] = polls = self.stream_polls.get(job_id, 0) + 1
+        if self.on_stream_poll is not None:
+            self.on_stream_poll(job_id, polls)
+        with self.lock:
+            state = self.states[job_id]
+            items = self.streams.pop(job_id, [])
+            body = {"id": job_id, "status": state["status"], "stream": [{"output": item} for item in items]}
+            if "error" in state:
+                body["error"] = state["error"]
+            return body
 
     def wait_final(self, job_id: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -477,7 +477,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             thumbnail=thumb,
             mask_preview_path=args.mask_preview,
             **_source_kwargs(source_video, args.mask_image),
+            **({"job_dir": Path(args.job_dir)} if args.job_dir else {}),
         )
+        if args.job_dir:  # made and stored: the saved windows are no longer needed
+            shutil.rmtree(args.job_dir, ignore_errors=True)
         placed = _place(video, final)
         thumb_placed = _place(thumb, Path(args.thumbnail), "--thumbnail", "thumbnail") if thumb is not None else None
     except VideoKeptError:
@@ -709,6 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--crf", type=int, default=19)
     p.add_argument("--thumbnail", help="save the first frame here")
+    p.add_argument(
+        "--job-dir",
+        help="keep every finished window and the loop's state here; run the same command again after a crash or "
+        "Ctrl-C to continue where it stopped (removed when the video is done)",
+    )
     p.add_argument("--mask-preview", help="save the person regions drawn over the reference image here")
     p.add_argument("--transformer", help="transformer from elsewhere (original folder, .safetensors, .gguf)")
     p.add_argument("--multitalk", help="multitalk.safetensors, if not in MODEL/MeiGen-MultiTalk")

@@ -39,6 +39,10 @@ _EXPORTS: dict[str, str] = {
     "LIBRARY_INPUT_NAMES": ".pipeline.inputs",
     "VIDEO_SUFFIXES": ".pipeline.inputs",
     "ProgressClock": ".pipeline.progress",
+    "JobPlan": ".pipeline.segments",
+    "LoopState": ".pipeline.segments",
+    "Segment": ".pipeline.segments",
+    "SEGMENT_FORMAT": ".pipeline.segments",
     "MAX_SPEAKERS": ".limits",
     "MAX_STEPS": ".limits",
     "FPS": ".pipeline.video",
@@ -122,6 +126,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "MODEL_CHOICES",
     "PRESETS",
     "SAMPLE_RATE",
+    "SEGMENT_FORMAT",
     "SOURCE_ENDS",
     "STAGES",
     "T5_BYTES",
@@ -144,11 +149,14 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "InputError",
     "InputNames",
     "Inventory",
+    "JobPlan",
+    "LoopState",
     "MaskInputError",
     "MemoryPlan",
     "MultiTalkPipeline",
     "Progress",
     "ProgressClock",
+    "Segment",
     "SettingNames",
     "SpeakerCountError",
     "SpeedSetup",
@@ -229,6 +237,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .pipeline.media import AUDIO_CONTAINERS, IMAGE_FORMATS, VIDEO_CONTAINERS, open_container
     from .pipeline.progress import ProgressClock
+    from .pipeline.segments import SEGMENT_FORMAT, JobPlan, LoopState, Segment
     from .pipeline.source import (
         MAX_VIDEO_SECONDS,
         SOURCE_ENDS,

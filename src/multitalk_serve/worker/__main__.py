@@ -54,7 +54,12 @@ def main() -> None:
     runpod.serverless.register_fitness_check(
         lambda: check_gpu_headroom(worker.pipeline.device, worker.config.max_resolution, worker.pipeline.memory_plan)
     )
-    runpod.serverless.start({"handler": worker.handle, "concurrency_modifier": lambda current: 1})
+    if config.stream:  # every window streamed to /stream/{id}; the final output is the list of items, result last
+        runpod.serverless.start(
+            {"handler": worker.handle_stream, "return_aggregate_stream": True, "concurrency_modifier": lambda c: 1}
+        )
+    else:
+        runpod.serverless.start({"handler": worker.handle, "concurrency_modifier": lambda current: 1})
 
 
 if __name__ == "__main__":

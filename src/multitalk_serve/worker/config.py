@@ -156,6 +156,14 @@ class WorkerConfig:
     # models: the request's default, and the audio adapters this worker holds (None: every one the folder has)
     model: str | None = field(default_factory=lambda: (_env("MULTITALK_MODEL") or "").strip().lower() or None)
     adapters: tuple[str, ...] | None = field(default_factory=lambda: _names("MULTITALK_ADAPTERS"))
+    # long jobs (jobstate.py): job folders kept on the volume this long; how long a second run of a job waits for
+    # the first's lock; stream every window to /stream (a generator handler: the output becomes a list)
+    job_state_ttl_s: float = field(default_factory=lambda: _float("JOB_STATE_TTL_HOURS", 24.0) * 3600)
+    job_lock_wait_s: float = field(default_factory=lambda: _float("JOB_LOCK_WAIT_SECONDS", 90.0))
+    stream: bool = field(default_factory=lambda: _flag("MULTITALK_STREAM"))
+    # the window (clip) length and its motion frames: the models were trained on 81; smaller only for tests
+    window_frames: int = field(default_factory=lambda: int(_float("MULTITALK_WINDOW_FRAMES", 81)))
+    motion_frames: int | None = field(default_factory=lambda: int(_float("MULTITALK_MOTION_FRAMES", 0)) or None)
     # the original worker's `action: generate` requests that send no image (legacy.py)
     original_worker_image: str | None = field(default_factory=lambda: _env("ORIGINAL_WORKER_IMAGE"))
 

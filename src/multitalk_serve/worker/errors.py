@@ -10,9 +10,11 @@
 | E_OOM | the GPU ran out of memory; the message says which settings would fit | with smaller settings |
 | E_CUDA | a CUDA fault; the worker is recycled after this job | yes |
 | E_CANCELLED | the job was cancelled or timed out, during a download or between sampling steps | - |
+| E_TOO_LONG | estimated not to finish within its execution timeout; refused before sampling | with a longer timeout |
 | E_UPLOAD | the video could not be stored anywhere (upload failed and no fallback) | yes |
 | E_OUTPUT_TOO_LARGE | the video is too large to return inline and no storage is configured | configure S3 |
 | E_MODEL | the model files are missing or inconsistent | operator |
+| E_BUSY | another run of the same job (same job_key or job id) is still in progress | later: it continues the job |
 | E_INTERNAL | anything else (a bug): the message names the exception | maybe |
 """
 
@@ -27,9 +29,11 @@ CODES = (
     "E_OOM",
     "E_CUDA",
     "E_CANCELLED",
+    "E_TOO_LONG",
     "E_UPLOAD",
     "E_OUTPUT_TOO_LARGE",
     "E_MODEL",
+    "E_BUSY",
     "E_INTERNAL",
 )
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -44,8 +46,11 @@ from ..engine import (
     sniff_media,
 )
 from .config import S3Settings, WorkerConfig
+from .delivery import SegmentPublisher, SegmentsSummary
 from .errors import WorkerError, classify
+from .estimate import JobTimer, TimingHistory, check_env, execution_timeout_with_source
 from .fitness import INFINITETALK, plan_models
+from .jobstate import LOCK, JobFolders, JobLock
 from .legacy import LegacyRequest, old_probe_facts
 from .logs import install as install_log_scrubbing
 from .media import MediaFetcher
@@ -72,6 +77,28 @@ def _adapter_of(pipeline: MultiTalkPipeline) -> str:
     return getattr(getattr(pipeline, "transformer", None), "audio_adapter", None) or "multitalk"
 
 
+def _request_fingerprint(request: JobInput, media: list[bytes | None]) -> str:
+    """What a saved job state must match: the request's settings (the media by their bytes, not their URLs, which
+    a client may re-sign; where the video goes does not matter) and the media."""
+    media_fields = {n for n, f in JobInput.model_fields.items() if "Media" in str(f.annotation)}
+    settings = request.model_dump(mode="json", exclude={"job_key", "output", *media_fields})
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for data in media:
+        digest.update(hashlib.sha256(data).digest() if data is not None else b"-")
+    return digest.hexdigest()
+
+
+def _empty(folder: Path, keep: str) -> None:
+    """Remove what a folder holds except ``keep``."""
+    for entry in folder.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _is_image(data: bytes) -> bool:
     """Whether fetched bytes are a picture (the official JSON's ``cond_video`` may name one) rather than a video:
     from the file's signature (``sniff_media``), nothing decoded."""
@@ -94,13 +121,16 @@ class ProgressReporter:
     """Sends throttled ``progress_update``s (stage changes always; sampling steps at most every ``interval`` s)
     and turns a set cancel flag into ``GenerationCancelled`` between steps."""
 
-    def __init__(self, job: dict, cancel: threading.Event, interval: float, send=None):
+    def __init__(self, job: dict, cancel: threading.Event, interval: float, send=None, emit=None):
         self.job, self.cancel, self.interval = job, cancel, interval
+        self.emit = emit  # stream mode: every body sent is also a streamed item
+        self.segment: dict | None = None  # the latest delivered segment, repeated in the progress bodies
         self.send = send if send is not None else _runpod_progress
         self.start = time.monotonic()
         self.clock = ProgressClock(time.monotonic)  # time left with the VAE counted, not only the sampling steps
         self.last_sent = -1e9
         self.last_stage = None
+        self.last_eta: float | None = None
         self.sent: list[dict] = []
 
     def __call__(self, progress: Progress) -> None:
@@ -125,12 +155,39 @@ class ProgressReporter:
             body.update(done=progress.done, total=progress.total)
         if left is not None and progress.stage != "done":
             body["eta_s"] = round(left, 1)
+        self.last_eta = body.get("eta_s")
         self.last_sent, self.last_stage = now, progress.stage
+        self._deliver({"type": "progress", **body})
+
+    def segment_ready(self, event: dict) -> None:
+        """A window's segment is delivered: streamed at once, and in every progress body from now on (for /status)."""
+        if self.last_eta is not None and "eta_s" not in event:
+            event = {**event, "eta_s": self.last_eta}
+        # repeated in /status progress bodies without its data (inline segments travel in the stream only)
+        self.segment = {k: v for k, v in event.items() if k != "base64"}
+        if self.emit is not None:
+            self._emit(event)
+        self._send({"type": "progress", "stage": "segment", "elapsed_s": round(time.monotonic() - self.start, 1)})
+
+    def _deliver(self, body: dict) -> None:
+        if self.emit is not None:
+            self._emit(body)
+        self._send(body)
+
+    def _send(self, body: dict) -> None:
+        if self.segment is not None:
+            body = {**body, "segment": self.segment}
         self.sent.append(body)
         try:
             self.send(self.job, body)
         except Exception as exc:  # progress must never fail a job
             log.debug("progress update failed: %s", type(exc).__name__)
+
+    def _emit(self, item: dict) -> None:
+        try:
+            self.emit(item)
+        except Exception as exc:
+            log.debug("stream item not sent: %s", type(exc).__name__)
 
 
 def _runpod_progress(job: dict, body: dict) -> None:
@@ -161,12 +218,22 @@ class Worker:
         self.jobs_done = 0
         self.gpu = torch.cuda.get_device_name(pipeline.device) if pipeline.device.type == "cuda" else "cpu"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="multitalk-job")
+        volume = config.volume_path if config.volume_mounted else None
+        self.folders = JobFolders(volume, config.job_state_ttl_s, config.job_lock_wait_s)  # resume (jobstate.py)
+        self.folders.sweep()
+        self.timing_history = TimingHistory.on_volume(config.volume_path, config.volume_mounted)  # estimate.py
         self._baseline_allocated = self._allocated()  # GPU memory held by the loaded models
         install_log_scrubbing()
 
     @classmethod
     def from_config(cls, config: WorkerConfig | None = None) -> Worker:
         config = config or WorkerConfig()
+        check_env()  # a bad GPU_PRICE_PER_HOUR / EXECUTION_TIMEOUT_SECONDS fails the start, not a job
+        window = GenerateOptions(frames_per_clip=config.window_frames, motion_frames=config.motion_frames)
+        try:
+            window.validate()  # MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: wrong values fail the start
+        except EngineError as exc:
+            raise ConfigError(f"MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: {exc}") from None
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
         speed = plan_speed_setup(
@@ -209,7 +276,37 @@ class Worker:
             log.info("warm-up generation done in %.1f s (MULTITALK_WARMUP)", pipeline.warm_up())
         return cls(pipeline, config, seconds, default_model)
 
-    # --- RunPod entry point ------------------------------------------------------------------------------------
+    # --- RunPod entry points -----------------------------------------------------------------------------------
+    async def handle_stream(self, job: dict):
+        """The generator handler (``MULTITALK_STREAM``): yields progress and segment items as the job makes them,
+        then ``{"type": "result", ...}`` (or the ``{"error": ...}`` that fails the job)."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: dict) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        future = loop.run_in_executor(self._executor, self.run, job, cancel, emit)
+        try:
+            while not future.done():
+                getter = asyncio.ensure_future(items.get())
+                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            while not items.empty():  # what the job emitted before it returned
+                yield items.get_nowait()
+            output = future.result()
+            yield output if "error" in output else {"type": "result", **output}
+        except (asyncio.CancelledError, GeneratorExit):
+            cancel.set()
+            log.info("job %s: stop requested", job.get("id"))
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(future), timeout=120)
+            raise
+
     async def handle(self, job: dict) -> dict:
         """The async handler given to ``runpod.serverless.start``."""
         cancel = threading.Event()
@@ -223,8 +320,9 @@ class Worker:
                 await asyncio.wait_for(asyncio.shield(future), timeout=120)
             raise
 
-    def run(self, job: dict, cancel: threading.Event | None = None) -> dict:
-        """Process one job synchronously; always returns a result dict (errors as ``{"error": "CODE: ..."}``)."""
+    def run(self, job: dict, cancel: threading.Event | None = None, emit=None) -> dict:
+        """Process one job synchronously; always returns a result dict (errors as ``{"error": "CODE: ..."}``).
+        ``emit``: called with every progress and segment item (stream mode)."""
         cancel = cancel or threading.Event()
         job_id = job_id_of(job)
         started = time.perf_counter()
@@ -252,7 +350,7 @@ class Worker:
                 request = JobInput.model_validate(raw)
             except ValidationError as exc:
                 raise WorkerError("E_INPUT", describe_errors(exc)) from None
-            output = self._generate(job, job_id, request, request_s3, workdir, cancel, started).payload()
+            output = self._generate(job, job_id, request, request_s3, workdir, cancel, started, emit).payload()
             if legacy is not None:
                 output = legacy.answer(output, bucket.bucket if bucket is not None else None)
             self.jobs_done += 1
@@ -271,7 +369,9 @@ class Worker:
                 torch.cuda.empty_cache()
 
     # --- one generation ---------------------------------------------------------------------------------------
-    def _generate(self, job, job_id, request: JobInput, request_s3, workdir: Path, cancel, started) -> JobOutput:
+    def _generate(
+        self, job, job_id, request: JobInput, request_s3, workdir: Path, cancel, started, emit=None
+    ) -> JobOutput:
         timings: dict[str, float] = {}
         warnings: list[str] = []
         cold = self.jobs_done == 0
@@ -315,30 +415,73 @@ class Worker:
         if mask is not None:
             extra["mask"] = mask
 
-        reporter = ProgressReporter(job, cancel, self.config.progress_interval_s)
+        reporter = ProgressReporter(job, cancel, self.config.progress_interval_s, emit=emit)
         video = workdir / "video.mp4"
         thumbnail = workdir / "thumbnail.jpg" if request.output.thumbnail else None
-        result = self.pipeline.generate(
-            image,
-            audio,
-            request.prompt,
-            video,
-            boxes=boxes,
-            options=options,
-            callback=reporter,
-            thumbnail=thumbnail,
-            names=names,
-            **extra,
-        )
-        for stage, seconds in result.timings.items():
-            if stage != "total":
-                timings[stage] = seconds
+        # the job folder: segments and the loop's state, kept on the volume under the job's key (resume)
+        key = request.job_key or job_id
+        fingerprint = _request_fingerprint(request, [image, source_video, mask, *audio])
+        self.folders.sweep()
+        job_dir = self.folders.folder(key, workdir)
+        lock = None
+        try:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            if self.folders.persistent:
+                lock = JobLock(job_dir)
+                lock.acquire(self.config.job_lock_wait_s, cancel, key)
+        except OSError as exc:  # the volume cannot hold the job's state: the job runs, without resume
+            warnings.append(f"the job's state cannot be kept on the volume ({exc.strerror or exc}): no resume")
+            job_dir = workdir / "job"
+        timeout, timeout_source = execution_timeout_with_source(job, request.execution_timeout_s)
+        memory_plan = self._setup()["memory_plan"]
+        timer = JobTimer(self.timing_history, self.gpu, memory_plan, timeout, started, source=timeout_source, cold=cold)
+        try:
+            publisher = SegmentPublisher(  # under the job's key: a resend with job_key finds what was delivered
+                self.config, request_s3, key, request.output, already=self.folders.published(job_dir)
+            )
 
-        t = time.perf_counter()
-        stored = Storage(self.config, request_s3).store(job_id, video, thumbnail, request.output)
-        timings["upload"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - started
-        warnings += stored.warnings
+            def on_segment(segment) -> None:
+                timer.on_segment(segment)  # the window's time, for later estimates
+                reporter.segment_ready(publisher.publish(segment))
+                if lock is not None:
+                    self.folders.save_published(job_dir, publisher.published_events())
+
+            result = self.pipeline.generate(
+                image,
+                audio,
+                request.prompt,
+                video,
+                boxes=boxes,
+                options=options,
+                callback=reporter,
+                thumbnail=thumbnail,
+                names=names,
+                job_dir=job_dir,
+                fingerprint=fingerprint,
+                on_segment=on_segment,
+                on_plan=timer.on_plan,  # the time and cost estimate; E_TOO_LONG before any sampling
+                **extra,
+            )
+            delivered = publisher.finish()
+            timings["segments"] = delivered["seconds"]
+            warnings += publisher.warnings()
+            for stage, seconds in result.timings.items():
+                if stage != "total":
+                    timings[stage] = seconds
+
+            t = time.perf_counter()
+            stored = Storage(self.config, request_s3).store(job_id, video, thumbnail, request.output)
+            timings["upload"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - started
+            warnings += stored.warnings
+            if lock is not None:  # stored: the job's state is no longer needed
+                _empty(job_dir, keep=LOCK)
+        finally:
+            timer.record()  # also from a job that failed after some windows
+            if lock is not None:
+                lock.release()
+                with contextlib.suppress(OSError):
+                    job_dir.rmdir()  # gone when the job finished (else its state stays for a resume)
 
         where = {"video_url": stored.url, "video_s3_key": stored.key, "video_path": stored.path}
         where["video_base64"] = stored.base64
@@ -381,6 +524,8 @@ class Worker:
                 **self._setup(),
             ),
             warnings=warnings + result.notes,
+            segments=SegmentsSummary(**delivered),
+            **timer.result(),
         )
         log.info(
             "job %s done: %d frames %dx%d, %d speaker(s), %d clip(s), %.1f s, stored: %s",
@@ -450,6 +595,8 @@ class Worker:
             source_end=request.source_end,
             keep_background=request.keep_background,
             feather=request.feather,
+            frames_per_clip=self.config.window_frames,
+            motion_frames=self.config.motion_frames,
         )
         return options, preset
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import GenerateOptions
+from .delivery import SegmentsSummary
 
 # GenerateOptions field -> the name the API uses for it (its input field's name)
 PARAM_NAMES = {
@@ -122,6 +123,19 @@ class WorkerInfo(_Model):
     default_model: str = Field(description="the model of a job that names none (MULTITALK_MODEL)")
 
 
+class EstimateInfo(_Model):
+    """The time and cost the worker estimated before sampling (``worker/estimate.py``)."""
+
+    windows: int = Field(description="windows (clips) in the job")
+    windows_left: int = Field(description="windows to generate (an earlier run's are done)")
+    per_window_s: float = Field(description="seconds per window, from windows measured earlier on this GPU")
+    seconds: float = Field(description="estimated seconds from the estimate to the result")
+    cost_usd: float | None = Field(description="seconds x the GPU's price per second; null when unknown")
+    basis: str = Field(description="the setup measured and how (same settings, or scaled by work per window)")
+    samples: int = Field(description="windows measured")
+    scaled: bool = Field(description="scaled from other settings (size, frames per window, steps, passes)")
+
+
 class JobOutput(_Model):
     """What a successful job returns (``output``). Optional fields are absent, not null, when they do not apply."""
 
@@ -140,6 +154,15 @@ class JobOutput(_Model):
     timings: dict[str, float] = Field(description="seconds per stage (download, audio, ..., upload, total)")
     worker: WorkerInfo
     warnings: list[str]
+    gpu_seconds: float | None = Field(
+        None, description="seconds the job held the GPU worker, from its start to its result (what is billed)"
+    )
+    estimate: EstimateInfo | None = Field(
+        None, description="the time and cost estimated before sampling; absent without measured windows on this GPU"
+    )
+    segments: SegmentsSummary | None = Field(
+        None, description="the segments delivered while the job ran, as they were streamed (worker/delivery.py)"
+    )
 
     def payload(self) -> dict:
         """The job's ``output``: optional fields (default ``None``) that were not given are left out."""

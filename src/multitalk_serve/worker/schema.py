@@ -140,6 +140,14 @@ class JobInput(BaseModel):
     audio_guide_scale: float = Field(4.0, ge=0, le=20, description="audio guidance")
     shift: float | None = Field(None, gt=0, le=30, description="timestep shift (default 7 at 480p, 11 at 720p)")
     seed: int | None = Field(None, ge=-1, le=2**31 - 1, description="-1 or null: random (always reported)")
+    job_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="resume key: a run of the same request with the same key continues after its last finished "
+        "window (default: the RunPod job id, which RunPod's own retry keeps)",
+    )
     negative_prompt: str | None = Field(None, max_length=4000, description="default: the official negative prompt")
     color_correction: float = Field(1.0, ge=0, le=1, description="Lab colour correction towards the reference image")
     use_apg: bool = Field(False, description="adaptive projected guidance")
@@ -157,6 +165,14 @@ class JobInput(BaseModel):
         None, ge=64, le=2048, multiple_of=16, description="explicit height instead of the bucket"
     )
     output: OutputOptions = Field(default_factory=OutputOptions)
+    execution_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="the execution timeout this job runs under, in seconds (the same as policy.executionTimeout, "
+        "which wins when the worker sees it; the local API drops policy): a job estimated not to finish in it is "
+        "refused with E_TOO_LONG before sampling",
+    )
 
     # --- accepted names of other front ends -------------------------------------------------------------------
     image_url: Media | None = Field(None, description="alias of image")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +18,19 @@ from .errors import WorkerError
 from .schema import OutputOptions
 
 
-def s3_client(settings: S3Settings):
-    """A boto3 S3 client; checksum settings that S3-compatible stores (R2, GCS, MinIO) accept."""
+def s3_client(settings: S3Settings, *, attempts: int = 3, connect_timeout: float = 10, read_timeout: float = 60):
+    """A boto3 S3 client; checksum settings that S3-compatible stores (R2, GCS, MinIO) accept. ``attempts`` and the
+    timeouts bound one request (segments of a stream use smaller ones than the final video: delivery.py)."""
     import boto3
     from botocore.config import Config
 
     config = Config(
         signature_version="s3v4",
-        retries={"max_attempts": 3, "mode": "standard"},
+        retries={"max_attempts": attempts, "mode": "standard"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
     )
     return boto3.session.Session().client(
         "s3",
@@ -38,6 +40,78 @@ def s3_client(settings: S3Settings):
         region_name=settings.region or "us-east-1",
         config=config,
     )
+
+
+def _error_name(exc: BaseException) -> str:
+    """The S3 error code (``AccessDenied``, ``NoSuchBucket``) or the exception's type: never its text, which may
+    hold a URL with a signature."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code or type(exc).__name__
+
+
+def upload_with_retries(
+    send: Callable[[], object],
+    bucket: str,
+    key: str,
+    tries: int,
+    *,
+    backoff_s: float = 0.5,
+    deadline_s: float | None = None,
+) -> None:
+    """Run ``send`` (one upload) up to ``tries`` times, waiting ``backoff_s`` x 2^(try-1) (at most 8 s) between
+    tries and starting no try past ``deadline_s`` seconds from now; ``E_UPLOAD`` naming the object when all fail."""
+    start = time.monotonic()
+    tries = max(1, tries)
+    error, made = "", 0
+    for attempt in range(tries):
+        if attempt:
+            wait = min(2**attempt * backoff_s, 8.0)
+            if deadline_s is not None and time.monotonic() - start + wait >= deadline_s:
+                break
+            time.sleep(wait)
+        made += 1
+        try:
+            send()
+            return
+        except Exception as exc:
+            error = _error_name(exc)
+    raise WorkerError("E_UPLOAD", f"upload to s3://{bucket}/{key} failed after {made} tries ({error})")
+
+
+def presign(client, bucket: str, key: str, expiry_s: int) -> str:
+    """A presigned GET URL (computed locally: no request)."""
+    return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry_s)
+
+
+def _safe_segment(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)[:120] or "job"
+
+
+def output_key(config: WorkerConfig, job_id: str, name: str, options: OutputOptions) -> str:
+    """``OUTPUT_PREFIX / request prefix / job id / name``: a request cannot leave the configured prefix."""
+    parts = [config.output_prefix, options.prefix or "", _safe_segment(job_id), _safe_segment(name)]
+    return "/".join(p.strip("/") for p in parts if p)
+
+
+def destinations(config: WorkerConfig, s3: S3Settings | None, wanted: str) -> list[str]:
+    """Where an output may go, in the order tried, for ``output.format`` = ``wanted`` (``E_INPUT`` when the format
+    names a destination that does not exist)."""
+    volume = ["volume"] if config.volume_mounted else []
+    buckets = ["s3"] if s3 is not None else []
+    if wanted == "s3":
+        if not buckets:
+            raise WorkerError("E_INPUT", "output.format is s3 but no bucket is configured (s3Config or BUCKET_*)")
+        return ["s3", *volume, "inline"]
+    if wanted == "volume":
+        if not volume:
+            raise WorkerError(
+                "E_INPUT", f"output.format is volume but no network volume is mounted at {config.volume_path}"
+            )
+        return ["volume", *buckets, "inline"]
+    if wanted == "base64":
+        return ["inline", *buckets, *volume]
+    return [*buckets, *volume, "inline"]
 
 
 @dataclass
@@ -53,10 +127,6 @@ class Stored:
     thumbnail_path: str | None = None
     thumbnail_base64: str | None = None
     warnings: list[str] = field(default_factory=list)
-
-
-def _safe_segment(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)[:120] or "job"
 
 
 FALLBACK_NOTE = {
@@ -77,8 +147,7 @@ class Storage:
 
     def key_for(self, job_id: str, name: str, options: OutputOptions) -> str:
         """``OUTPUT_PREFIX / request prefix / job id / name``: a request cannot leave the configured prefix."""
-        parts = [self.config.output_prefix, options.prefix or "", _safe_segment(job_id), _safe_segment(name)]
-        return "/".join(p.strip("/") for p in parts if p)
+        return output_key(self.config, job_id, name, options)
 
     def store(self, job_id: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
         name = options.filename or f"{_safe_segment(job_id)}.mp4"
@@ -106,21 +175,7 @@ class Storage:
         raise WorkerError("E_UPLOAD", "no storage destination")  # pragma: no cover
 
     def _order(self, wanted: str) -> list[str]:
-        volume = ["volume"] if self.config.volume_mounted else []
-        s3 = ["s3"] if self.s3 is not None else []
-        if wanted == "s3":
-            if not s3:
-                raise WorkerError("E_INPUT", "output.format is s3 but no bucket is configured (s3Config or BUCKET_*)")
-            return ["s3", *volume, "inline"]
-        if wanted == "volume":
-            if not volume:
-                raise WorkerError(
-                    "E_INPUT", f"output.format is volume but no network volume is mounted at {self.config.volume_path}"
-                )
-            return ["volume", *s3, "inline"]
-        if wanted == "base64":
-            return ["inline", *s3, *volume]
-        return [*s3, *volume, "inline"]
+        return destinations(self.config, self.s3, wanted)
 
     def _to_s3(self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
         settings = self.s3
@@ -141,24 +196,17 @@ class Storage:
         from boto3.s3.transfer import TransferConfig
 
         transfer = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, use_threads=True)
-        error = ""
-        for attempt in range(max(1, self.config.upload_retries)):
-            if attempt:
-                time.sleep(min(2**attempt, 16) * 0.5)
-            try:
-                client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type}, Config=transfer)
-                return
-            except Exception as exc:
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
-                error = code or type(exc).__name__
-        raise WorkerError(
-            "E_UPLOAD", f"upload to s3://{bucket}/{key} failed after {self.config.upload_retries} tries ({error})"
+        upload_with_retries(
+            lambda: client.upload_file(
+                str(path), bucket, key, ExtraArgs={"ContentType": content_type}, Config=transfer
+            ),
+            bucket,
+            key,
+            self.config.upload_retries,
         )
 
     def _presign(self, client, bucket: str, key: str) -> str:
-        return client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.config.presign_expiry_s
-        )
+        return presign(client, bucket, key, self.config.presign_expiry_s)
 
     def _to_volume(self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
         rel = self.key_for(job_id, name, options)

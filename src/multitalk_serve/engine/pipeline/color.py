@@ -17,11 +17,12 @@ RGB_FROM_XYZ = torch.linalg.inv(XYZ_FROM_RGB)
 D65 = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
 
 
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """``[..., 3]`` sRGB in [0, 1] -> Lab."""
-    rgb = rgb.double()
+def rgb_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``[..., 3]`` sRGB in [0, 1] -> Lab (computed in ``dtype``: float64 for the correction, float32 for the drift
+    check's statistics, where a thousandth of a Lab unit does not matter)."""
+    rgb = rgb.to(dtype)
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = linear @ XYZ_FROM_RGB.to(rgb.device).T / D65.to(rgb.device)
+    xyz = linear @ XYZ_FROM_RGB.to(rgb.device, dtype).T / D65.to(rgb.device, dtype)
     f = torch.where(xyz > 0.008856, torch.pow(xyz.clamp(min=0), 1 / 3), 7.787 * xyz + 16 / 116)
     x, y, z = f.unbind(-1)
     return torch.stack([116 * y - 16, 500 * (x - y), 200 * (y - z)], dim=-1)

@@ -54,9 +54,11 @@ from .conditioning import (
     mask_preview,
     person_masks,
 )
+from .drift import DriftMonitor
 from .inputs import LIBRARY_INPUT_NAMES, InputNames, check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
+from .segments import JobFolder, JobPlan, LoopState, Segment, assemble, fingerprint, peak_limited
 from .source import SOURCE_ENDS, ImageSource, VideoSource, sniff_media, video_limit
 from .variants import LoopVariant, adapter_for, check_model_name, loop_for
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
@@ -87,7 +89,7 @@ class GenerateOptions:
     negative_prompt: str | None = None  # None: the official English negative prompt
     audio_type: str = "add"  # two speakers: "add" (one after the other) or "para" (at the same time)
     color_correction: float = 1.0
-    max_duration_s: float = 120.0
+    max_duration_s: float = 600.0
     frames_per_clip: int = 81
     motion_frames: int | None = None  # None: the model's (MultiTalk 25, InfiniteTalk 9)
     crf: int = 19
@@ -199,6 +201,9 @@ class GenerationResult:
     notes: list[str] = field(default_factory=list)
     forwards: dict[str, int] = field(default_factory=dict)  # transformer forwards computed / reused (step cache)
     model: str = "multitalk"  # the audio adapter used (multitalk, infinitetalk-single, infinitetalk-multi)
+    segments: int = 0  # with a job folder: the segments the video was assembled from
+    resumed_from: int = 0  # windows found done by an earlier run of the same job (job folder)
+    drift: dict = field(default_factory=dict)  # DriftMonitor.summary(): the largest deviation per statistic
 
 
 STAGES = ("audio", "text_encoder", "image_encoders", "sampling", "vae_decode", "color_correction", "encode_mux")
@@ -230,6 +235,8 @@ class PreparedJob:
     region: torch.Tensor | None = None  # keep_background: [H, W] in [0, 1], 1 where the generated frame is kept
     step_cache: StepCache | None = None
     notes: list[str] = field(default_factory=list)
+    state: LoopState = field(default_factory=LoopState)  # where the window loop stands (resume)
+    drift: DriftMonitor = field(default_factory=DriftMonitor)  # the drift check over this job's windows
 
 
 @dataclass
@@ -698,16 +705,19 @@ class MultiTalkPipeline:
             region=region,
         )
 
-    def frames(self, job: PreparedJob, callback: Callable[[Progress], None] | None = None) -> Iterator[torch.Tensor]:
+    def frames(
+        self, job: PreparedJob, callback: Callable[[Progress], None] | None = None, resume: LoopState | None = None
+    ) -> Iterator[torch.Tensor]:
         """Denoise and decode clip after clip; yields each clip's new frames ``[3, n, H, W]`` in [-1, 1]
         (colour-corrected, composited over the source with ``keep_background``, cut so that all yielded frames add
-        up to ``job.total_frames``). Closes the job's source when done."""
+        up to ``job.total_frames``). Closes the job's source when done. ``job.state`` says where the loop stands
+        after each yield (save it to continue later); ``resume``: such a state, to continue from it."""
         try:
-            yield from self._frames(job, callback)
+            yield from self._frames(job, callback, resume)
         finally:
             job.source.close()
 
-    def _frames(self, job: PreparedJob, callback: Callable[[Progress], None] | None) -> Iterator[torch.Tensor]:
+    def _frames(self, job: PreparedJob, callback, resume: LoopState | None) -> Iterator[torch.Tensor]:
         opts, notify, timings, loop = job.options, callback or _ignore, job.timings, job.loop
         set_speed_lora(
             self.transformer, opts.speed_lora, loaded=self.speed_lora is not None, fused=self.speed_lora_fused
@@ -721,8 +731,17 @@ class MultiTalkPipeline:
         generator = torch.Generator(device=self.device).manual_seed(opts.seed)
         size = tuple(job.reference.shape[1:])
         motion = job.reference[:, None].to(self.device)  # the frames the next clip continues from [3, n, H, W]
-        written = 0
-        for clip in job.clips:
+        written, first = 0, 0
+        if resume is not None and resume.clip:  # continue a job an earlier run left after window resume.clip
+            first, written = resume.clip, resume.written
+            motion = resume.motion.to(self.device)
+            generator.set_state(resume.rng)
+            if job.step_cache is not None:
+                job.step_cache.computed, job.step_cache.skipped = resume.forwards
+            if resume.drift:
+                job.drift = DriftMonitor.from_state(resume.drift)
+        job.state = LoopState(first, written)
+        for clip in job.clips[first:]:
             features = mirror_pad(job.features, clip.end + 3) if clip.mirror_audio else job.features
             windows = window_features(features, clip.start, opts.frames_per_clip).to(self.device)
             if job.step_cache is not None:
@@ -748,10 +767,25 @@ class MultiTalkPipeline:
                 behind = job.source.clip(clip.start, decoded.shape[1], size)  # the source frames at the same times
                 decoded = composite(decoded, behind.to(decoded.device), job.region.to(decoded.device))
                 timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - t
+            if len(job.clips) > 1:  # drift: windows that continue from one another, as shown and carried on
+                t = time.perf_counter()
+                note = job.drift.observe(clip.index, decoded, reference)
+                timings["color_correction"] += time.perf_counter() - t
+                if note is not None:
+                    job.notes.append(note)
             new = decoded[:, clip.keep_from :][:, : job.total_frames - written]
             written += new.shape[1]
-            yield new
             motion = decoded[:, -opts.motion_frames :]
+            cache = job.step_cache
+            job.state = LoopState(
+                clip.index + 1,
+                written,
+                motion.detach().cpu().clone(),
+                generator.get_state(),
+                (cache.computed, cache.skipped) if cache is not None else (0, 0),
+                job.drift.state(),
+            )
+            yield new
 
     def warm_up(self, size: tuple[int, int] = (128, 128), frames: int = 5, steps: int = 1) -> float:
         """One tiny generation on synthetic inputs (every model runs once), so that the first real job does not pay
@@ -786,6 +820,10 @@ class MultiTalkPipeline:
         thumbnail: str | Path | None = None,
         mask_preview_path: str | Path | None = None,
         names: InputNames = LIBRARY_INPUT_NAMES,
+        job_dir: str | Path | None = None,
+        fingerprint: str | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
+        on_plan: Callable[[JobPlan], None] | None = None,
     ) -> GenerationResult:
         """Generate the talking video into ``output`` (MP4, H.264 + AAC, 25 fps).
 
@@ -799,6 +837,12 @@ class MultiTalkPipeline:
         ``callback`` receives a ``Progress`` after every stage and sampling step; raising ``GenerationCancelled`` in
         it stops the job between steps (the partial MP4 is removed). ``names``: how the caller names its inputs, so
         that an input found unusable here is named as the caller sent it (e.g. ``video_url``, ``cond_video``).
+
+        Long jobs (``segments.py``): with ``job_dir`` every finished window is written there as a playable segment
+        (given to ``on_segment`` at once) and the loop's state is saved after it; a later call with the same inputs
+        and ``job_dir`` (and the same ``fingerprint``: the caller's description of the request, if any) continues
+        after the last saved window and gives the same video. ``on_plan`` receives the job's ``JobPlan`` before any
+        sampling (raise in it to refuse the job).
         """
         started = time.perf_counter()
         for path, name in ((output, "output"), (thumbnail, "thumbnail"), (mask_preview_path, "mask_preview_path")):
@@ -808,34 +852,43 @@ class MultiTalkPipeline:
             image, audio, prompt, video=video, mask=mask, boxes=boxes, options=options, callback=callback, names=names
         )
         try:
-            return self._generate(job, started, output, callback, thumbnail, mask_preview_path)
+            folder = None
+            if job_dir is not None:
+                fallback = Path(output).with_name(Path(output).stem + "-segments")
+                folder = JobFolder(
+                    Path(job_dir), fallback, _fingerprint(job, fingerprint), len(job.clips), job.options.crf
+                )
+            return self._generate(
+                job, started, output, callback, thumbnail, mask_preview_path, folder, on_segment, on_plan
+            )
         finally:
             job.source.close()
 
-    def _generate(self, job, started, output, callback, thumbnail, mask_preview_path) -> GenerationResult:
+    def _generate(
+        self, job, started, output, callback, thumbnail, mask_preview_path, folder, on_segment, on_plan
+    ) -> GenerationResult:
         opts, timings, notify = job.options, job.timings, callback or _ignore
         preview = None
         if mask_preview_path is not None:
             preview = Path(mask_preview_path)
             mask_preview(job.reference, job.bucket_masks, job.speakers).save(preview)
         height, width = job.reference.shape[1:]
-        writer = Mp4Writer(output, width, height, crf=opts.crf)
-        written, first_frame = 0, None
-        try:
-            for chunk in self.frames(job, callback):
-                t = time.perf_counter()
-                pixels = frames_to_uint8(chunk)
-                writer.write(pixels)
-                first_frame = pixels[0] if first_frame is None else first_frame
-                written += len(pixels)
-                timings["encode_mux"] += time.perf_counter() - t
-            notify(Progress("muxing", len(job.clips), len(job.clips), opts.steps, opts.steps))
-            t = time.perf_counter()
-            writer.close(job.soundtrack, AUDIO_RATE)
-            timings["encode_mux"] += time.perf_counter() - t
-        except BaseException:
-            writer.abort()
-            raise
+        resume = folder.load() if folder is not None else None
+        if resume is not None:
+            opts.seed = folder.seed  # the seed the earlier run drew (or was given)
+            job.notes.append(f"resumed after window {resume.clip} of {len(job.clips)} (saved by an earlier run)")
+        if on_plan is not None:
+            on_plan(self._plan(job, resume.clip if resume else 0))
+        if folder is not None:
+            for segment in folder.segments:  # an earlier run's windows, announced again
+                if on_segment is not None:
+                    on_segment(segment)
+            result = self._write_segments(job, folder, resume, callback, on_segment, output)
+            written, first_frame = result
+        else:
+            written, first_frame = self._write_mp4(job, callback, output)
+        if folder is not None:
+            job.notes.extend(folder.notes)
         thumb = save_thumbnail(first_frame, thumbnail) if thumbnail is not None else None
         timings["total"] = time.perf_counter() - started
         cache = job.step_cache
@@ -859,6 +912,78 @@ class MultiTalkPipeline:
             notes=job.notes,
             forwards=forwards,
             model=job.adapter,
+            segments=len(folder.segments) if folder is not None else 0,
+            resumed_from=resume.clip if resume is not None else 0,
+            drift=job.drift.summary() if len(job.clips) > 1 else {},
+        )
+
+    def _write_mp4(self, job: PreparedJob, callback, output) -> tuple[int, np.ndarray | None]:
+        """The frames into one MP4 as they come; returns (frames written, the first frame)."""
+        opts, timings, notify = job.options, job.timings, callback or _ignore
+        height, width = job.reference.shape[1:]
+        writer = Mp4Writer(output, width, height, crf=opts.crf)
+        written, first_frame = 0, None
+        try:
+            for chunk in self.frames(job, callback):
+                t = time.perf_counter()
+                pixels = frames_to_uint8(chunk)
+                writer.write(pixels)
+                first_frame = pixels[0] if first_frame is None else first_frame
+                written += len(pixels)
+                timings["encode_mux"] += time.perf_counter() - t
+            notify(Progress("muxing", len(job.clips), len(job.clips), opts.steps, opts.steps))
+            t = time.perf_counter()
+            writer.close(job.soundtrack, AUDIO_RATE)
+            timings["encode_mux"] += time.perf_counter() - t
+        except BaseException:
+            writer.abort()
+            raise
+        return written, first_frame
+
+    def _write_segments(
+        self, job: PreparedJob, folder: JobFolder, resume, callback, on_segment, output
+    ) -> tuple[int, np.ndarray | None]:
+        """Each window as a segment in the job folder, the state saved after it; then the MP4 from the segments."""
+        opts, timings, notify = job.options, job.timings, callback or _ignore
+        sound = peak_limited(job.soundtrack, job.total_frames)
+        first_frame = None
+        window_start = time.perf_counter()
+        for chunk in self.frames(job, callback, resume):
+            t = time.perf_counter()
+            pixels = frames_to_uint8(chunk)
+            first_frame = pixels[0] if first_frame is None and not folder.segments else first_frame
+            state = job.state
+            segment = folder.add(pixels, state.written - len(pixels), sound, 0.0)
+            folder.save(state, opts.seed)
+            timings["encode_mux"] += time.perf_counter() - t
+            segment.seconds = round(time.perf_counter() - window_start, 4)
+            if on_segment is not None:
+                on_segment(segment)
+            window_start = time.perf_counter()
+        notify(Progress("muxing", len(job.clips), len(job.clips), opts.steps, opts.steps))
+        t = time.perf_counter()
+        written = assemble(folder.segments, Path(output), sound)
+        timings["encode_mux"] += time.perf_counter() - t
+        if first_frame is None:
+            first_frame = _first_frame(folder.segments[0].path)
+        return written, first_frame
+
+    def _plan(self, job: PreparedJob, resume_from: int) -> JobPlan:
+        opts = job.options
+        guidance = Guidance(opts.text_scale, opts.audio_scale, opts.use_apg, opts.apg_momentum, opts.apg_norm_threshold)
+        return JobPlan(
+            windows=len(job.clips),
+            frames=job.total_frames,
+            height=int(job.reference.shape[1]),
+            width=int(job.reference.shape[2]),
+            steps=opts.steps,
+            passes=len(guidance.passes()),
+            frames_per_clip=opts.frames_per_clip,
+            model=job.adapter,
+            speakers=job.speakers,
+            resume_from=resume_from,
+            speed_lora=bool(opts.speed_lora),
+            cache_threshold=opts.cache_threshold,
         )
 
     def _sample_clip(self, job, clip, cond, motion, windows, guidance, grid, generator, notify) -> torch.Tensor:
@@ -1008,6 +1133,20 @@ def _resolve_plan(
         return None
     total = torch.cuda.get_device_properties(device).total_memory
     return plan_memory(total, resolution, "gguf" if gguf else None, gguf_bytes)
+
+
+def _fingerprint(job: PreparedJob, caller: str | None) -> str:
+    return fingerprint(job, caller)
+
+
+def _first_frame(path: Path) -> np.ndarray:
+    """The first frame of a segment (the thumbnail of a resumed job), ``[H, W, 3]`` uint8."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            return frame.to_ndarray(format="rgb24")
+    raise EngineError(f"segment {path} has no frame")
 
 
 def _default_negative() -> str:

@@ -71,19 +71,29 @@ class Mp4Writer:
         n = round(self.frames / FPS * AUDIO_RATE)
         wave = np.zeros(n, np.float32)
         wave[: min(n, len(soundtrack))] = soundtrack[:n]
-        peak = float(np.abs(wave).max()) if n else 0.0
-        if peak > 0.99:  # loudness normalisation can push peaks past full scale: limit what we mux, not features
-            wave *= 0.99 / peak
-        chunk = self.audio.codec_context.frame_size or 1024
-        for start in range(0, n, chunk):
-            part = wave[start : start + chunk]
-            frame = self._av.AudioFrame.from_ndarray(part[None, :], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = AUDIO_RATE, start
-            frame.time_base = Fraction(1, AUDIO_RATE)
-            for packet in self.audio.encode(frame):
-                self.container.mux(packet)
-        for packet in self.audio.encode():
-            self.container.mux(packet)
+        write_audio(self.container, self.audio, limit_peak(wave), 0)
+
+
+def limit_peak(wave: np.ndarray) -> np.ndarray:
+    """Loudness normalisation can push peaks past full scale: limit what we mux (not the features)."""
+    peak = float(np.abs(wave).max()) if len(wave) else 0.0
+    return wave * (0.99 / peak) if peak > 0.99 else wave
+
+
+def write_audio(container, stream, wave: np.ndarray, first_sample: int = 0) -> None:
+    """Encode ``wave`` (48 kHz mono float) into ``stream`` of ``container``, its first sample at ``first_sample``."""
+    import av
+
+    chunk = stream.codec_context.frame_size or 1024
+    for start in range(0, len(wave), chunk):
+        part = np.ascontiguousarray(wave[start : start + chunk], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(part[None, :], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, first_sample + start
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 @dataclass
