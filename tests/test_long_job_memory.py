@@ -1,5 +1,6 @@
 """Memory stays flat across the windows of a long job (issue 14), measured with bench/bench_long_job.py's sampler on
-a 61-window tiny job (32 x 32, 4 new frames a window, 1 step: about 0.4 s a window on 2 cores).
+a 61-window tiny job (32 x 32, 4 new frames a window, 1 step: about 0.4 s a window on 2 cores), run as the
+worker runs it: a segment per window in a job folder, with the resume state saved after each.
 
 Two measures. The live tensors (counted through the garbage collector at the same point of windows 10 and 59: the
 next window's first event) must be the same in number and bytes: anything kept per window (a frame list, decoded
@@ -38,7 +39,9 @@ def test_memory_is_flat_over_61_windows(tiny_pipeline, tmp_path):
     out = tmp_path / "long.mp4"
     # window 59 ends where window 60 starts; window 60 ends where the last one starts, whose mirror-padded audio the
     # pipeline copies whole today (mirror_pad): one tensor more, freed after it (window_features(length=...) avoids it)
-    report = module.run_job(tiny_pipeline, WINDOWS, out, census_at=(10, WINDOWS - 2))
+    # the worker's path: every window a segment in the job folder and the loop's state saved (generate(job_dir=))
+    job_dir = tmp_path / "job" if module.takes_job_dir() else None
+    report = module.run_job(tiny_pipeline, WINDOWS, out, job_dir, census_at=(10, WINDOWS - 2))
     rows = {row["window"]: row for row in report["samples"]}
     assert sorted(rows) == list(range(1, WINDOWS + 1))  # one sample at the end of every window
     frames = 5 + (WINDOWS - 1) * 4
@@ -46,6 +49,8 @@ def test_memory_is_flat_over_61_windows(tiny_pipeline, tmp_path):
     info = probe(out)  # the video plays: every frame decodes, with its sound
     assert info.frames == frames and info.width == info.height == 32
     assert info.audio_seconds == pytest.approx(frames / 25, abs=0.03)
+    if job_dir is not None:
+        assert len(list(job_dir.glob("seg_*.ts"))) == WINDOWS
 
     early, late = rows[10], rows[WINDOWS - 2]
     assert late["live_tensors"] == early["live_tensors"], (early, late)
