@@ -218,7 +218,13 @@ class Wav2Vec2Features:
         finally:
             hook.remove()
             extractor.__dict__.pop("forward", None)
-        return torch.stack(out.hidden_states[1:], dim=2)[0].float().cpu()  # [frames, layers, channels]
+        # [frames, layers, channels], filled layer by layer on the host: no stacked copy on the device (553 MB for
+        # ten minutes of audio)
+        hidden = out.hidden_states[1:]
+        features = torch.empty(frames, len(hidden), hidden[0].shape[-1], dtype=torch.float32)
+        for i, state in enumerate(hidden):
+            features[:, i] = state[0]
+        return features
 
 
 WHOLE_TRACK_SECONDS = 60.0  # longer audio runs the wav2vec2 CNN in chunks (same features within float rounding)
