@@ -33,8 +33,8 @@ def main() -> None:
     from .fitness import check_gpu_headroom, check_model_folder, plan_models
     from .handler import Worker
 
-    config = WorkerConfig()
     try:
+        config = WorkerConfig()  # a bad MAX_DURATION_SECONDS (or any number setting) is E_CONFIG, not a traceback
         adapters, _ = plan_models(config)  # MULTITALK_ADAPTERS / MULTITALK_MODEL: E_CONFIG or E_MODEL naming them
         files = check_model_folder(config, adapters=adapters)
         logging.getLogger("multitalk_serve.worker").info("model folder complete: %d transformer files", len(files))

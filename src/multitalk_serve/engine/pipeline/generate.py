@@ -40,7 +40,6 @@ from .audio import (
     arrange_speakers,
     decode_audio,
     loudness_normalize,
-    mirror_pad,
     window_features,
 )
 from .color import match_colors
@@ -742,8 +741,8 @@ class MultiTalkPipeline:
                 job.drift = DriftMonitor.from_state(resume.drift)
         job.state = LoopState(first, written)
         for clip in job.clips[first:]:
-            features = mirror_pad(job.features, clip.end + 3) if clip.mirror_audio else job.features
-            windows = window_features(features, clip.start, opts.frames_per_clip).to(self.device)
+            mirrored = clip.end + 3 if clip.mirror_audio else None  # the last clip: audio continued by its mirror
+            windows = window_features(job.features, clip.start, opts.frames_per_clip, length=mirrored).to(self.device)
             if job.step_cache is not None:
                 job.step_cache.new_clip()
             # InfiniteTalk: the clip's reference is the source frame at its start; MultiTalk: the motion frames
