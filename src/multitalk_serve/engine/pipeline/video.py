@@ -84,7 +84,9 @@ def write_audio(container, stream, wave: np.ndarray, first_sample: int = 0) -> N
     """Encode ``wave`` (48 kHz mono float) into ``stream`` of ``container``, its first sample at ``first_sample``."""
     import av
 
-    chunk = stream.codec_context.frame_size or 1024
+    # one second a frame: PyAV cuts it to the encoder's frame size; the packets are the same as with 1024-sample
+    # frames, made in about half the time (120 s of sound: 9.2 s vs 16.2 s on the loaded 2-core sandbox)
+    chunk = AUDIO_RATE
     for start in range(0, len(wave), chunk):
         part = np.ascontiguousarray(wave[start : start + chunk], dtype=np.float32)
         frame = av.AudioFrame.from_ndarray(part[None, :], format="fltp", layout="mono")
