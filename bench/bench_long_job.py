@@ -111,10 +111,15 @@ def tensor_census() -> dict:
     with warnings.catch_warnings():  # isinstance on every object wakes deprecated module attributes
         warnings.simplefilter("ignore")
         for obj in gc.get_objects():
-            if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
-                count += 1
+            if not isinstance(obj, torch.Tensor) or obj.device.type == "meta":
+                continue
+            try:  # fake / functional tensors left by torch.compile elsewhere in the process have no storage
                 storage = obj.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
+                key = storage.data_ptr()
+            except (RuntimeError, NotImplementedError):
+                continue
+            count += 1
+            storages[key] = storage.nbytes()
     return {"live_tensors": count, "live_tensor_mb": round(sum(storages.values()) / 2**20, 3)}
 
 

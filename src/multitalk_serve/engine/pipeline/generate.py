@@ -774,12 +774,15 @@ class MultiTalkPipeline:
                     job.notes.append(note)
             new = decoded[:, clip.keep_from :][:, : job.total_frames - written]
             written += new.shape[1]
-            motion = decoded[:, -opts.motion_frames :]
+            # the next window continues from these frames, as a compact copy: the same tensor a resumed run loads
+            # (a strided view could take other numerical paths in the encoders than the copy does)
+            saved = decoded[:, -opts.motion_frames :].detach().cpu().clone()
+            motion = saved.to(self.device)
             cache = job.step_cache
             job.state = LoopState(
                 clip.index + 1,
                 written,
-                motion.detach().cpu().clone(),
+                saved,
                 generator.get_state(),
                 (cache.computed, cache.skipped) if cache is not None else (0, 0),
                 job.drift.state(),
