@@ -57,7 +57,8 @@ from .drift import DriftMonitor
 from .inputs import LIBRARY_INPUT_NAMES, InputNames, check_output_path, plural
 from .media import IMAGE_FORMATS
 from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
-from .segments import JobFolder, JobPlan, LoopState, Segment, assemble, fingerprint, peak_limited
+from .segments import JobFolder, JobPlan, LoopState, Segment, assemble, peak_limited
+from .segments import fingerprint as fingerprint_of
 from .source import SOURCE_ENDS, ImageSource, VideoSource, sniff_media, video_limit
 from .variants import LoopVariant, adapter_for, check_model_name, loop_for
 from .video import AUDIO_RATE, FPS, Mp4Writer, frames_to_uint8, save_thumbnail
@@ -858,7 +859,7 @@ class MultiTalkPipeline:
             if job_dir is not None:
                 fallback = Path(output).with_name(Path(output).stem + "-segments")
                 folder = JobFolder(
-                    Path(job_dir), fallback, _fingerprint(job, fingerprint), len(job.clips), job.options.crf
+                    Path(job_dir), fallback, fingerprint_of(job, fingerprint), len(job.clips), job.options.crf
                 )
             return self._generate(
                 job, started, output, callback, thumbnail, mask_preview_path, folder, on_segment, on_plan
@@ -885,8 +886,7 @@ class MultiTalkPipeline:
             for segment in folder.segments:  # an earlier run's windows, announced again
                 if on_segment is not None:
                     on_segment(segment)
-            result = self._write_segments(job, folder, resume, callback, on_segment, output)
-            written, first_frame = result
+            written, first_frame = self._write_segments(job, folder, resume, callback, on_segment, output)
         else:
             written, first_frame = self._write_mp4(job, callback, output)
         if folder is not None:
@@ -1135,10 +1135,6 @@ def _resolve_plan(
         return None
     total = torch.cuda.get_device_properties(device).total_memory
     return plan_memory(total, resolution, "gguf" if gguf else None, gguf_bytes)
-
-
-def _fingerprint(job: PreparedJob, caller: str | None) -> str:
-    return fingerprint(job, caller)
 
 
 def _first_frame(path: Path) -> np.ndarray:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -99,7 +99,7 @@ def fingerprint(job, caller: str | None = None) -> str:
     """What a saved state must match to be continued: the caller's description of the request (``caller``, e.g.
     a hash of the request and its media), the job's options except the seed (the state holds the seed it used), its
     shape and a sample of its encoded inputs. A state of another request is never continued."""
-    options = {k: v for k, v in _plain(job.options).items() if k != "seed"}
+    options = {k: v for k, v in asdict(job.options).items() if k != "seed"}
     digest = hashlib.sha256()
     digest.update((caller or "").encode())
     digest.update(json.dumps(options, sort_keys=True, default=str).encode())
@@ -107,12 +107,6 @@ def fingerprint(job, caller: str | None = None) -> str:
     for tensor in (job.features.flatten()[::997], job.reference.flatten()[::97], job.context.flatten()[::97]):
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _plain(options) -> dict:
-    from dataclasses import asdict
-
-    return asdict(options)
 
 
 def write_segment(
