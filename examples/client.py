@@ -9,6 +9,8 @@ As a command:
         --keep-background --out dubbed.mp4                                         # dub a video (InfiniteTalk)
     python examples/client.py --endpoint ... --image face.png --audio talk.wav --out talk.mp4 \\
         --segments live/ --job-key talk-42      # segments as they come: ffplay live/index.m3u8 plays while it is made
+    python examples/client.py --endpoint ... --image face.png --audio talk.wav --preset realtime --segments live/ \\
+        --out talk.mp4                          # FlashTalk (a worker with MULTITALK_ADAPTERS=flashtalk): one speaker
 
 As a library:
 
@@ -379,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--video", help="instead of --image: a video to dub (InfiniteTalk); a file, URL or path")
     parser.add_argument("--audio", required=True, action="append", help="one per speaker (twice for two)")
     parser.add_argument("--prompt", default="A person is talking.")
-    parser.add_argument("--model", choices=("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi"),
-                        help="default: the worker's (MULTITALK_MODEL; with --video: infinitetalk)")  # fmt: skip
+    parser.add_argument("--model", choices=("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi",
+                                            "flashtalk"),
+                        help="default: the worker's (MULTITALK_MODEL; with --video: infinitetalk; with --preset "
+                             "realtime: flashtalk, on a FlashTalk worker)")  # fmt: skip
     parser.add_argument("--keep-background", action="store_true",
                         help="regenerate only the speaker regions; the rest stays the source's")  # fmt: skip
     parser.add_argument("--mask-image", help="white = the region regenerated (implies --keep-background)")
@@ -388,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feather", type=float, help="--keep-background's edge width in pixels")
     parser.add_argument("--audio-type", choices=("add", "para"), default="add")
     parser.add_argument("--resolution", choices=("480p", "720p"), default="480p")
-    parser.add_argument("--preset", choices=("quality", "balanced", "fast"), help="default: the worker's")
+    parser.add_argument("--preset", choices=("quality", "balanced", "fast", "realtime"),
+                        help="default: the worker's (realtime: FlashTalk, one speaker, an image)")  # fmt: skip
     parser.add_argument("--steps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--width", type=int)
@@ -449,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {path}: {video['duration_s']:.2f} s, {video['frames']} frames, {video['width']}x{video['height']}, "
           f"{video['bytes'] / 1e6:.2f} MB, seed {output['seed']}, model {model}, "
           f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    if output.get("first_segment_s") is not None:
+        print(f"first segment after {output['first_segment_s']:.1f} s")
     for warning in output.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -328,7 +328,40 @@ class VideoKeptError(Exception):
     """Writing the video where it was asked for failed at the end; it was kept elsewhere (named in the message)."""
 
 
-MODEL_NAMES = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES
+MODEL_NAMES = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi", "flashtalk")  # MODEL_CHOICES
+FLASHTALK, REALTIME = "flashtalk", "realtime"  # the distilled one-speaker model and the one preset it runs
+
+
+def _flashtalk_problems(args: argparse.Namespace, speakers: int, video: object) -> list[str]:
+    """What a FlashTalk run (``--model-name flashtalk`` / ``--preset realtime``) is asked for that it cannot do, each
+    naming the option; empty when it can run."""
+    problems = []
+    if args.preset not in (None, REALTIME):
+        problems.append(
+            f"--preset {args.preset} is for MultiTalk and InfiniteTalk; FlashTalk runs its distilled sampler (4 steps, "
+            "no guidance): use --preset realtime, or leave --preset out"
+        )
+    if video is not None:
+        problems.append("--video: FlashTalk animates an image; a video needs --model-name infinitetalk")
+    if speakers > 1:
+        problems.append(
+            f"--audio: FlashTalk animates one speaker and this job has {speakers} audio tracks; two speakers need "
+            "--model-name multitalk or infinitetalk"
+        )
+    if args.resolution == "720p":
+        problems.append("--resolution: FlashTalk makes about 768x448 (the 480p class); 720p is not available")
+    for option, value in (("--text-scale", args.text_scale), ("--audio-scale", args.audio_scale)):
+        if value is not None and value != 1.0:
+            problems.append(
+                f"{option}: FlashTalk runs without guidance (one forward per step), so it takes only 1, got {value:g}"
+            )
+    if args.apg:
+        problems.append("--apg: FlashTalk runs without guidance, so APG does not apply: drop it")
+    if args.cache_threshold:
+        problems.append("--cache-threshold: step caching is not available with FlashTalk (4 distilled steps)")
+    if args.speed_lora is not None:
+        problems.append("--speed-lora: FlashTalk is step-distilled already; it takes no speed LoRA")
+    return problems
 
 
 def _model_options(model: str, speakers: int, source_end: str, keep_background: bool, feather: float | None) -> dict:
@@ -372,7 +405,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"{args.model.strip().lower()}"
             )
         raise InputError(f"--model: no such folder: {args.model}")
-    model = args.model_name or json_model or ("infinitetalk" if source_video is not None else "multitalk")
+    if args.preset == REALTIME and args.model_name not in (None, FLASHTALK):
+        raise InputError(f"--preset realtime runs --model-name flashtalk, not {args.model_name}: drop one")
+    model = args.model_name or (FLASHTALK if args.preset == REALTIME else None) or json_model
+    model = model or ("infinitetalk" if source_video is not None else "multitalk")
+    if model == FLASHTALK:
+        problems = _flashtalk_problems(args, len(audio), source_video)
+        if problems:
+            raise InputError("; ".join(problems))
+        if args.negative_prompt is not None:
+            print("note: FlashTalk runs without guidance, so --negative-prompt is not used", file=sys.stderr)
+    preset = args.preset or (REALTIME if model == FLASHTALK else DEFAULT_PRESET)
     if source_video is not None and model == "multitalk":
         raise InputError(
             f"{names.image if args.input_json else '--video'}: MultiTalk animates an image; a video needs "
@@ -396,7 +439,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "cache_threshold": args.cache_threshold,
     }
     options = GenerateOptions.from_preset(
-        args.preset,
+        preset,
         **{k: v for k, v in chosen.items() if v is not None},
         resolution=args.resolution,
         mode=args.mode,
@@ -432,7 +475,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise AudioError(f"{exc} (--duration SECONDS cuts the audio; --max-duration raises the limit)") from None
     # one run, one preset: the LoRA is loaded only when the preset uses it, and then merged (no per-step cost)
     speed_lora = find_speed_lora(args.model, args.speed_lora) if options.speed_lora else None
-    speed = plan_speed_setup(args.preset, speed_lora, args.speed_lora_scale, bool(options.speed_lora), CLI_NAMES)
+    speed = plan_speed_setup(preset, speed_lora, args.speed_lora_scale, bool(options.speed_lora), CLI_NAMES)
     height, width = checked.size
     print(
         f"inputs checked in {time.perf_counter() - start:.2f} s: {checked.speakers} speaker(s), "
@@ -498,7 +541,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "width": result.width,
         "seed": result.seed,
         "clips": result.clips,
-        "preset": args.preset,
+        "preset": preset,
         "model": getattr(result, "model", None) or options.model,
         "source": "image" if source_video is None else "video",
         "options": {k: result.options[k] for k in ("steps", "text_scale", "audio_scale", "shift", "cache_threshold")},
@@ -633,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-name",
         choices=MODEL_NAMES,
         help="multitalk (default with --image), infinitetalk (default with --video or an InfiniteTalk JSON: single "
-        "for one speaker, multi for two), infinitetalk-single, infinitetalk-multi",
+        "for one speaker, multi for two), infinitetalk-single, infinitetalk-multi, flashtalk (SoulX-FlashTalk: one "
+        "speaker, an image, --preset realtime; default with --preset realtime)",
     )
     p.add_argument(
         "--source-end",
@@ -670,8 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default=DEFAULT_PRESET,
-        help="quality: 40 steps, 3-pass; balanced: + step caching; fast: speed LoRA (--speed-lora), 4 steps, 2-pass",
+        help=f"quality: 40 steps, 3-pass; balanced: + step caching; fast: speed LoRA (--speed-lora), 4 steps, "
+        f"2-pass; realtime: FlashTalk, 4 steps, 1 pass (default: {DEFAULT_PRESET}; realtime with --model-name "
+        "flashtalk)",
     )
     p.add_argument("--steps", type=_parse_steps, help="default: the preset's (quality 40, fast 4)")
     p.add_argument("--shift", type=float, help="default: the preset's (7 at 480p, 11 at 720p; fast 2)")

@@ -145,7 +145,8 @@ class WorkerConfig:
     dtype: str | None = field(default_factory=lambda: _env("MULTITALK_DTYPE"))
     s3: S3Settings | None = field(default_factory=S3Settings.from_env)
     # speed and memory (engine/presets.py, memory.py, backends.py, lora.py)
-    preset: str = field(default_factory=lambda: _env("MULTITALK_PRESET", "quality") or "quality")
+    # None: the default model's (quality; FlashTalk: realtime, the one preset it runs)
+    preset: str | None = field(default_factory=lambda: (_env("MULTITALK_PRESET") or "").strip().lower() or None)
     memory_plan: str | None = field(default_factory=lambda: _env("MULTITALK_MEMORY_PLAN", "auto"))
     attention: str = field(default_factory=lambda: _env("MULTITALK_ATTENTION", "auto") or "auto")
     speed_lora: str | None = field(default_factory=lambda: _env("MULTITALK_SPEED_LORA"))
@@ -161,8 +162,8 @@ class WorkerConfig:
     job_state_ttl_s: float = field(default_factory=lambda: _float("JOB_STATE_TTL_HOURS", 24.0) * 3600)
     job_lock_wait_s: float = field(default_factory=lambda: _float("JOB_LOCK_WAIT_SECONDS", 90.0))
     stream: bool = field(default_factory=lambda: _flag("MULTITALK_STREAM"))
-    # the window (clip) length and its motion frames: the models were trained on 81; smaller only for tests
-    window_frames: int = field(default_factory=lambda: int(_float("MULTITALK_WINDOW_FRAMES", 81)))
+    # the window (clip) length and its motion frames (None: the model's, 81 / FlashTalk 33); smaller only for tests
+    window_frames: int | None = field(default_factory=lambda: int(_float("MULTITALK_WINDOW_FRAMES", 0)) or None)
     motion_frames: int | None = field(default_factory=lambda: int(_float("MULTITALK_MOTION_FRAMES", 0)) or None)
     # the original worker's `action: generate` requests that send no image (legacy.py)
     original_worker_image: str | None = field(default_factory=lambda: _env("ORIGINAL_WORKER_IMAGE"))

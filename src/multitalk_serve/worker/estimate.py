@@ -542,7 +542,10 @@ def check_fits(
         advice.append("send shorter audio")
     key = estimate.key
     if key.forwards > 8:
-        advice.append("use a faster preset (balanced, or fast with a speed LoRA) or fewer sampling_steps")
+        advice.append(
+            "use a faster preset (balanced, fast with a speed LoRA; one speaker from an image: realtime on a "
+            "FlashTalk worker) or fewer sampling_steps"
+        )
     if key.height * key.width > 480 * 832:
         advice.append("use 480p")
     done = estimate.windows - estimate.windows_left
@@ -569,8 +572,9 @@ def gpu_seconds(started: float, now: float | None = None) -> float:
 class JobTimer:
     """What the handler needs for one job: ``on_plan`` (the engine's callback, before sampling) estimates the job
     and raises ``E_TOO_LONG`` when it cannot finish in time; ``on_segment`` collects this run's window times;
-    ``record`` adds them to the history (once; also for a job that failed after some windows); ``result`` records
-    and gives the result's ``gpu_seconds`` and ``estimate``.
+    ``on_delivered`` notes when the first segment reached the client (time to first segment); ``record`` adds the
+    window times to the history (once; also for a job that failed after some windows); ``result`` records and gives
+    the result's ``gpu_seconds``, ``first_segment_s`` and ``estimate``.
 
     ``started`` is the job's start on ``clock`` (``time.perf_counter``), ``cold`` whether it is the worker's first
     job (its first window's extra is not learnt)."""
@@ -594,6 +598,7 @@ class JobTimer:
         self.key: TimingKey | None = None
         self.estimate: Estimate | None = None
         self.windows: list[float] = []
+        self.first_segment_s: float | None = None  # job start to the first segment delivered
         self._recorded = False
 
     def on_plan(self, plan: Any) -> None:
@@ -608,6 +613,11 @@ class JobTimer:
         if not getattr(segment, "resumed", False):
             self.windows.append(float(segment.seconds))
 
+    def on_delivered(self) -> None:
+        """A segment was delivered (streamed, or announced again on a resumed run): the first one's time counts."""
+        if self.first_segment_s is None:
+            self.first_segment_s = round(max(0.0, self.clock() - self.started), 3)
+
     def record(self) -> None:
         if self._recorded or self.key is None:
             return
@@ -615,9 +625,11 @@ class JobTimer:
         self.history.record(self.key, self.windows, first_is_cold=self.cold)
 
     def result(self) -> dict[str, Any]:
-        """``gpu_seconds`` and, when there was one, ``estimate`` for ``JobOutput``."""
+        """``gpu_seconds`` and, when there were any, ``first_segment_s`` and ``estimate`` for ``JobOutput``."""
         self.record()
         out: dict[str, Any] = {"gpu_seconds": gpu_seconds(self.started, self.clock())}
+        if self.first_segment_s is not None:
+            out["first_segment_s"] = self.first_segment_s
         if self.estimate is not None:
             out["estimate"] = self.estimate.as_dict()
         return out

@@ -17,7 +17,9 @@ import torch
 
 from ..engine import (
     AUDIO_ADAPTERS,
+    DEFAULT_PRESET,
     MODEL_CHOICES,
+    PRESETS,
     T5_BYTES,
     CheckpointError,
     ConfigError,
@@ -42,15 +44,31 @@ def check_model_folder(config: WorkerConfig, adapters: Sequence[str] | None = No
     return result.inventory.files
 
 
-MODELS = MODEL_CHOICES  # what a request may name: multitalk, infinitetalk, infinitetalk-single, infinitetalk-multi
+MODELS = MODEL_CHOICES  # what a request may name: multitalk, infinitetalk(-single, -multi), flashtalk
 INFINITETALK = ("infinitetalk-single", "infinitetalk-multi")
+# SoulX-FlashTalk: a whole transformer of its own (InfiniteTalk's, distilled), not audio layers on the shared base, so
+# a process that holds it holds nothing else. Its folder under MODEL_PATH (the engine's loader reads it there).
+FLASHTALK, REALTIME = "flashtalk", "realtime"  # the model and the one preset it runs
+FLASHTALK_DIR = "SoulX-FlashTalk-14B"
 
 
 def adapters_found(config: WorkerConfig) -> dict[str, str]:
-    """The audio adapters the model folder holds: name -> file (``multitalk``, ``infinitetalk-single``, ...)."""
+    """The audio adapters the model folder holds: name -> file (``multitalk``, ``infinitetalk-single``, ...), and
+    ``flashtalk`` -> its folder when ``MODEL_PATH/SoulX-FlashTalk-14B`` has a transformer config."""
     located, _ = find_components(config.model_path, transformer=config.transformer)
-    keys = {name: name.replace("-", "_") for name in AUDIO_ADAPTERS}  # ModelPaths' field names
-    return {name: str(located[key]) for name, key in keys.items() if located.get(key) is not None}
+    keys = {name: name.replace("-", "_") for name in AUDIO_ADAPTERS if name != FLASHTALK}  # ModelPaths' field names
+    found = {name: str(located[key]) for name, key in keys.items() if located.get(key) is not None}
+    flashtalk = config.model_path / FLASHTALK_DIR
+    if (flashtalk / "config.json").is_file():
+        found[FLASHTALK] = str(flashtalk)
+    return found
+
+
+def _expected(name: str, root) -> str:
+    """Where the weights of ``name`` are expected under a model root, for messages."""
+    if name == FLASHTALK:
+        return f"{root}/{FLASHTALK_DIR}/ (config.json and the transformer's safetensors)"
+    return str(AUDIO_ADAPTERS[name].local_path(root))
 
 
 def serves(model: str, held: list[str] | tuple[str, ...]) -> bool:
@@ -61,33 +79,43 @@ def serves(model: str, held: list[str] | tuple[str, ...]) -> bool:
 def plan_models(config: WorkerConfig) -> tuple[list[str] | None, str]:
     """The adapters this worker holds (``MULTITALK_ADAPTERS``, else every one the model folder has; None: the folder
     has none, the loader's own check reports it) and the model a request gets by default (``MULTITALK_MODEL``, else
-    ``multitalk`` when held, else ``infinitetalk``). ``ConfigError`` for a name that is not a model or a default the
-    worker cannot serve; ``CheckpointError`` naming each adapter asked for whose file is missing."""
+    ``multitalk`` when held, else ``infinitetalk``; FlashTalk's worker: ``flashtalk``). FlashTalk is held alone
+    (``MULTITALK_ADAPTERS=flashtalk``, or ``MULTITALK_MODEL=flashtalk`` without a list, or a folder with nothing
+    else). ``ConfigError`` for a name that is not a model, FlashTalk with another adapter, or a default the worker
+    cannot serve; ``CheckpointError`` naming each adapter asked for whose file is missing."""
     found = adapters_found(config)
-    if config.adapters is not None:
-        unknown = [n for n in config.adapters if n not in AUDIO_ADAPTERS]
+    adapters = config.adapters
+    if adapters is None and config.model == FLASHTALK:
+        adapters = (FLASHTALK,)  # FlashTalk is never held beside others: asking for it by default is asking for it
+    if adapters is not None:
+        choices = [*(n for n in AUDIO_ADAPTERS if n != FLASHTALK), FLASHTALK]
+        unknown = [n for n in adapters if n not in choices]
         if unknown:
             raise ConfigError(
-                f"MULTITALK_ADAPTERS: {', '.join(unknown)} is not an audio adapter; choose from "
-                f"{', '.join(AUDIO_ADAPTERS)}"
+                f"MULTITALK_ADAPTERS: {', '.join(unknown)} is not an audio adapter; choose from {', '.join(choices)}"
             )
-        missing = [n for n in config.adapters if n not in found]
+        held: list[str] | None = list(dict.fromkeys(adapters))
+        if FLASHTALK in held and len(held) > 1:
+            others = ", ".join(n for n in held if n != FLASHTALK)
+            raise ConfigError(
+                f"MULTITALK_ADAPTERS: flashtalk is a transformer of its own (one per process) and cannot be held with "
+                f"{others}: run it on a worker of its own (MULTITALK_ADAPTERS=flashtalk)"
+            )
+        missing = [n for n in held if n not in found]
         if missing:
             raise CheckpointError(
                 "MULTITALK_ADAPTERS names "
                 + "; ".join(
-                    f"{n}, whose weights are not in {config.model_path} (expected "
-                    f"{AUDIO_ADAPTERS[n].local_path(config.model_path)})"
+                    f"{n}, whose weights are not in {config.model_path} (expected {_expected(n, config.model_path)})"
                     for n in missing
                 )
                 + ": download them (docs/provisioning.md) or leave them out of MULTITALK_ADAPTERS"
             )
-        held: list[str] | None = list(dict.fromkeys(config.adapters))
-    else:
-        held = list(found) or None
+    else:  # FlashTalk only when asked for, or when the folder has nothing else
+        held = [n for n in found if n != FLASHTALK] or [n for n in found if n == FLASHTALK] or None
     names = held or ["multitalk"]
     if config.model is None:
-        default = "multitalk" if "multitalk" in names else "infinitetalk"
+        default = "multitalk" if "multitalk" in names else FLASHTALK if names == [FLASHTALK] else "infinitetalk"
     else:
         if config.model not in MODELS:
             raise ConfigError(f"MULTITALK_MODEL: {config.model!r} is not a model; choose from {', '.join(MODELS)}")
@@ -98,6 +126,30 @@ def plan_models(config: WorkerConfig) -> tuple[list[str] | None, str]:
             )
         default = config.model
     return held, default
+
+
+def default_preset_for(model: str, preset: str | None = None) -> str:
+    """The preset of a job that names none on a worker whose default model is ``model``: ``MULTITALK_PRESET``
+    (``preset``), else ``realtime`` for FlashTalk and ``quality`` for the others. ``ConfigError`` when the preset
+    does not fit the model (realtime runs only FlashTalk, FlashTalk runs only realtime); an unknown name is left to
+    the speed policy's check (``plan_speed_setup``)."""
+    if preset is None:
+        return REALTIME if model == FLASHTALK else DEFAULT_PRESET
+    if preset not in PRESETS:
+        return preset
+    runs = PRESETS[preset].model  # None: any model but FlashTalk
+    if model == FLASHTALK and runs != FLASHTALK:
+        raise ConfigError(
+            f"MULTITALK_PRESET={preset} does not fit this worker's model flashtalk, which runs only its distilled "
+            f"sampler: set MULTITALK_PRESET={REALTIME} or leave it unset"
+        )
+    if runs is not None and runs != model:
+        others = ", ".join(n for n, p in PRESETS.items() if p.model is None)
+        raise ConfigError(
+            f"MULTITALK_PRESET={preset} runs model {runs}, but this worker's model is {model}: {runs} needs a worker "
+            f"of its own (MULTITALK_ADAPTERS={runs}); here choose {others}"
+        )
+    return preset
 
 
 def check_gpu_headroom(device: torch.device, resolution: str | None = None, plan: MemoryPlan | None = None) -> None:

@@ -49,13 +49,13 @@ from .config import S3Settings, WorkerConfig
 from .delivery import SegmentPublisher, SegmentsSummary
 from .errors import WorkerError, classify
 from .estimate import JobTimer, TimingHistory, check_env, execution_timeout_with_source
-from .fitness import INFINITETALK, plan_models
+from .fitness import FLASHTALK, INFINITETALK, default_preset_for, plan_models
 from .jobstate import LOCK, JobFolders, JobLock
 from .legacy import LegacyRequest, old_probe_facts
 from .logs import install as install_log_scrubbing
 from .media import MediaFetcher
 from .response import JobOutput, JobParams, VideoInfo, WorkerInfo
-from .schema import JobInput, describe_errors
+from .schema import REALTIME, JobInput, describe_errors
 from .storage import Storage
 
 log = logging.getLogger("multitalk_serve.worker")
@@ -75,6 +75,11 @@ def _device_and_dtype(config: WorkerConfig) -> tuple[str, torch.dtype]:
 def _adapter_of(pipeline: MultiTalkPipeline) -> str:
     """The adapter a pipeline without an adapter list holds (its transformer's, else MultiTalk)."""
     return getattr(getattr(pipeline, "transformer", None), "audio_adapter", None) or "multitalk"
+
+
+def _window(config: WorkerConfig) -> dict:
+    """``frames_per_clip`` when ``MULTITALK_WINDOW_FRAMES`` sets it; unset, the model's (81, FlashTalk 33)."""
+    return {"frames_per_clip": config.window_frames} if config.window_frames is not None else {}
 
 
 def _request_fingerprint(request: JobInput, media: list[bytes | None]) -> str:
@@ -212,8 +217,10 @@ class Worker:
         self.config = config
         # the adapters the pipeline holds, and the model a request gets when it names none
         self.held = list(getattr(pipeline, "adapters", None) or [_adapter_of(pipeline)])
-        fallback = "multitalk" if "multitalk" in self.held else "infinitetalk"
+        fallback = "multitalk" if "multitalk" in self.held else FLASHTALK if FLASHTALK in self.held else "infinitetalk"
         self.default_model = default_model or config.model or fallback
+        # the preset of a job that names none: MULTITALK_PRESET, else the default model's (FlashTalk: realtime)
+        self.default_preset = config.preset or default_preset_for(self.default_model)
         self.load_seconds = load_seconds
         self.jobs_done = 0
         self.gpu = torch.cuda.get_device_name(pipeline.device) if pipeline.device.type == "cuda" else "cpu"
@@ -229,7 +236,10 @@ class Worker:
     def from_config(cls, config: WorkerConfig | None = None) -> Worker:
         config = config or WorkerConfig()
         check_env()  # a bad GPU_PRICE_PER_HOUR / EXECUTION_TIMEOUT_SECONDS fails the start, not a job
-        window = GenerateOptions(frames_per_clip=config.window_frames, motion_frames=config.motion_frames)
+        # MULTITALK_ADAPTERS / MULTITALK_MODEL, files present; MULTITALK_PRESET fits the model (realtime: FlashTalk)
+        adapters, default_model = plan_models(config)
+        default_preset = default_preset_for(default_model, config.preset)
+        window = GenerateOptions(model=default_model, motion_frames=config.motion_frames, **_window(config))
         try:
             window.validate()  # MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: wrong values fail the start
         except EngineError as exc:
@@ -237,11 +247,10 @@ class Worker:
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
         speed = plan_speed_setup(
-            config.preset, config.speed_lora_path(), config.speed_lora_scale, config.fuse_speed_lora, WORKER_NAMES
+            default_preset, config.speed_lora_path(), config.speed_lora_scale, config.fuse_speed_lora, WORKER_NAMES
         )
         if config.memory_plan not in (None, "auto"):
             parse_plan(config.memory_plan, gguf_bytes=0)  # a wrong MULTITALK_MEMORY_PLAN fails the start, not a job
-        adapters, default_model = plan_models(config)  # MULTITALK_ADAPTERS / MULTITALK_MODEL, files present
         pipeline = MultiTalkPipeline.from_pretrained(
             config.model_path,
             transformer=config.transformer,
@@ -443,6 +452,7 @@ class Worker:
             def on_segment(segment) -> None:
                 timer.on_segment(segment)  # the window's time, for later estimates
                 reporter.segment_ready(publisher.publish(segment))
+                timer.on_delivered()  # the first one: the job's time to first segment
                 if lock is not None:
                     self.folders.save_published(job_dir, publisher.published_events())
 
@@ -540,12 +550,14 @@ class Worker:
         )
         return output
 
-    def _preset(self, request: JobInput, warnings: list[str]) -> tuple[str, dict]:
-        """The preset this job starts from, and its values (the engine's preset policy)."""
+    def _preset(self, request: JobInput, model: str, warnings: list[str]) -> tuple[str, dict]:
+        """The preset this job starts from, and its values (the engine's preset policy): the request's, else
+        realtime for FlashTalk (the only one it runs), else the worker's default."""
+        default = REALTIME if model == FLASHTALK else self.default_preset
         try:
             return choose_preset(
                 request.preset,
-                self.config.preset,
+                default,
                 lora_loaded=self.pipeline.speed_lora is not None,
                 lora_fused=self.pipeline.speed_lora_fused,
                 turbo=bool(request.turbo),
@@ -556,7 +568,18 @@ class Worker:
 
     def _options(self, request: JobInput, warnings: list[str]) -> tuple[GenerateOptions, str]:
         given = request.model_fields_set
-        preset, values = self._preset(request, warnings)
+        model = self._model(request)  # a model this worker does not hold is refused first
+        if model == FLASHTALK:  # the worker's default (a request naming flashtalk was checked by the schema)
+            problems = request.flashtalk_problems()
+            if problems:
+                raise WorkerError(
+                    "E_INPUT", "; ".join(problems) + f" (this worker runs FlashTalk: it holds {', '.join(self.held)})"
+                )
+            if request.negative_prompt is not None:
+                warnings.append("negative_prompt: FlashTalk runs without guidance, so no negative prompt is used")
+        preset, values = self._preset(request, model, warnings)
+        if (model == FLASHTALK) != (preset == REALTIME):
+            raise WorkerError("E_INPUT", f"preset: {preset} does not run model {model}; realtime runs flashtalk only")
 
         def chosen(field: str, *aliases: str, key: str):
             explicit = any(n in given for n in (field, *aliases))
@@ -571,7 +594,6 @@ class Worker:
         if request.duration is not None:
             frames = max(1, round(request.duration * FPS))
         self._check_length_and_speakers(request, frames, warnings)
-        model = self._model(request)
         seed = None if request.seed in (None, -1) else request.seed
         options = GenerateOptions(
             resolution=request.resolution,
@@ -595,8 +617,8 @@ class Worker:
             source_end=request.source_end,
             keep_background=request.keep_background,
             feather=request.feather,
-            frames_per_clip=self.config.window_frames,
             motion_frames=self.config.motion_frames,
+            **_window(self.config),
         )
         return options, preset
 
@@ -606,9 +628,11 @@ class Worker:
         models this worker holds when it does not hold the one needed; checked before anything is fetched."""
         held = self.held
         asked, how = request.model, "model"
+        if asked is None and request.preset == REALTIME:
+            asked, how = FLASHTALK, "model (not given; preset realtime runs flashtalk)"
         if asked is None:
             asked, how = self.default_model, "model (not given; the worker's default, MULTITALK_MODEL)"
-            if asked == "multitalk" and request.video_field is not None:
+            if asked in ("multitalk", FLASHTALK) and request.video_field is not None:
                 asked, how = "infinitetalk", f"model (not given; {request.video_field} needs InfiniteTalk)"
         adapter = asked
         if asked == "infinitetalk":
@@ -689,7 +713,7 @@ class Worker:
             "attention": str(pipe.attention_backend),
             "memory_plan": pipe.memory_plan.name if pipe.memory_plan else "all resident",
             "speed_lora": pipe.speed_lora.name if pipe.speed_lora else None,
-            "default_preset": self.config.preset,
+            "default_preset": self.default_preset,
             "models": list(self.held),
             "default_model": self.default_model,
         }

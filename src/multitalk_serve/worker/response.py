@@ -43,8 +43,8 @@ NOT_REPORTED = {
     "apg_momentum": "fixed (official value)",
     "apg_norm_threshold": "fixed (official value)",
     "max_duration_s": "the worker's MAX_DURATION_SECONDS",
-    "frames_per_clip": "fixed: 81",
-    "motion_frames": "fixed: 25 (MultiTalk), 9 (InfiniteTalk)",
+    "frames_per_clip": "the model's: 81 (MultiTalk, InfiniteTalk), 33 (FlashTalk)",
+    "motion_frames": "the model's: 25 (MultiTalk), 9 (InfiniteTalk), 5 (FlashTalk)",
     "crf": "output.crf, as asked",
 }
 
@@ -71,7 +71,9 @@ class VideoInfo(_Model):
 class JobParams(_Model):
     """The effective settings (``GenerateOptions`` under the API's names) and what the job found."""
 
-    preset: str = Field(description="quality, balanced, fast, or turbo-base (turbo without a speed LoRA)")
+    preset: str = Field(
+        description="quality, balanced, fast, realtime (FlashTalk), or turbo-base (turbo without a speed LoRA)"
+    )
     resolution: str
     mode: str
     sampling_steps: int
@@ -90,7 +92,9 @@ class JobParams(_Model):
     shift: float
     speakers: int
     clips: int
-    model: str = Field(description="the audio adapter the job ran: multitalk, infinitetalk-single, infinitetalk-multi")
+    model: str = Field(
+        description="the model the job ran: multitalk, infinitetalk-single, infinitetalk-multi or flashtalk"
+    )
     source: Literal["image", "video"] = Field("image", description="what the job animated: an image or a video")
     source_end: str = Field("hold", description="a video shorter than the audio: hold or pingpong")
     keep_background: bool = Field(False, description="only the speaker regions were regenerated")
@@ -156,6 +160,11 @@ class JobOutput(_Model):
     warnings: list[str]
     gpu_seconds: float | None = Field(
         None, description="seconds the job held the GPU worker, from its start to its result (what is billed)"
+    )
+    first_segment_s: float | None = Field(
+        None,
+        description="time to first segment: seconds from the job's start on the worker to the first segment "
+        "delivered (segments.storage says where); absent when no segment was delivered",
     )
     estimate: EstimateInfo | None = Field(
         None, description="the time and cost estimated before sampling; absent without measured windows on this GPU"

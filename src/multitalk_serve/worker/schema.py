@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ..engine import MAX_SPEAKERS, MAX_STEPS
 from .config import MAX_JOB_SECONDS
 
-MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi")  # engine's MODEL_CHOICES (test)
+MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi", "flashtalk")  # MODEL_CHOICES (test)
+PRESET_NAMES = ("quality", "balanced", "fast", "realtime")  # the engine's PRESETS (test)
+FLASHTALK, REALTIME = "flashtalk", "realtime"  # the distilled one-speaker model and the one preset it runs
 IMAGE_FIELDS = ("image", "image_url", "cond_image", "condition_image", "image_s3_key")
 VIDEO_FIELDS = ("video", "video_url", "cond_video")
 DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."
@@ -91,8 +93,9 @@ class JobInput(BaseModel):
     )
     model: Literal[MODELS] | None = Field(  # type: ignore[valid-type]
         None,
-        description="multitalk, infinitetalk (single for one speaker, multi for two), infinitetalk-single or "
-        "infinitetalk-multi; default: the worker's MULTITALK_MODEL (with a video: infinitetalk)",
+        description="multitalk, infinitetalk (single for one speaker, multi for two), infinitetalk-single, "
+        "infinitetalk-multi, or flashtalk (SoulX-FlashTalk: one speaker, an image, preset realtime; a worker of its "
+        "own); default: preset realtime's flashtalk, else the worker's MULTITALK_MODEL (with a video: infinitetalk)",
     )
     source_end: Literal["hold", "pingpong"] = Field(
         "hold", description="a video shorter than the audio: hold its last frame, or play it back and forth"
@@ -151,10 +154,11 @@ class JobInput(BaseModel):
     negative_prompt: str | None = Field(None, max_length=4000, description="default: the official negative prompt")
     color_correction: float = Field(1.0, ge=0, le=1, description="Lab colour correction towards the reference image")
     use_apg: bool = Field(False, description="adaptive projected guidance")
-    preset: Literal["quality", "balanced", "fast"] | None = Field(
+    preset: Literal[PRESET_NAMES] | None = Field(  # type: ignore[valid-type]
         None,
-        description="quality: 40 steps, 3-pass guidance; balanced: + step caching; fast: speed LoRA, 4 steps, 2-pass "
-        "(default: the worker's MULTITALK_PRESET); fields given explicitly override the preset's values",
+        description="quality: 40 steps, 3-pass guidance; balanced: + step caching; fast: speed LoRA, 4 steps, 2-pass; "
+        "realtime: model flashtalk, 4 steps, 1 pass, no guidance (default: realtime with model flashtalk, else the "
+        "worker's MULTITALK_PRESET); fields given explicitly override the preset's values",
     )
     cache_threshold: float | None = Field(
         None, ge=0, le=5, description="step caching (TeaCache) threshold; 0 = off (preset: balanced 0.2, others 0)"
@@ -289,7 +293,56 @@ class JobInput(BaseModel):
             )
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height go together")
+        if self.preset == REALTIME and self.model not in (None, FLASHTALK):
+            raise ValueError(f"preset: realtime runs model flashtalk, and this job names model {self.model}: drop one")
+        if self.model == FLASHTALK or self.preset == REALTIME:
+            problems = self.flashtalk_problems()
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
+
+    def flashtalk_problems(self) -> list[str]:
+        """What this request asks for that FlashTalk (the distilled one-speaker model, preset realtime) cannot do,
+        each naming the field as the request spelt it; empty when it can run. Checked here when the request names
+        flashtalk (``model``, or ``preset: realtime``), and by the worker when flashtalk is its default model."""
+        given = self.model_fields_set
+        problems = []
+        if self.turbo:
+            problems.append("turbo: means preset fast; FlashTalk runs preset realtime: drop turbo")
+        if self.preset not in (None, REALTIME):
+            problems.append(
+                f"preset: {self.preset} is for MultiTalk and InfiniteTalk; FlashTalk runs its distilled sampler "
+                "(4 steps, no guidance): use preset realtime, or leave preset out"
+            )
+        if self._video_field is not None:
+            problems.append(
+                f"{self._video_field}: FlashTalk animates an image; a video needs model infinitetalk (a worker that "
+                "holds it)"
+            )
+        if len(self.audio) > 1:
+            problems.append(
+                f"{self.audio_field(1)}: FlashTalk animates one speaker and this job has {len(self.audio)} audio "
+                "tracks; two speakers need model multitalk or infinitetalk (a worker that holds it)"
+            )
+        if self.resolution == "720p":
+            problems.append("resolution: FlashTalk makes about 768x448 (the 480p class); 720p is not available")
+        for canonical, alias in (
+            ("text_guide_scale", "sample_text_guide_scale"),
+            ("audio_guide_scale", "sample_audio_guide_scale"),
+        ):
+            value = getattr(self, canonical)
+            name = alias if alias in given and getattr(self, alias) is not None else canonical
+            if name in given and value != 1.0:
+                problems.append(
+                    f"{name}: FlashTalk runs without guidance (one forward per step), so it takes only 1, got {value:g}"
+                )
+        if self.use_apg:
+            problems.append("use_apg: FlashTalk runs without guidance, so APG does not apply: drop it")
+        if self.cache_threshold:
+            problems.append(
+                "cache_threshold: step caching is not available with FlashTalk (4 distilled steps): use 0 or drop it"
+            )
+        return problems
 
     def _resolve_keep_background(self, fields_set: set[str]) -> None:
         """``mask_image`` implies ``keep_background``; ``feather`` needs it."""
