@@ -60,6 +60,7 @@ def test_fast_preset_runs_the_speed_lora_recipe(worker, tmp_path):
     assert (params["preset"], params["sampling_steps"], params["speed_lora"], params["shift"]) == ("fast", 4, True, 2.0)
     assert (params["text_guide_scale"], params["audio_guide_scale"]) == (1.0, 2.0)
     assert out["worker"]["speed_lora"] == Path(SPEED_LORA_NAME).name
+    assert 0 < out["first_segment_s"] <= out["gpu_seconds"]  # time to first segment, from the job's start
 
 
 def test_explicit_fields_override_the_preset(worker, tmp_path):
