@@ -266,7 +266,7 @@ def test_a_negative_prompt_is_reported_unused():
             ["flashtalk"],
             {"audio": [NEVER, NEVER]},
             "E_INPUT: audio[1]: FlashTalk animates one speaker and this job has 2 audio tracks; two speakers need "
-            "model multitalk or infinitetalk (a worker that holds it) (this worker runs FlashTalk: it holds flashtalk)",
+            "model multitalk or infinitetalk (a worker that holds it); this worker holds only flashtalk (MULTITALK_ADAPTERS)",
         ),
         (["flashtalk"], {"preset": "quality"}, "E_INPUT: preset: quality is for MultiTalk and InfiniteTalk"),
         (["flashtalk"], {"turbo": True}, "E_INPUT: turbo: means preset fast; FlashTalk runs preset realtime"),
@@ -410,3 +410,17 @@ def test_cli_realtime_runs_flashtalk(argv, media, capsys, monkeypatch):
     )  # fmt: skip
     summary = json.loads(out)
     assert (summary["preset"], summary["model"]) == ("realtime", "flashtalk")
+
+
+def test_cli_names_the_json_field_that_gave_a_video(media, tmp_path, capsys, monkeypatch):
+    from media import write_video
+    from multitalk_serve.cli import main
+
+    monkeypatch.setattr(engine, "MultiTalkPipeline", NoLoad)
+    monkeypatch.chdir(tmp_path)
+    write_video(tmp_path / "talk.mp4", 0.4)
+    job = {"prompt": "a man talks", "cond_video": "talk.mp4", "cond_audio": {"person1": str(media["a"])}}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    code = main(["generate", "--model", str(media["model"]), "--input-json", "job.json", "--preset", "realtime"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cond_video: FlashTalk animates an image" in err, err

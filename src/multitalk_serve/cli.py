@@ -332,9 +332,9 @@ MODEL_NAMES = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk
 FLASHTALK, REALTIME = "flashtalk", "realtime"  # the distilled one-speaker model and the one preset it runs
 
 
-def _flashtalk_problems(args: argparse.Namespace, speakers: int, video: object) -> list[str]:
+def _flashtalk_problems(args: argparse.Namespace, speakers: int, video: object, video_name: str) -> list[str]:
     """What a FlashTalk run (``--model-name flashtalk`` / ``--preset realtime``) is asked for that it cannot do, each
-    naming the option; empty when it can run."""
+    naming the option (``video_name``: ``--video``, or the JSON field that gave it); empty when it can run."""
     problems = []
     if args.preset not in (None, REALTIME):
         problems.append(
@@ -342,7 +342,7 @@ def _flashtalk_problems(args: argparse.Namespace, speakers: int, video: object) 
             "no guidance): use --preset realtime, or leave --preset out"
         )
     if video is not None:
-        problems.append("--video: FlashTalk animates an image; a video needs --model-name infinitetalk")
+        problems.append(f"{video_name}: FlashTalk animates an image; a video needs --model-name infinitetalk")
     if speakers > 1:
         problems.append(
             f"--audio: FlashTalk animates one speaker and this job has {speakers} audio tracks; two speakers need "
@@ -410,7 +410,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model = args.model_name or (FLASHTALK if args.preset == REALTIME else None) or json_model
     model = model or ("infinitetalk" if source_video is not None else "multitalk")
     if model == FLASHTALK:
-        problems = _flashtalk_problems(args, len(audio), source_video)
+        video_name = names.image if args.input_json else "--video"
+        problems = _flashtalk_problems(args, len(audio), source_video, video_name)
         if problems:
             raise InputError("; ".join(problems))
         if args.negative_prompt is not None:

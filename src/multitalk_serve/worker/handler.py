@@ -572,8 +572,9 @@ class Worker:
         if model == FLASHTALK:  # the worker's default (a request naming flashtalk was checked by the schema)
             problems = request.flashtalk_problems()
             if problems:
+                held = ", ".join(self.held)
                 raise WorkerError(
-                    "E_INPUT", "; ".join(problems) + f" (this worker runs FlashTalk: it holds {', '.join(self.held)})"
+                    "E_INPUT", "; ".join(problems) + f"; this worker holds only {held} (MULTITALK_ADAPTERS)"
                 )
             if request.negative_prompt is not None:
                 warnings.append("negative_prompt: FlashTalk runs without guidance, so no negative prompt is used")
