@@ -194,6 +194,19 @@ def test_a_preset_that_does_not_fit_fails_the_start_before_loading(tiny_root, tm
         Worker.from_config(WorkerConfig(**config, preset="realtime"))
 
 
+def test_a_flashtalk_worker_checks_its_settings_at_start_before_loading(flashtalk_root, tmp_path):
+    def start(**kw):
+        base = {"model_path": flashtalk_root, "volume_path": tmp_path / "none", "s3": None, "device": "cpu"}
+        return Worker.from_config(WorkerConfig(**base, adapters=("flashtalk",), **kw))
+
+    with pytest.raises(ConfigError, match=r"^MULTITALK_PRESET=fast does not fit this worker's model flashtalk"):
+        start(preset="fast")
+    with pytest.raises(ConfigError, match=r"MULTITALK_WINDOW_FRAMES / .*: frames_per_clip must be at most 200"):
+        start(window_frames=205)  # FlashTalk's 8 s audio cache
+    with pytest.raises(ConfigError, match=r"MULTITALK_WINDOW_FRAMES / .*: motion_frames must be 4k\+1 and shorter"):
+        start(motion_frames=33)  # FlashTalk's window is 33 frames
+
+
 def _stub_worker(held: list[str], default: str | None = None, **config) -> Worker:
     pipeline = SimpleNamespace(
         device=torch.device("cpu"), adapters=held, speed_lora=None, speed_lora_fused=False, memory_plan=None,

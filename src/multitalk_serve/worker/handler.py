@@ -239,16 +239,19 @@ class Worker:
         # MULTITALK_ADAPTERS / MULTITALK_MODEL, files present; MULTITALK_PRESET fits the model (realtime: FlashTalk)
         adapters, default_model = plan_models(config)
         default_preset = default_preset_for(default_model, config.preset)
-        window = GenerateOptions(model=default_model, motion_frames=config.motion_frames, **_window(config))
-        try:
-            window.validate()  # MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: wrong values fail the start
-        except EngineError as exc:
-            raise ConfigError(f"MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: {exc}") from None
         device, dtype = _device_and_dtype(config)
         start = time.perf_counter()
         speed = plan_speed_setup(
             default_preset, config.speed_lora_path(), config.speed_lora_scale, config.fuse_speed_lora, WORKER_NAMES
         )
+        # MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: wrong values for the default model fail the start
+        window = GenerateOptions.from_preset(
+            default_preset, model=default_model, motion_frames=config.motion_frames, **_window(config)
+        )
+        try:
+            window.validate()
+        except EngineError as exc:
+            raise ConfigError(f"MULTITALK_WINDOW_FRAMES / MULTITALK_MOTION_FRAMES: {exc}") from None
         if config.memory_plan not in (None, "auto"):
             parse_plan(config.memory_plan, gguf_bytes=0)  # a wrong MULTITALK_MEMORY_PLAN fails the start, not a job
         pipeline = MultiTalkPipeline.from_pretrained(
