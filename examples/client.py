@@ -449,11 +449,10 @@ def fan_out_main(args: argparse.Namespace, client: MultiTalkClient) -> int:
     if args.stream or args.segments or args.sync:
         print("--parallel / --segment-seconds poll /status: not with --stream, --segments or --sync", file=sys.stderr)
         return 2
-    if args.video is not None:
-        print("--parallel / --segment-seconds take an --image source (docs/long-jobs.md says why)", file=sys.stderr)
-        return 2
     job = job_input(args)
     del job["audio"]
+    if args.video is not None:
+        job["video"] = args.video  # a local file: cut into the parts' pieces by fan_out
     job.pop("job_key", None)
     started = time.monotonic()
     try:

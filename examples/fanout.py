@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import sys
 import time
 import wave
@@ -177,6 +178,105 @@ def split_at_pauses(
         cuts.pop()
     cuts.append(total)
     return Split(cuts, pauses, notes)
+
+
+# --- a video source (InfiniteTalk dubbing) -------------------------------------------------------------------------
+def _upright(frame) -> np.ndarray:
+    """The decoded frame as upright RGB, its display matrix applied (as the worker does: phones' portrait videos)."""
+    import struct
+
+    picture = frame.to_ndarray(format="rgb24")
+    for side in frame.side_data:
+        if "DISPLAYMATRIX" in str(side.type):
+            a, b, _, c, d = (float(v) for v in struct.unpack("=9i", bytes(side))[:5])
+            if abs(a) + abs(d) >= abs(b) + abs(c):
+                flip_rows, flip_cols = d < 0, a < 0
+            else:  # a quarter turn: transposed, then mirrored where the sign is negative
+                picture, flip_rows, flip_cols = picture.transpose(1, 0, 2), b < 0, c < 0
+            picture = picture[::-1] if flip_rows else picture
+            picture = picture[:, ::-1] if flip_cols else picture
+            break
+    return np.ascontiguousarray(picture)
+
+
+def shown_frames(source: str | Path, count: int, source_end: str = "hold") -> list[int]:
+    """For output frames ``0 .. count``: the source frame (ordinal in presentation order) the worker shows, by its
+    rule (``engine/pipeline/source.py``): the last frame whose time from the first is at most ``n / 25`` (1 ms
+    tolerance); the source lasts to its last frame's time plus that frame's duration; past that, ``hold`` shows the
+    frame of the source's last output frame."""
+    import av
+
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base or Fraction(1, 90000)
+        stamps, durations = set(), {}
+        for packet in container.demux(stream):
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if packet.size and ts is not None:
+                stamps.add(ts)
+                if packet.duration:
+                    durations[ts] = packet.duration
+    if not stamps:
+        raise ValueError(f"{source}: no video frames")
+    pts = np.array(sorted(stamps), np.int64)
+    relative = pts - pts[0]
+    step = int(np.median(np.diff(pts))) if len(pts) > 1 else max(1, round(1 / (FPS * tb)))
+    last = durations.get(int(pts[-1]), 0)
+    last = last if step / 2 <= last <= 4 * step else step
+    tolerance = Fraction(1, 1000)
+    within = max(1, math.ceil((Fraction(int(relative[-1]) + last) * tb - tolerance) * FPS))
+    limits = [math.floor((Fraction(i, FPS) + tolerance) / tb) for i in range(min(count, within))]
+    shown = (np.searchsorted(relative, np.array(limits, np.int64), side="right") - 1).tolist()
+    if count > within and source_end != "hold":
+        raise ValueError(f"source_end {source_end} with a source shorter than the audio: not with a fan-out (hold is)")
+    return shown + [shown[-1]] * (count - len(shown))
+
+
+def cut_video(source: str | Path, cuts: list[int], folder: str | Path, crf: int = 10,
+              source_end: str = "hold") -> list[Path]:  # fmt: skip
+    """The source video cut at the same frames as the audio: part ``i`` gets the source frames the worker would show
+    at output frames ``cuts[i] .. cuts[i + 1]`` (``shown_frames``), one per output frame at 25 fps, encoded with
+    H.264 at ``crf`` (10: visually lossless; a cut cannot copy packets, its boundaries are not keyframes). A part's
+    video then shows what the whole job's would at the same times, so each dubbed part starts from the source at its
+    own time."""
+    import av
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shown = shown_frames(source, cuts[-1], source_end)
+    paths: list[Path] = []
+    out = stream = None
+    with av.open(str(source)) as container:
+        decoded = container.decode(container.streams.video[0])
+        ordinal, frame = 0, next(decoded)
+        part = -1
+        try:
+            for n, wanted in enumerate(shown):
+                while ordinal < wanted:
+                    ordinal, frame = ordinal + 1, next(decoded)
+                picture = _upright(frame)
+                if n == cuts[part + 1]:
+                    if out is not None:
+                        for packet in stream.encode():
+                            out.mux(packet)
+                        out.close()
+                    part += 1
+                    paths.append(folder / f"source_{part:03d}.mp4")
+                    out = av.open(str(paths[-1]), mode="w")
+                    stream = out.add_stream("libx264", rate=FPS)
+                    stream.height, stream.width = picture.shape[:2]
+                    even = picture.shape[0] % 2 == 0 and picture.shape[1] % 2 == 0
+                    stream.pix_fmt, stream.options = ("yuv420p" if even else "yuv444p"), {"crf": str(crf)}
+                picture = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=stream.pix_fmt)
+                picture.pts, picture.time_base = n - cuts[part], Fraction(1, FPS)
+                for packet in stream.encode(picture):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        finally:
+            if out is not None:
+                out.close()
+    return paths
 
 
 # --- many jobs at once ---------------------------------------------------------------------------------------------
@@ -460,11 +560,13 @@ def fan_out(client, job: dict, audio: list[str | Path | None], output: str | Pat
             on_progress: Callable[[dict], None] | None = None,
             log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Split local audio files at pauses, make the parts on the endpoint at once, join them into ``output``.
-    ``job``: the request's other fields (image, prompt, options; not its audio). Returns ``{"frames", "seconds",
+    ``job``: the request's other fields (image or a local ``video`` file, prompt, options; not its audio); a video
+    source is cut at the same times (``cut_video``) and each part sent with its piece. Returns ``{"frames", "seconds",
     "parts", "cuts", "copied", "retries", "notes"}``."""
     log = log or (lambda message: print(message, file=sys.stderr))
-    if "video" in job:
-        raise ValueError("a fan-out takes an image source (a video source: see docs/long-jobs.md)")
+    video = job.get("video")
+    if video is not None and not (isinstance(video, str | Path) and Path(video).is_file()):
+        raise ValueError("video: a fan-out cuts the source video here, so it must be a local file")
     for source in audio:
         if source is not None and not Path(source).is_file():
             raise ValueError(f"{source}: a fan-out splits the audio here, so it must be a local file")
@@ -472,12 +574,23 @@ def fan_out(client, job: dict, audio: list[str | Path | None], output: str | Pat
     split = split_at_pauses(tracks, parts=parts, segment_seconds=segment_seconds)
     for note in split.notes:
         log(f"split: {note}")
-    key = f"{key}" if key else fan_key(job, tracks, split)
-    jobs = part_jobs(job, tracks, split, key)
-    lengths = ", ".join(f"{(e - s) / FPS:.1f}" for s, e in split.parts)
-    log(f"{split.total / FPS:.2f} s of audio in {len(jobs)} parts ({lengths} s), cut at pauses; job_key {key}.NNN")
+    if not key:
+        keyed = {**job, "video": hashlib.sha256(Path(video).read_bytes()).hexdigest()} if video is not None else job
+        key = fan_key(keyed, tracks, split)
+    jobs = part_jobs({k: v for k, v in job.items() if k != "video"}, tracks, split, key)
     output = Path(output)
     folder = Path(folder) if folder else output.with_name(output.stem + ".parts")
+    if video is not None:  # each part dubs the source's frames at its own times
+        cut = cut_video(video, split.cuts, folder, source_end=job.get("source_end", "hold"))
+        for part, path in zip(jobs, cut, strict=True):
+            part["video"] = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    for i, part in enumerate(jobs):
+        size = len(json.dumps(part))
+        if size > 9_000_000:
+            log(f"part {i + 1}: its request is {size / 1e6:.1f} MB, near RunPod's limit of about 10 MB a request: "
+                "use more, shorter parts")  # fmt: skip
+    lengths = ", ".join(f"{(e - s) / FPS:.1f}" for s, e in split.parts)
+    log(f"{split.total / FPS:.2f} s of audio in {len(jobs)} parts ({lengths} s), cut at pauses; job_key {key}.NNN")
     runner = FanOut(client, jobs, split, folder, retries=retries, lost_after_s=lost_after_s, poll_s=poll_s,
                     on_progress=on_progress, log=log)  # fmt: skip
     paths = runner.run()

@@ -182,6 +182,91 @@ def test_join_encodes_again_when_the_parts_differ(tmp_path):
         fanout.join(paths, [0, 20, 36], sound, tmp_path / "k.mp4")
 
 
+def test_a_video_source_is_cut_to_the_frames_the_worker_would_show(tmp_path):
+    """A 30 fps source, 3 s: the parts' pieces show, frame for frame, what the worker's VideoSource shows for the
+    whole video at the same output frames (25 fps clock by timestamps), past the end the last frame (hold)."""
+    from multitalk_serve.engine.pipeline.source import VideoSource
+
+    source = tmp_path / "src.mp4"
+    with av.open(str(source), "w") as c:
+        v = c.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt, v.options = 64, 48, "yuv420p", {"crf": "0"}
+        for k in range(90):
+            picture = np.zeros((48, 64, 3), np.uint8)
+            picture[:, :, 0], picture[:, : 2 * (k % 32), 1] = 2 * k, 200  # frame k: its own level and bar
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = k
+            for packet in v.encode(frame):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+    cuts = [0, 20, 45, 80]  # 3.2 s: the last 5 frames are past the source's end
+    pieces = fanout.cut_video(source, cuts, tmp_path / "cut", crf=0)
+    whole = VideoSource(str(source))
+    try:
+        for piece, start, end in zip(pieces, cuts[:-1], cuts[1:], strict=True):
+            got = frames_of(piece)
+            assert len(got) == end - start
+            for j, picture in enumerate(got):
+                want = np.asarray(whole.image_at(start + j))
+                assert np.abs(picture.astype(int) - want.astype(int)).mean() < 2.0, start + j
+    finally:
+        whole.close()
+    with pytest.raises(ValueError, match="pingpong"):
+        fanout.cut_video(source, cuts, tmp_path / "cut2", source_end="pingpong")
+
+
+class MakingClient:
+    """Completes every job at once with a part made here (``make_part``) of the job's ``num_frames``."""
+
+    def __init__(self, folder: Path, sound48: np.ndarray):
+        self.folder, self.sound48, self.sent = folder, sound48, []
+
+    def submit(self, job):
+        self.sent.append(job)
+        return f"j{len(self.sent) - 1}"
+
+    def status(self, job_id):
+        return {"status": "COMPLETED", "output": {"job": int(job_id[1:])}}
+
+    def cancel(self, job_id):
+        pass
+
+    def save_video(self, output, path):
+        job = self.sent[output["job"]]
+        start = sum(j["num_frames"] for j in self.sent[: output["job"]])
+        return make_part(path, start, job["num_frames"], self.sound48)
+
+
+def test_fan_out_with_a_video_source_sends_each_part_its_piece(tmp_path):
+    wave, _ = speechlike([("talk", 1.5), ("pause", 0.5), ("talk", 1.5), ("pause", 0.5), ("talk", 1.0)], seed=5)
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(fanout.wav_bytes(wave))
+    video = tmp_path / "v.mp4"
+    with av.open(str(video), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        for k in range(150):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k, np.uint8), format="rgb24")
+            frame.pts = k
+            for packet in v.encode(frame):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+    client = MakingClient(tmp_path, fanout.decode_audio(audio, fanout.AUDIO_RATE))
+    summary = fanout.fan_out(client, {"video": str(video), "prompt": "p"}, [audio], tmp_path / "out.mp4", parts=2,
+                             poll_s=0.01, log=lambda m: None)  # fmt: skip
+    assert summary["parts"] == 2 and summary["frames"] == 125 and summary["copied"]
+    starts = [0, client.sent[0]["num_frames"]]
+    for job, start in zip(client.sent, starts, strict=True):
+        piece = tmp_path / f"piece{start}.mp4"
+        piece.write_bytes(fanout.base64.b64decode(job["video"].split(",", 1)[1]))
+        levels = frames_of(piece)[:, 0, 0, 0].astype(int)
+        assert len(levels) == job["num_frames"]
+        assert np.abs(levels - np.arange(start, start + len(levels))).max() <= 2  # the source at the part's times
+    assert len(frames_of(tmp_path / "out.mp4")) == 125
+
+
 # --- retries -------------------------------------------------------------------------------------------------------
 class ScriptedClient:
     """Answers /status from a script per submission: a list of status bodies, the last repeated."""
@@ -252,7 +337,7 @@ def test_one_long_video_by_several_workers_with_one_killed(tiny_root, tmp_path, 
     wave = wave[: 60 * RATE]
     audio = tmp_path / "long.wav"
     audio.write_bytes(fanout.wav_bytes(wave))
-    (tmp_path / "face.png").write_bytes(fanout.base64.b64decode(png_b64()))
+    (tmp_path / "face.png").write_bytes(fanout.base64.b64decode(png_b64().split(",", 1)[1]))
     fake = FakeRunPod()
     volume = tmp_path / "volume"
     volume.mkdir()
