@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import pipeline_stubs as stubs
 from multitalk_serve.engine.errors import CheckpointError, ConfigError
 from multitalk_serve.engine.loading.adapters import AUDIO_ADAPTERS, FULL_MODELS, AdapterBank, adapter_spec
 from multitalk_serve.engine.loading.inventory import inspect_model_dir
 from multitalk_serve.engine.loading.layouts import WanDims, multitalk_shapes, original_base_shapes
 from multitalk_serve.engine.loading.paths import FLASHTALK_DIR, resolve_model_paths
 from multitalk_serve.engine.loading.transformer import load_transformer
-from multitalk_serve.engine.pipeline.generate import MultiTalkPipeline
+from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline
 from multitalk_serve.forward_check import random_inputs
 from multitalk_serve.tiny import (
     GGUF_NAMES,
@@ -260,3 +262,48 @@ def test_a_folder_without_audio_layers_is_not_flashtalk(tiny_root, tmp_path):
     (folder / INDEX).write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"no audio layers .* not a FlashTalk checkpoint"):
         load_transformer(folder, audio_adapter="flashtalk")
+
+
+def test_a_realtime_job_runs_on_the_tiny_flashtalk_weights(tiny_root):
+    """From the folder to frames: the realtime preset on the FlashTalk transformer loaded from its own layout."""
+    pipe = MultiTalkPipeline.from_pretrained(tiny_root, adapters=["flashtalk"], dtype=torch.float32)
+    options = GenerateOptions.from_preset("realtime", size=(32, 48), seed=3)
+    job = pipe.prepare(Image.fromarray(stubs.scenario_image()), [stubs.speech_like(1.0, seed=2)], "hi", options=options)
+    video = torch.cat(list(pipe.frames(job)), dim=1)
+    assert video.shape == (3, 25, 32, 48) and torch.isfinite(video).all()
+
+
+# --- memory planner ---------------------------------------------------------------------------------------------
+def test_the_planner_plans_flashtalk_windows():
+    from multitalk_serve.engine.errors import EngineError
+    from multitalk_serve.engine.speed.memory import PLAN_RESOLUTIONS, estimate_gb, parse_plan, plan_memory
+
+    gib = 2**30
+    assert "flashtalk" in PLAN_RESOLUTIONS
+    estimates = {
+        name: parse_plan(name, "flashtalk").gpu_gb
+        for name in ("bf16", "bf16+t5-offload", "fp8", "fp8+t5-offload", "fp8+t5-offload+group-offload")
+    }
+    assert estimates == {
+        "bf16": 56.3,
+        "bf16+t5-offload": 52.3,
+        "fp8": 37.7,
+        "fp8+t5-offload": 33.7,
+        "fp8+t5-offload+group-offload": 16.5,
+    }
+    # a window (12,096 tokens) needs less than a 480p clip (32,760): 5 GB less where nothing is offloaded
+    assert estimate_gb("bf16", False, False, "480p") - estimates["bf16"] == pytest.approx(5.0, abs=0.05)
+    assert plan_memory(141 * gib, "flashtalk").name == "bf16"  # H200
+    assert plan_memory(80 * gib, "flashtalk").name == "bf16"  # H100 / A100 80 GB
+    assert plan_memory(60 * 10**9, "flashtalk").name == "bf16"  # where a 480p clip must offload the T5
+    assert plan_memory(60 * 10**9, "480p").name == "bf16+t5-offload"
+    assert plan_memory(48 * gib, "flashtalk").name == "fp8"  # L40S / A6000
+    assert plan_memory(40 * gib, "flashtalk").name == "fp8"  # A100 40 GB
+    assert plan_memory(24 * gib, "flashtalk").name == "fp8+t5-offload+group-offload"  # RTX 4090 / L4
+    with pytest.raises(EngineError, match="a flashtalk job needs about 17 GB"):
+        plan_memory(16 * gib, "flashtalk")
+
+
+def test_loading_flashtalk_plans_for_its_windows(tiny_root):
+    pipe = MultiTalkPipeline.from_pretrained(tiny_root, adapters=["flashtalk"], memory_plan="bf16", dtype=torch.float32)
+    assert pipe.memory_plan.name == "bf16" and pipe.memory_plan.gpu_gb == 56.3  # not the 480p clip's 61.3
