@@ -185,6 +185,18 @@ def test_not_taken_for_the_wan_base_beside_a_gguf(tiny_root, tmp_path):
     assert inventory.ok, inventory.problems
 
 
+def test_found_in_a_hugging_face_cache(tiny_root, tmp_path):
+    """RunPod's cached models: the FlashTalk repository's snapshot is used in place, encoders included."""
+    from hf_cache import fake_hf_cache
+
+    cache = tmp_path / "hub"
+    snapshot = fake_hf_cache(cache, "Soul-AILab/SoulX-FlashTalk-14B", tiny_root / FLASHTALK_DIR)
+    root = copy_parts(tiny_root, tmp_path / "volume", WAV2VEC_DIR)
+    paths = resolve_model_paths(root, cache_dirs=[cache], adapters=["flashtalk"])
+    assert paths.flashtalk == paths.transformer == snapshot and paths.vae == snapshot / ENCODERS[2]
+    assert inspect_model_dir(root, cache_dirs=[cache]).ok
+
+
 def test_missing_flashtalk_is_named(tiny_root, tmp_path):
     root = copy_parts(tiny_root, tmp_path / "m", ORIGINAL_DIR, MULTITALK_DIR, WAV2VEC_DIR)
     with pytest.raises(CheckpointError, match=r"flashtalk: the flashtalk model is missing, expected .*SoulX-Flash"):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fake_hub import FakeHub
+from multitalk_serve.cli import main as cli
 from multitalk_serve.engine.loading.inventory import inspect_model_dir
 from multitalk_serve.engine.loading.layouts import WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from multitalk_serve.engine.loading.paths import FLASHTALK_DIR, resolve_model_paths
@@ -105,6 +106,7 @@ def test_realtime_profile_fetches_flashtalk_as_published_and_verifies(hub, tiny_
     assert layouts["transformer"] == "original" and layouts["flashtalk"] == "audio: flashtalk"
     paths = resolve_model_paths(dest, cache_dirs=[])
     assert paths.transformer == paths.flashtalk == dest / FLASHTALK_DIR
+    assert cli(["verify", "--dest", str(dest), "--models", "flashtalk"]) == 0  # the CLI's verify knows the model
     # a rerun keeps everything
     hub.clear_requests()
     again = Downloader(dest, profile("realtime"), cache_dirs=[], log=[].append).run()
