@@ -60,7 +60,18 @@ def test_presets_set_their_values_and_every_field_can_be_overridden():
     quality = GenerateOptions.from_preset("quality")
     assert (quality.steps, quality.cache_threshold, quality.speed_lora) == (40, 0.0, False)
     assert quality.resolved().shift == 7.0
-    assert set(PRESETS) == {"quality", "balanced", "fast"}
+    assert set(PRESETS) == {"quality", "balanced", "fast", "realtime"}
+    realtime = GenerateOptions.from_preset("realtime").resolved()
+    assert (realtime.model, realtime.steps, realtime.shift, realtime.text_scale, realtime.audio_scale) == (
+        "flashtalk",
+        4,
+        5.0,
+        1.0,
+        1.0,
+    )
+    assert (realtime.frames_per_clip, realtime.motion_frames, realtime.speed_lora) == (33, 5, False)
+    with pytest.raises(EngineError, match="runs model flashtalk"):
+        GenerateOptions.from_preset("realtime", model="infinitetalk")
     with pytest.raises(EngineError, match="preset must be one of"):
         GenerateOptions.from_preset("turbo-max")
     with pytest.raises(EngineError, match="cache_threshold"):

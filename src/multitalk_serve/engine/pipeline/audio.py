@@ -340,3 +340,27 @@ def mirror_pad(features: torch.Tensor, length: int) -> torch.Tensor:
     if length <= have:
         return features[:, :length]
     return features[:, torch.from_numpy(_mirror_index(np.arange(length), have))]
+
+
+def cached_window_features(
+    encoder: Wav2Vec2Features, wave: np.ndarray, end_frame: int, frames: int, cache_seconds: int = 8, window: int = 5
+) -> torch.Tensor:
+    """SoulX-FlashTalk's streaming audio (``generate_video.py``, ``--audio_encode_mode stream``): the features of the
+    window of ``frames`` video frames that ends at video frame ``end_frame``, computed from the last
+    ``cache_seconds`` of audio up to that frame (silence before the track's start and after its end),
+    loudness-normalised as a whole, at ``cache_seconds * 25`` frames; then, for each of its last ``frames`` frames,
+    the features of the frame and its ``window // 2`` neighbours on each side, clamped inside the cache. Returns
+    ``[1, frames, window, layers, channels]``. A window never sees audio after its own end."""
+    size = cache_seconds * SAMPLE_RATE
+    cache_frames = cache_seconds * FPS
+    if not 0 < frames <= cache_frames:
+        raise AudioError(f"a window of {frames} frames does not fit FlashTalk's {cache_seconds} s audio cache")
+    end = end_frame * SAMPLE_RATE // FPS
+    buffer = np.zeros(size, np.float64)
+    lo, hi = max(0, end - size), min(end, len(wave))
+    if hi > lo:
+        buffer[lo - (end - size) : hi - (end - size)] = wave[lo:hi]
+    features = encoder(loudness_normalize(buffer), frames=cache_frames)  # [cache_frames, layers, C]
+    half = window // 2
+    centre = torch.arange(cache_frames - frames, cache_frames)[:, None] + torch.arange(-half, half + 1)[None, :]
+    return features[centre.clamp(0, cache_frames - 1)][None]

@@ -18,8 +18,17 @@ from PIL import Image, ImageDraw
 from ..errors import ImageInputError
 from ..limits import MAX_SPEAKERS
 
-# Target [height, width] per height/width ratio (the official ASPECT_RATIO_627 / ASPECT_RATIO_960 tables).
+# Target [height, width] per height/width ratio (the official ASPECT_RATIO_627 / ASPECT_RATIO_960 tables), and
+# FlashTalk's: its code runs 768x448 (portrait) only; ours keeps that pixel count (about 344k, multiples of 16) for
+# other shapes, so a landscape or square image is not cropped to a portrait.
 BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
+    "flashtalk": {
+        "0.58": (448, 768),
+        "0.76": (512, 672),
+        "1.00": (592, 592),
+        "1.31": (672, 512),
+        "1.71": (768, 448),
+    },
     "480p": {
         "0.26": (320, 1216),
         "0.38": (384, 1024),

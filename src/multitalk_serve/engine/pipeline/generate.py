@@ -38,11 +38,12 @@ from ..speed.step_cache import StepCache
 from .audio import (
     SpeakerAudio,
     arrange_speakers,
+    cached_window_features,
     decode_audio,
     loudness_normalize,
     window_features,
 )
-from .color import match_colors
+from .color import correct_colors
 from .composite import composite, region_mask
 from .conditioning import (
     Box,
@@ -56,7 +57,16 @@ from .conditioning import (
 from .drift import DriftMonitor
 from .inputs import LIBRARY_INPUT_NAMES, InputNames, check_output_path, plural
 from .media import IMAGE_FORMATS
-from .sampling import DEFAULT_SHIFT, Guidance, add_noise, euler_step, timesteps
+from .sampling import (
+    DEFAULT_SHIFT,
+    FLASHTALK_SHIFT,
+    Guidance,
+    add_noise,
+    euler_step,
+    flashtalk_timesteps,
+    timesteps,
+    x0_renoise_step,
+)
 from .segments import JobFolder, JobPlan, LoopState, Segment, assemble, peak_limited
 from .segments import fingerprint as fingerprint_of
 from .source import SOURCE_ENDS, ImageSource, VideoSource, sniff_media, video_limit
@@ -90,46 +100,73 @@ class GenerateOptions:
     audio_type: str = "add"  # two speakers: "add" (one after the other) or "para" (at the same time)
     color_correction: float = 1.0
     max_duration_s: float = 600.0
-    frames_per_clip: int = 81
-    motion_frames: int | None = None  # None: the model's (MultiTalk 25, InfiniteTalk 9)
+    frames_per_clip: int | None = None  # None: the model's window (MultiTalk and InfiniteTalk 81, FlashTalk 33)
+    motion_frames: int | None = None  # None: the model's (MultiTalk 25, InfiniteTalk 9, FlashTalk 5)
     crf: int = 19
     size: tuple[int, int] | None = None  # explicit (height, width), multiples of 16, instead of the bucket
     num_frames: int | None = None  # exact length: the audio is cut or padded with silence to it
     cache_threshold: float = 0.0  # TeaCache step caching; 0 = off (every forward computed)
     speed_lora: bool = False  # use the loaded speed LoRA (lightx2v, FusionX) for this job
     model: str = "multitalk"  # multitalk | infinitetalk (single or multi by speakers) | infinitetalk-single | -multi
+    # | flashtalk (SoulX-FlashTalk: the ``realtime`` preset)
     source_end: str = "hold"  # a video source shorter than the audio: "hold" its last frame, or "pingpong"
     keep_background: bool = False  # keep the source outside the speaker regions (boxes or mask)
     feather: float | None = None  # keep_background's soft edge in output pixels (None: automatic)
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> GenerateOptions:
-        """A preset's values (``presets.py``) with any field overridden, e.g. ``from_preset("fast", steps=6)``."""
-        return cls(**{**preset_values(preset), **overrides})
+        """A preset's values (``presets.py``) with any field overridden, e.g. ``from_preset("fast", steps=6)``. A
+        preset that runs its own model (``realtime``: ``flashtalk``) refuses another ``model``."""
+        values = preset_values(preset)
+        wanted = overrides.get("model")
+        if "model" in values and wanted is not None and str(wanted).strip().lower() != values["model"]:
+            raise InputError(f"preset {preset} runs model {values['model']}, not {wanted}")
+        return cls(**{**values, **overrides})
 
     def resolved(self) -> GenerateOptions:
         """A copy with every ``None`` filled in (what was actually used)."""
         out = GenerateOptions(**asdict(self))
+        loop = loop_for(out.model.strip().lower()) if isinstance(out.model, str) else None
         if out.shift is None:
-            out.shift = DEFAULT_SHIFT.get(out.resolution, 7.0)
+            x0 = loop is not None and loop.sampler == "x0"
+            out.shift = FLASHTALK_SHIFT if x0 else DEFAULT_SHIFT.get(out.resolution, 7.0)
         if out.seed is None:
             out.seed = random.randrange(2**31)
-        if out.motion_frames is None and isinstance(out.model, str):
-            out.motion_frames = loop_for(out.model.strip().lower()).motion_frames
+        if loop is not None:
+            out.frames_per_clip = loop.frames_per_clip if out.frames_per_clip is None else out.frames_per_clip
+            out.motion_frames = loop.motion_frames if out.motion_frames is None else out.motion_frames
         return out
 
     def validate(self) -> None:
-        check_model_name(self.model)
-        motion = self.motion_frames if self.motion_frames is not None else loop_for(self.model).motion_frames
+        loop = loop_for(check_model_name(self.model))
+        motion = self.motion_frames if self.motion_frames is not None else loop.motion_frames
+        frames = self.frames_per_clip if self.frames_per_clip is not None else loop.frames_per_clip
+        if not loop.guided:  # a distilled model: one pass a step, none of the guidance or speed-up switches
+            refused = [
+                (not math.isclose(self.text_scale, 1.0), "text_scale", self.text_scale),
+                (not math.isclose(self.audio_scale, 1.0), "audio_scale", self.audio_scale),
+                (self.use_apg, "use_apg", self.use_apg),
+                (self.speed_lora, "speed_lora", self.speed_lora),
+                (self.cache_threshold > 0, "cache_threshold", self.cache_threshold),
+                (self.resolution != "480p", "resolution", self.resolution),
+            ]
+            for bad, name, value in refused:
+                if bad:
+                    raise InputError(
+                        f"{name}={value!r} does not apply to {loop.name}: it is distilled to run without guidance, "
+                        "step caching or a speed LoRA, at its ~768x448 sizes (480p class); use preset realtime"
+                    )
+            if loop.cached_audio_s and frames > loop.cached_audio_s * FPS:
+                raise InputError(f"frames_per_clip must be at most {loop.cached_audio_s * FPS} for {loop.name}")
         checks = [
             (self.resolution in DEFAULT_SHIFT, f"resolution must be 480p or 720p, got {self.resolution!r}"),
             (self.mode in ("streaming", "clip"), f"mode must be 'streaming' or 'clip', got {self.mode!r}"),
             (1 <= self.steps <= MAX_STEPS, f"steps must be 1..{MAX_STEPS}, got {self.steps}"),
             (self.audio_type in ("add", "para"), f"audio_type must be 'add' or 'para', got {self.audio_type!r}"),
             (0.0 <= self.color_correction <= 1.0, f"color_correction must be 0..1, got {self.color_correction}"),
-            (self.frames_per_clip % 4 == 1 and self.frames_per_clip > 1, "frames_per_clip must be 4k+1"),
+            (frames % 4 == 1 and frames > 1, "frames_per_clip must be 4k+1"),
             (
-                motion % 4 == 1 and 0 < motion < self.frames_per_clip,
+                motion % 4 == 1 and 0 < motion < frames,
                 "motion_frames must be 4k+1 and shorter than a clip",
             ),
             (self.source_end in SOURCE_ENDS, f"source_end must be 'hold' or 'pingpong', got {self.source_end!r}"),
@@ -219,7 +256,7 @@ class PreparedJob:
 
     options: GenerateOptions
     speakers: int
-    features: torch.Tensor  # [P, L, layers, C] wav2vec2 features at 25 fps
+    features: torch.Tensor | None  # [P, L, layers, C] wav2vec2 features at 25 fps (None: computed per window)
     soundtrack: np.ndarray  # 48 kHz mono, what the listener hears
     clips: list[ClipPlan]
     total_frames: int
@@ -237,6 +274,8 @@ class PreparedJob:
     notes: list[str] = field(default_factory=list)
     state: LoopState = field(default_factory=LoopState)  # where the window loop stands (resume)
     drift: DriftMonitor = field(default_factory=DriftMonitor)  # the drift check over this job's windows
+    tracks: list[np.ndarray] | None = None  # 16 kHz speech per speaker (FlashTalk: features per window from these)
+    condition: tuple[torch.Tensor, torch.Tensor] | None = None  # (CLIP features, y) of an image source, made once
 
 
 @dataclass
@@ -251,7 +290,7 @@ class ClipPlan:
 
 
 def plan_clips(
-    audio_frames: int, mode: str, frames_per_clip: int = 81, motion_frames: int = 25
+    audio_frames: int, mode: str, frames_per_clip: int = 81, motion_frames: int = 25, lead_in: bool = False
 ) -> tuple[list[ClipPlan], int]:
     """The clips to generate and the output length in frames.
 
@@ -259,10 +298,18 @@ def plan_clips(
     official code accepts (82 frames and more) it runs the same clips (82-137 frames: two), but drops the last 3
     frames of the video. Clip: one clip, output = min(audio, clip). Audio of at most one clip (81 frames), which the
     official code refuses in both modes, is padded by its mirror image and the video cut to the audio.
+
+    ``lead_in`` (FlashTalk): every clip, the first too, starts with ``motion_frames`` frames the output does not
+    show, so clip ``k`` covers frames ``k*stride - motion .. (k+1)*stride`` and adds ``stride`` frames; the last one's
+    audio is padded with silence (the official code drops a last partial clip) and the video cut to the audio.
     """
     if audio_frames < 1:
         raise AudioError("the audio is shorter than one video frame (40 ms)")
     stride = frames_per_clip - motion_frames
+    if lead_in:
+        count = 1 if mode == "clip" else math.ceil(audio_frames / stride)
+        clips = [ClipPlan(k, k * stride - motion_frames, (k + 1) * stride, motion_frames, False) for k in range(count)]
+        return clips, min(audio_frames, stride) if mode == "clip" else audio_frames
     if mode == "clip" or audio_frames <= frames_per_clip:
         count = 1
     else:
@@ -642,8 +689,12 @@ class MultiTalkPipeline:
         adapter = adapter_for(opts.model, speakers)
         if adapter not in self.adapters:
             raise InputError(f"model: {adapter} is not loaded here (loaded: {', '.join(self.adapters)})")
-        clips, total_frames = plan_clips(speech16.frames, opts.mode, opts.frames_per_clip, opts.motion_frames)
-        features = torch.stack([self.audio_encoder(track) for track in speech16.tracks])  # [P, L, layers, C]
+        clips, total_frames = plan_clips(
+            speech16.frames, opts.mode, opts.frames_per_clip, opts.motion_frames, lead_in=loop.lead_in
+        )
+        features = None  # FlashTalk: each window's features from its audio cache (``_window_audio``)
+        if not loop.cached_audio_s:
+            features = torch.stack([self.audio_encoder(track) for track in speech16.tracks])  # [P, L, layers, C]
         timings["audio"] = time.perf_counter() - t
 
         notify(Progress("conditioning", total_clips=len(clips), total_steps=opts.steps))
@@ -662,7 +713,7 @@ class MultiTalkPipeline:
             if boxes is not None and speakers == 1:
                 boxes[0].validate(source.width, source.height, names.box.format(n=1))
             height, width = source.height, source.width
-            target = tuple(opts.size) if opts.size else choose_bucket(height, width, opts.resolution)
+            target = tuple(opts.size) if opts.size else choose_bucket(height, width, loop.buckets or opts.resolution)
             reference = source.frame(0, target)  # [3, H, W] in [-1, 1]
             routing_boxes = boxes if speakers == MAX_SPEAKERS else None
             bucket_masks = crop_masks(person_masks(height, width, routing_boxes, speakers), target)
@@ -703,6 +754,7 @@ class MultiTalkPipeline:
             adapter=adapter,
             loop=loop,
             region=region,
+            tracks=speech16.tracks if loop.cached_audio_s else None,
         )
 
     def frames(
@@ -727,7 +779,7 @@ class MultiTalkPipeline:
         if opts.cache_threshold > 0:
             job.step_cache = StepCache(opts.cache_threshold, opts.resolution)
         guidance = Guidance(opts.text_scale, opts.audio_scale, opts.use_apg, opts.apg_momentum, opts.apg_norm_threshold)
-        grid = timesteps(opts.steps, opts.shift).to(self.device)
+        grid = (flashtalk_timesteps if loop.sampler == "x0" else timesteps)(opts.steps, opts.shift).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(opts.seed)
         size = tuple(job.reference.shape[1:])
         motion = job.reference[:, None].to(self.device)  # the frames the next clip continues from [3, n, H, W]
@@ -742,12 +794,13 @@ class MultiTalkPipeline:
                 job.drift = DriftMonitor.from_state(resume.drift)
         job.state = LoopState(first, written)
         for clip in job.clips[first:]:
-            mirrored = clip.end + 3 if clip.mirror_audio else None  # the last clip: audio continued by its mirror
-            windows = window_features(job.features, clip.start, opts.frames_per_clip, length=mirrored).to(self.device)
+            t = time.perf_counter()
+            windows = self._window_audio(job, clip).to(self.device)
+            timings["audio"] += time.perf_counter() - t
             if job.step_cache is not None:
                 job.step_cache.new_clip()
             # InfiniteTalk: the clip's reference is the source frame at its start; MultiTalk: the motion frames
-            reference = job.source.frame(clip.start, size) if loop.source_condition else job.reference
+            reference = job.source.frame(max(clip.start, 0), size) if loop.source_condition else job.reference
             cond = reference[:, None].to(self.device) if loop.source_condition else motion
             latent = self._sample_clip(job, clip, cond, motion, windows, guidance, grid, generator, notify)
 
@@ -760,7 +813,7 @@ class MultiTalkPipeline:
             timings["vae_decode"] += time.perf_counter() - t
             t = time.perf_counter()
             # colour: towards the clip's own reference (a video's frame at the clip start; the image otherwise)
-            decoded = match_colors(decoded, reference.to(decoded.device), opts.color_correction)
+            decoded = correct_colors(decoded, reference.to(decoded.device), opts.color_correction, loop.color)
             timings["color_correction"] += time.perf_counter() - t
             if job.region is not None:
                 t = time.perf_counter()
@@ -798,9 +851,11 @@ class MultiTalkPipeline:
         image = Image.fromarray(rng.randint(0, 256, (*size, 3), dtype=np.uint8))
         t = np.arange(int((frames / 25 + 0.2) * 16000)) / 16000
         wave = (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 4 * t))).astype(np.float32)
-        options = GenerateOptions(
-            size=size, steps=steps, mode="clip", num_frames=frames, frames_per_clip=frames, motion_frames=1, seed=0
-        )
+        window = {"size": size, "mode": "clip", "num_frames": frames, "frames_per_clip": frames, "motion_frames": 1}
+        if self.adapter == "flashtalk":  # the realtime preset's model: its own sampler and audio path
+            options = GenerateOptions.from_preset("realtime", steps=steps, seed=0, **window)
+        else:
+            options = GenerateOptions(steps=steps, seed=0, model=self.adapter, **window)
         job = self.prepare(image, [wave], "a person talks", options=options)
         for _ in self.frames(job):
             pass
@@ -979,7 +1034,7 @@ class MultiTalkPipeline:
             height=int(job.reference.shape[1]),
             width=int(job.reference.shape[2]),
             steps=opts.steps,
-            passes=len(guidance.passes()),
+            passes=len(guidance.passes()) if job.loop.guided else 1,
             frames_per_clip=opts.frames_per_clip,
             model=job.adapter,
             speakers=job.speakers,
@@ -987,6 +1042,42 @@ class MultiTalkPipeline:
             speed_lora=bool(opts.speed_lora),
             cache_threshold=opts.cache_threshold,
         )
+
+    def _window_audio(self, job: PreparedJob, clip: ClipPlan) -> torch.Tensor:
+        """A clip's audio windows ``[P, frames, 5, layers, C]``: from the whole track's features, the last clip's
+        continued by their mirror image; FlashTalk: computed from the clip's own audio cache (``variants.py``)."""
+        opts, loop = job.options, job.loop
+        if loop.cached_audio_s:
+            parts = [
+                cached_window_features(self.audio_encoder, track, clip.end, opts.frames_per_clip, loop.cached_audio_s)
+                for track in job.tracks
+            ]
+            return torch.cat(parts)
+        mirrored = clip.end + 3 if clip.mirror_audio else None  # the last clip: audio continued by its mirror
+        return window_features(job.features, clip.start, opts.frames_per_clip, length=mirrored)
+
+    def _condition(self, job: PreparedJob, cond: torch.Tensor, encoding) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP features of the last condition frame and ``y`` (4 mask channels + the VAE latent of the condition
+        frames followed by zeros). An image source gives the same pair every clip: made once per job."""
+        opts = job.options
+        frames, n_cond = opts.frames_per_clip, cond.shape[1]
+        height, width = cond.shape[2], cond.shape[3]
+        lat_h, lat_w, lat_t = height // VAE_STRIDE[1], width // VAE_STRIDE[2], (frames - 1) // VAE_STRIDE[0] + 1
+        fixed = job.loop.source_condition and isinstance(job.source, ImageSource)
+        if fixed and job.condition is not None:
+            return job.condition
+        clip_features = self.image_encoder(cond[:, -1])  # CLIP of the last condition frame
+        video = torch.cat([cond, torch.zeros(3, frames - n_cond, height, width, device=cond.device)], dim=1)
+        y_latent = self.vae.encode(video, progress=encoding)  # [16, T, h, w]
+        # 4 mask channels: 1 on the condition frames; frame 0 counts 4 times so the frames fold into latent frames.
+        mask = torch.ones(1, frames, lat_h, lat_w, device=self.device)
+        mask[:, n_cond:] = 0
+        mask = torch.cat([mask[:, :1].repeat(1, VAE_STRIDE[0], 1, 1), mask[:, 1:]], dim=1)
+        mask = mask.view(1, lat_t, VAE_STRIDE[0], lat_h, lat_w).transpose(1, 2)[0]  # [4, T, h, w]
+        y = torch.cat([mask, y_latent.to(self.device)]).to(self.dtype)
+        if fixed:
+            job.condition = (clip_features, y)
+        return clip_features, y
 
     def _sample_clip(self, job, clip, cond, motion, windows, guidance, grid, generator, notify) -> torch.Tensor:
         """Denoise one clip conditioned on ``cond`` (frames ``[3, n, H, W]``), continuing from ``motion`` (the
@@ -1002,16 +1093,8 @@ class MultiTalkPipeline:
             notify(Progress("encoding", clip_no, clips, 0, steps, done=done, total=total))
 
         encoding(0, lat_t)
-        clip_features = self.image_encoder(cond[:, -1])  # CLIP of the last condition frame
-        video = torch.cat([cond, torch.zeros(3, frames - n_cond, height, width, device=cond.device)], dim=1)
-        y_latent = self.vae.encode(video, progress=encoding)  # [16, T, h, w]
+        clip_features, y = self._condition(job, cond, encoding)
         encoding(lat_t, lat_t)  # encoded (again if the VAE said so already: the clock reads the first)
-        # 4 mask channels: 1 on the condition frames; frame 0 counts 4 times so the frames fold into latent frames.
-        mask = torch.ones(1, frames, lat_h, lat_w, device=self.device)
-        mask[:, n_cond:] = 0
-        mask = torch.cat([mask[:, :1].repeat(1, VAE_STRIDE[0], 1, 1), mask[:, 1:]], dim=1)
-        mask = mask.view(1, lat_t, VAE_STRIDE[0], lat_h, lat_w).transpose(1, 2)[0]  # [4, T, h, w]
-        y = torch.cat([mask, y_latent.to(self.device)]).to(self.dtype)
         if loop.clean_motion:  # InfiniteTalk: the motion frames (first clip: the reference frame) encoded alone
             motion_latents = self.vae.encode(motion).to(self.device, torch.float32)
         else:  # MultiTalk: the condition is the motion frames; their latents are y's first frames
@@ -1035,13 +1118,21 @@ class MultiTalkPipeline:
             then overwrites its result): the draw is kept, so that a seed gives the official noise."""
             if motion_latents is None:
                 return
-            noise = self._randn_like(motion_latents, generator) if clip.index or not loop.clean_motion else None
+            draw = not loop.clean_motion or (clip.index and loop.motion_noise_draw)
+            noise = self._randn_like(motion_latents, generator) if draw else None
             latent[:, :n_motion] = motion_latents if loop.clean_motion else add_noise(motion_latents, noise, timestep)
 
         inject(grid[0])
         buffers = guidance.new_buffers()
         cache = job.step_cache
         for i in range(opts.steps):
+            if not loop.guided:  # FlashTalk: one pass, the clean prediction re-noised to the next timestep
+                velocity = self._predict(latent, grid[i], y, clip_features, *passes["cond"], job.masks, cache, job)
+                noise = self._randn_like(latent, generator)
+                latent = x0_renoise_step(latent, velocity, grid[i], grid[i + 1], noise)
+                inject(grid[i + 1])
+                notify(Progress("sampling", clip.index + 1, len(job.clips), i + 1, opts.steps))
+                continue
             preds = {}
             for name in guidance.passes():
                 if cache is not None:

@@ -12,6 +12,11 @@ Guidance (velocity space):
 
 APG (adaptive projected guidance) replaces each difference by its momentum-averaged, norm-capped component
 orthogonal to the conditional prediction: ``cond + (s_t - 1) APG(cond - drop_text) + (s_a - 1) APG(...)``.
+
+SoulX-FlashTalk (distilled, one pass a step, no guidance) samples differently: its grid is 1000/750/500/250 (4 steps;
+1000/500 for 2; otherwise the linspace above) then 0, shifted (shift 5); each step predicts the clean latent
+``x0 = x - (t/1000) v`` and re-noises it to the next timestep with fresh noise, ``x <- (1 - t'/1000) x0 + (t'/1000) n``
+(the noise is drawn at the last step too, where ``t' = 0``: the draws follow the official ones).
 """
 
 from __future__ import annotations
@@ -32,9 +37,40 @@ def timesteps(steps: int, shift: float) -> torch.Tensor:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     grid = torch.from_numpy(np.linspace(NUM_TRAIN_TIMESTEPS, 1, steps, dtype=np.float32))
-    grid = torch.cat([grid, torch.zeros(1)])
+    return shifted(torch.cat([grid, torch.zeros(1)]), shift)
+
+
+# FlashTalk's fixed grids by step count (``flash_talk_pipeline.py``: ``prepare_params``)
+FLASHTALK_GRIDS = {4: (1000.0, 750.0, 500.0, 250.0), 2: (1000.0, 500.0)}
+FLASHTALK_SHIFT = 5.0
+
+
+def shifted(grid: torch.Tensor, shift: float) -> torch.Tensor:
+    """``t' = 1000 * s*u / (1 + (s-1)*u)`` with ``u = t/1000``, in float32."""
     u = grid / NUM_TRAIN_TIMESTEPS
     return shift * u / (1 + (shift - 1) * u) * NUM_TRAIN_TIMESTEPS
+
+
+def flashtalk_timesteps(steps: int, shift: float = FLASHTALK_SHIFT) -> torch.Tensor:
+    """``steps + 1`` float32 timesteps of FlashTalk's sampler, ending at 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    base = FLASHTALK_GRIDS.get(steps)
+    grid = (
+        torch.tensor(base, dtype=torch.float32)
+        if base
+        else torch.from_numpy(np.linspace(NUM_TRAIN_TIMESTEPS, 1, steps, dtype=np.float32))
+    )
+    return shifted(torch.cat([grid, torch.zeros(1)]), shift)
+
+
+def x0_renoise_step(
+    latent: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """One FlashTalk step: the clean prediction ``latent - (t/1000) v``, re-noised to ``t_next`` with ``noise``."""
+    sigma, sigma_next = t / NUM_TRAIN_TIMESTEPS, t_next / NUM_TRAIN_TIMESTEPS
+    clean = latent + (-velocity) * sigma
+    return (1 - sigma_next) * clean + sigma_next * noise
 
 
 def uses_text_pass(text_scale: float) -> bool:

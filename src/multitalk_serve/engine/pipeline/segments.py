@@ -104,7 +104,8 @@ def fingerprint(job, caller: str | None = None) -> str:
     digest.update((caller or "").encode())
     digest.update(json.dumps(options, sort_keys=True, default=str).encode())
     digest.update(json.dumps([job.total_frames, len(job.clips), list(job.reference.shape), job.adapter]).encode())
-    for tensor in (job.features.flatten()[::997], job.reference.flatten()[::97], job.context.flatten()[::97]):
+    audio = job.features if job.features is not None else torch.from_numpy(np.concatenate(job.tracks))
+    for tensor in (audio.flatten()[::997], job.reference.flatten()[::97], job.context.flatten()[::97]):
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
