@@ -23,7 +23,10 @@ materialised with random values straight on the device. Items, in order (each wr
   fp8+t5-offload+group-offload) next to the peak measured in a ``fast`` job under that plan, and each plan's seconds
   per forward against bf16's;
 - the official ``WanModel`` forward on the same GPU (``--official CHECKOUT``; skipped otherwise);
-- InfiniteTalk's forward: skipped with its reason until that model is in the engine (issue 13).
+- InfiniteTalk's forward at 480p (the same network with its audio norm in float32), 1 and 2 speakers;
+- SoulX-FlashTalk (the ``realtime`` preset): its forward at its shape (33x768x448, one speaker), and two of its
+  33-frame windows end to end through ``generate`` with a job folder (4 forwards a window, no guidance), with the
+  time to the first segment and the seconds per second of video.
 
 Time bound: ``--budget-s`` (default 450 s, counted from the start of this process, imports included) keeps the run
 under 8 minutes on one H100 / H200. Before each item its cost is estimated from what was already measured (forward
@@ -104,13 +107,13 @@ def full_scale() -> Scale:
     return Scale(
         name="full",
         dims=WanDims(),
-        shapes={"480p": (81, 480, 832), "720p": (81, 720, 1280)},
+        shapes={"480p": (81, 480, 832), "720p": (81, 720, 1280), "flashtalk": (33, 768, 448)},
         audio_seconds=10.0,
         clip_seconds=3.2,
         frames_per_clip=81,
         motion_frames=25,
         lora_rank=128,  # lightx2v_I2V_14B_480p_cfg_step_distill_rank128
-        repeats={"480p": 2, "720p": 1},
+        repeats={"480p": 2, "720p": 1, "flashtalk": 3},
         encoder_repeats=3,
         plan_steps=2,
         clip_steps=None,
@@ -123,13 +126,13 @@ def smoke_scale() -> Scale:
     return Scale(
         name="smoke",
         dims=TINY_DIMS,
-        shapes={"480p": (5, 32, 48), "720p": (5, 48, 80)},
+        shapes={"480p": (5, 32, 48), "720p": (5, 48, 80), "flashtalk": (5, 48, 32)},
         audio_seconds=1.0,
         clip_seconds=0.2,
         frames_per_clip=5,
         motion_frames=1,
         lora_rank=4,
-        repeats={"480p": 1, "720p": 1},
+        repeats={"480p": 1, "720p": 1, "flashtalk": 1},
         encoder_repeats=1,
         plan_steps=1,
         clip_steps=1,
@@ -600,7 +603,9 @@ def _r(values: list[float]) -> list[float]:
 
 
 # --- items: transformer forwards ---------------------------------------------------------------------------------
-def forward_item(resolution: str, weights: str, backend: str) -> Callable[[Suite], dict]:
+def forward_item(
+    resolution: str, weights: str, backend: str, speakers: tuple[int, ...] = (1, 2)
+) -> Callable[[Suite], dict]:
     def run(suite: Suite) -> dict:
         from multitalk_serve.engine.speed.backends import NATIVE, probe
         from multitalk_serve.forward_check import random_inputs
@@ -623,18 +628,18 @@ def forward_item(resolution: str, weights: str, backend: str) -> Callable[[Suite
         frames, height, width = suite.scale.shapes[resolution]
         cases = []
         try:
-            for speakers in (1, 2):
-                inputs = random_inputs(model, speakers, frames, height, width, suite.dtype, suite.device)
+            for n in speakers:
+                inputs = random_inputs(model, n, frames, height, width, suite.dtype, suite.device)
                 resident = suite.allocated_gb()
                 suite.reset_peak()
                 runs, out = _timed(suite, lambda inputs=inputs: model(**inputs).sample, suite.scale.repeats[resolution])
                 if not torch.isfinite(out).all():
-                    raise RuntimeError(f"non-finite output ({speakers} speaker(s))")
+                    raise RuntimeError(f"non-finite output ({n} speaker(s))")
                 best = min(runs)
-                flops = forward_flops(suite.scale.dims, frames, height, width, speakers)
+                flops = forward_flops(suite.scale.dims, frames, height, width, n)
                 peak = suite.peak()
                 case = {
-                    "speakers": speakers,
+                    "speakers": n,
                     "s_per_forward": round(best, 4),
                     "runs": _r(runs),
                     "tflop": round(flops / 1e12, 3),
@@ -646,7 +651,7 @@ def forward_item(resolution: str, weights: str, backend: str) -> Callable[[Suite
                     case["workspace_gb"] = round(peak["peak_gb"] - resident, 2)
                 cases.append(case)
                 del inputs, out
-                if (resolution, weights, backend, speakers) == ("480p", "bf16", NATIVE, 1):
+                if (resolution, weights, backend, n) == ("480p", "bf16", NATIVE, 1):
                     suite.speed["fwd_480p_s"] = best
         finally:
             model.set_attention_backend(NATIVE)
@@ -1072,13 +1077,89 @@ def official_worker(args: argparse.Namespace) -> None:
     Path(args.official_worker).write_text(json.dumps(result))
 
 
-def item_infinitetalk(suite: Suite) -> dict:
-    import multitalk_serve.engine as engine
+@contextlib.contextmanager
+def audio_norm_fp32(model):
+    """The transformer with InfiniteTalk's / FlashTalk's one numerical difference (``loading/adapters.py``): the
+    audio projection's LayerNorm in float32. Restored afterwards (the other items measure MultiTalk's)."""
+    before = model.audio_proj.norm_fp32
+    model.audio_proj.norm_fp32 = True
+    try:
+        yield model
+    finally:
+        model.audio_proj.norm_fp32 = before
 
-    landed = [name for name in engine.__all__ if "infinitetalk" in name.lower()]
-    if not landed:
-        raise Skip("InfiniteTalk (issue 13) is not in the engine yet: no forward to measure")
-    raise Skip(f"InfiniteTalk has landed ({', '.join(landed)}) but this suite has no item for it yet: add one here")
+
+def item_infinitetalk(suite: Suite) -> dict:
+    """InfiniteTalk's forward: MultiTalk's network and shapes with the audio norm in float32."""
+    with audio_norm_fp32(suite.transformer("bf16")):
+        row = forward_item("480p", "bf16", "native")(suite)
+    return row | {"model": "infinitetalk (audio norm fp32)"}
+
+
+def item_flashtalk_forward(suite: Suite) -> dict:
+    """FlashTalk's forward at its window shape (one speaker; the 2-speaker case is not a FlashTalk job)."""
+    with audio_norm_fp32(suite.transformer("bf16")):
+        row = forward_item("flashtalk", "bf16", "native", speakers=(1,))(suite)
+    suite.speed["fwd_flashtalk_s"] = row["cases"][0]["s_per_forward"]
+    return row | {"model": "flashtalk"}
+
+
+def item_flashtalk_window(suite: Suite) -> dict:
+    """Two FlashTalk windows (56 new frames, 2.24 s of video) through ``generate`` with a job folder: every forward,
+    the stage seconds, when the first segment was written, the seconds per second of video."""
+    from multitalk_serve.demo_media import portrait, voice
+    from multitalk_serve.engine import GenerateOptions
+
+    _need_encoders(suite)
+    model = suite.transformer("bf16")
+    pipe = make_pipeline(suite, model)
+    pipe.adapter = "flashtalk"
+    frames, height, width = suite.scale.shapes["flashtalk"]
+    window = {} if suite.scale.name == "full" else {"frames_per_clip": frames, "motion_frames": 1}
+    options = GenerateOptions.from_preset("realtime", seed=1, size=(height, width), **window)
+    new = options.resolved().frames_per_clip - options.resolved().motion_frames
+    speech = [voice(2 * new / 25, 140, seed=0)]
+    started, first = time.perf_counter(), []
+    with audio_norm_fp32(model):
+        pipe.warm_up(size=(height, width))
+        suite.reset_peak()
+        started = time.perf_counter()
+        with CallTimer(pipe.transformer, suite) as timer:
+            result = pipe.generate(
+                portrait(),
+                speech,
+                PROMPT,
+                suite.tmp / "realtime.mp4",
+                options=options,
+                job_dir=suite.tmp / "realtime-job",
+                on_segment=lambda segment: first.append(time.perf_counter() - started) if not first else None,
+            )
+    suite.sync()
+    total = result.timings["total"]
+    transformer_s = sum(timer.calls)
+    video_s = result.frames / 25
+    return {
+        "model": "flashtalk",
+        "size": f"{result.height}x{result.width}",
+        "frames": result.frames,
+        "windows": result.clips,
+        "forwards": len(timer.calls),
+        "s_per_forward": round(statistics.median(timer.calls), 4) if timer.calls else None,
+        "forward_runs": _r(timer.calls),
+        "total_s": round(total, 3),
+        "first_segment_s": round(first[0], 3) if first else None,
+        "s_per_video_s": round(total / video_s, 3),
+        "share_outside_transformer": round(1 - transformer_s / total, 4),
+        "stage_s": result.timings,
+        "attention": pipe.attention_backend,
+        **suite.peak(),
+    }
+
+
+def flashtalk_window_estimate(suite: Suite) -> float:
+    fwd = suite.speed.get("fwd_flashtalk_s") or suite.fwd_estimate("flashtalk", 1)
+    vae = suite.speed.get("vae_decode_s", suite.prior(8.0, 0.5))
+    return 2 * (4 * fwd + vae) + 3 * fwd + suite.prior(20.0, 2.0)  # 2 windows, the warm-up, encoders and MP4
 
 
 # --- the plan ------------------------------------------------------------------------------------------------------
@@ -1104,6 +1185,24 @@ def items_for(suite: Suite) -> list[Item]:
             item_fast_clip,
             fast_clip_estimate,
             "an 81-frame 480p clip, fast preset (random speed LoRA adapter), end to end, bf16",
+        ),
+        Item(
+            "infinitetalk.forward.480p",
+            item_infinitetalk,
+            forward_estimate("480p", "bf16"),
+            "InfiniteTalk's forward at 480p, 1 and 2 speakers, bf16, PyTorch SDPA (audio norm in fp32)",
+        ),
+        Item(
+            "flashtalk.forward",
+            item_flashtalk_forward,
+            lambda s: (s.scale.repeats["480p"] + 1) * s.fwd_estimate("flashtalk", 1),
+            "FlashTalk's forward at its window shape (33x768x448), one speaker, bf16, PyTorch SDPA",
+        ),
+        Item(
+            "flashtalk.window",
+            item_flashtalk_window,
+            flashtalk_window_estimate,
+            "two FlashTalk windows (realtime preset) end to end with a job folder: time to first segment",
         ),
         Item(
             "plan.bf16+t5-offload",
@@ -1149,7 +1248,6 @@ def items_for(suite: Suite) -> list[Item]:
             forward_estimate("720p", "fp8"),
             "seconds per forward at 720p, 1 and 2 speakers, fp8 weights, PyTorch SDPA",
         ),
-        Item("infinitetalk.forward.480p", item_infinitetalk, fixed(0.0, 0.0), "InfiniteTalk's forward (issue 13)"),
     ]
     if suite.args.only:
         wanted = [w.strip() for w in suite.args.only.split(",") if w.strip()]
@@ -1181,7 +1279,12 @@ def markdown(report: dict) -> str:
         "",
     ]
     items = report["items"]
-    forwards = [r for r in items if r["item"].startswith(("forward.", "official.")) and r["status"] == "ok"]
+    forwards = [
+        r
+        for r in items
+        if r["item"].startswith(("forward.", "official.", "infinitetalk.forward", "flashtalk.forward"))
+        and r["status"] == "ok"
+    ]
     if forwards:
         lines += [
             "## Transformer forward",
@@ -1214,6 +1317,23 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|---|---|",
             f"| {clip['clip_s']:.2f} | {clip['forwards']} | {clip['transformer_s']:.2f} | {clip['s_per_forward']:.3f} |"
             f" {clip['share_outside_transformer']:.1%} | {_cell(clip.get('peak_gb'))} |",
+            "",
+            f"Stages (s): {stages}.",
+            "",
+        ]
+    realtime = next((r for r in items if r["item"] == "flashtalk.window" and r["status"] == "ok"), None)
+    if realtime:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in realtime["stage_s"].items() if k != "total")
+        lines += [
+            f"## realtime preset (FlashTalk), {realtime['windows']} windows at {realtime['size']}, end to end (bf16)",
+            "",
+            "| total s | first segment s | s per video s | frames | forwards | s / forward | outside the transformer"
+            " | peak GB |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {realtime['total_s']:.2f} | {_cell(realtime['first_segment_s'], '{:.2f}')} |"
+            f" {realtime['s_per_video_s']:.2f} | {realtime['frames']} | {realtime['forwards']} |"
+            f" {realtime['s_per_forward']:.3f} | {realtime['share_outside_transformer']:.1%} |"
+            f" {_cell(realtime.get('peak_gb'))} |",
             "",
             f"Stages (s): {stages}.",
             "",

@@ -37,7 +37,6 @@ SMOKE_SKIPS = {
     "forward.bf16.720p.native": "same code as the 480p item",
     "forward.fp8.720p.native": "same code as the 480p item",
     "official.forward.480p": "no --official checkout",
-    "infinitetalk.forward.480p": "issue 13",
 }
 
 
@@ -62,9 +61,17 @@ def test_smoke_runs_every_item_on_cpu(gpu_suite, tmp_path):
         "forward.bf16.480p._native_math",
         "forward.fp8.480p.native",
         "clip.fast",
+        "infinitetalk.forward.480p",
+        "flashtalk.forward",
+        "flashtalk.window",
         *(f"plan.{p}" for p in gpu_suite.PLANS if p != "bf16"),
     }
     assert set(ran) == expected
+    assert [c["speakers"] for c in items["infinitetalk.forward.480p"]["cases"]] == [1, 2]
+    assert [c["speakers"] for c in items["flashtalk.forward"]["cases"]] == [1]
+    realtime = items["flashtalk.window"]  # smoke: 5-frame windows with 1 motion frame, 4 new frames each
+    assert (realtime["windows"], realtime["frames"], realtime["forwards"]) == (2, 8, 8)  # 4 steps, one pass each
+    assert 0 < realtime["first_segment_s"] < realtime["total_s"]
 
     for name in ("forward.bf16.480p.native", "forward.fp8.480p.native", "forward.bf16.480p._native_math"):
         cases = items[name]["cases"]
@@ -87,7 +94,8 @@ def test_smoke_runs_every_item_on_cpu(gpu_suite, tmp_path):
     assert any("without CUDA streams" in n for n in plans[gpu_suite.PLAN_24GB]["notes"])
 
     markdown = (tmp_path / "gpu_suite.md").read_text()
-    for heading in ("Transformer forward", "Encoders and VAE", "fast preset", "Memory plans", "Targets", "Skipped"):
+    headings = ("Transformer forward", "Encoders and VAE", "fast preset", "realtime preset", "Memory plans", "Targets")
+    for heading in (*headings, "Skipped"):
         assert f"## {heading}" in markdown
 
 
