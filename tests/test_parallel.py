@@ -4,7 +4,10 @@ The ranks are forked (CPU only; they share this process's imported modules, savi
 small machine); one test spawns fresh interpreters, the launcher's default and the only choice with GPUs. Every run
 is bounded by the launcher's timeout: a hang fails the test instead of blocking CI.
 
-The tiny model has 2 heads; Ulysses splits heads across ranks, so these tests use the tiny dims with 4 heads (64
+The pipeline test runs the tiny model itself (2 heads) on 2 ranks: every rank runs the whole job, the transformer's
+forward is split (``engine/parallel/pipeline.py``).
+
+The transformer tests: the tiny model has 2 heads; Ulysses splits heads across ranks, so these tests use the tiny dims with 4 heads (64
 wide): 2 and 4 ranks divide them. The video is 9 frames at 64 x 96 pixels: 3 latent frames of 24 tokens, 72
 tokens. On 2 ranks a shard ends inside latent frame 1; on 4 ranks latent frame 0 (the reference keys of the
 two-speaker map) spans ranks 0 and 1, and every shard starts or ends inside a frame. The "anything" case has 45
@@ -18,9 +21,11 @@ import time
 import pytest
 import torch
 
+import pipeline_stubs as stubs
+from multitalk_serve.engine import GenerateOptions
 from multitalk_serve.engine.parallel import RankFailure, run_on_ranks
 from multitalk_serve.engine.parallel.launch import group_check
-from multitalk_serve.parallel_check import Case, rank_forward, reference
+from multitalk_serve.parallel_check import Case, generate_frames, rank_forward, rank_generate, reference
 from multitalk_serve.tiny import TINY_DIMS
 
 DIMS = TINY_DIMS.replace(num_heads=4)
@@ -77,3 +82,23 @@ def test_a_rank_failing_mid_forward_fails_every_rank_without_hanging(how):
 
 def test_spawned_ranks_form_a_group():
     assert run_on_ranks(group_check, 2, timeout_s=TIMEOUT_S) == [3, 3]
+
+
+def test_a_job_on_two_ranks_gives_the_same_frames_as_one_process(tiny_pipeline, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "ref.png"
+    Image.fromarray(stubs.scenario_image()).save(image)
+    # streaming over two 21-frame windows (5 motion frames) at 64 x 96 (96 tokens a window: 48 a rank)
+    small = {"size": (64, 96), "steps": 2, "seed": 11, "frames_per_clip": 21, "motion_frames": 5}
+    jobs = [
+        (image, [stubs.speech_like(1.2, 1)], GenerateOptions(**small)),
+        (image, [stubs.speech_like(0.8, 1), stubs.speech_like(0.8, 2)], GenerateOptions(**small, audio_type="add")),
+    ]
+    expected = [generate_frames(tiny_pipeline, *job) for job in jobs]
+    assert [e.shape[1] for e in expected] == [30, 40]  # two windows each
+    results = run_on_ranks(rank_generate, 2, (tiny_pipeline, jobs), timeout_s=TIMEOUT_S, start_method="fork")
+    for rank, frames in enumerate(results):
+        for got, want in zip(frames, expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"rank {rank}")
+    assert tiny_pipeline.transformer._parallel_config is None  # the ranks' copies were split, not the caller's

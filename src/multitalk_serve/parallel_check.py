@@ -117,3 +117,18 @@ def rank_timing(rank: int, world: int, dims: WanDims, case: Case, dtype: str, re
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return {"seconds": times, "output": out.float().cpu() if rank == 0 else None, "peak_bytes": peak}
+
+
+def generate_frames(pipe, image, audio: list, options) -> torch.Tensor:
+    """Every frame of one job ``[3, n, H, W]``, the pipeline's own loop (prepare -> frames)."""
+    job = pipe.prepare(image, audio, "a person talks", options=options)
+    return torch.cat(list(pipe.frames(job)), dim=1)
+
+
+def rank_generate(rank: int, world: int, pipe, jobs: list[tuple]) -> list[torch.Tensor]:
+    """On one rank: ``pipe`` (every rank loads the same one) with its transformer split across the ranks runs every
+    job ``(image, audio, options)``. With the "fork" launcher the pipeline is the caller's, shared copy-on-write."""
+    from .engine.parallel.pipeline import enable_pipeline_parallel
+
+    enable_pipeline_parallel(pipe)
+    return [generate_frames(pipe, *job) for job in jobs]
