@@ -11,7 +11,8 @@ The transformer tests: the tiny model has 2 heads; Ulysses splits heads across r
 wide): 2 and 4 ranks divide them. The video is 9 frames at 64 x 96 pixels: 3 latent frames of 24 tokens, 72
 tokens. On 2 ranks a shard ends inside latent frame 1; on 4 ranks latent frame 0 (the reference keys of the
 two-speaker map) spans ranks 0 and 1, and every shard starts or ends inside a frame. The "anything" case has 45
-tokens (3 frames of 15), which do not split evenly.
+tokens (3 frames of 15), which do not split evenly. The TeaCache case runs two forwards, the second skipping the
+blocks and adding each rank's stored residual.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CASES = [
     Case(speakers=1, adapter="infinitetalk-single"),
     Case(speakers=2, adapter="infinitetalk-multi"),
     Case(speakers=2, adapter="multitalk", height=48, width=80, anything=True),
+    Case(speakers=2, adapter="multitalk", step_cache=True),  # TeaCache: each rank reuses its own residual
 ]
 TIMEOUT_S = 120
 
@@ -55,7 +57,8 @@ def test_context_parallel_equals_one_process(world, expected):
     worst = 0.0
     for rank, result in enumerate(results):
         # each rank's blocks saw its own shard of the tokens, not the whole sequence
-        assert result["block_tokens"] == [shard_sizes(72, world)[rank]] * 4 + [shard_sizes(45, world)[rank]]
+        tokens = [shard_sizes(45 if case.anything else 72, world)[rank] for case in CASES]
+        assert result["block_tokens"] == tokens
         for case, got, want in zip(CASES, result["outputs"], expected, strict=True):
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"rank {rank} of {world}, {case}")

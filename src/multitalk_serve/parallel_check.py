@@ -30,6 +30,7 @@ class Case:
     width: int = 96
     anything: bool = False
     seed: int = 0
+    step_cache: bool = False  # two forwards with TeaCache, the second reusing the first's residual
 
 
 def tiny_model(dims: WanDims, adapter: str = "multitalk", seed: int = 5) -> MultiTalkTransformer3DModel:
@@ -47,7 +48,19 @@ def forward(model: MultiTalkTransformer3DModel, case: Case) -> torch.Tensor:
     inputs = random_inputs(model, case.speakers, case.frames, case.height, case.width, torch.float32, "cpu", case.seed)
     if case.speakers == 1:
         inputs.pop("ref_masks")
-    return model(**inputs, return_dict=False)[0]
+    if not case.step_cache:
+        return model(**inputs, return_dict=False)[0]
+    from .engine.speed.step_cache import StepCache
+
+    cache = StepCache(threshold=5.0, warmup_steps=0)
+    outputs = []
+    for step, t in enumerate((900.0, 900.0)):  # no change of the modulation: the second reuses
+        cache.select("cond", step)
+        inputs["timestep"] = torch.tensor([t])
+        outputs.append(model(**inputs, step_cache=cache, return_dict=False)[0])
+    if (cache.computed, cache.skipped) != (1, 1):
+        raise AssertionError(f"expected one computed and one reused forward, got {cache.summary}")
+    return torch.stack(outputs)
 
 
 def reference(dims: WanDims, cases: list[Case]) -> list[torch.Tensor]:
@@ -86,15 +99,24 @@ def rank_forward(
 
 
 @torch.no_grad()
-def rank_timing(rank: int, world: int, dims: WanDims, case: Case, dtype: str, repeats: int) -> dict:
-    """On one rank: seconds per forward of a random model of ``dims`` (context parallel when world > 1)."""
+def rank_timing(
+    rank: int, world: int, dims: WanDims, case: Case, dtype: str, repeats: int, backend: str | None = None
+) -> dict:
+    """On one rank: seconds per forward of a random model of ``dims`` (context parallel when world > 1). On CPU each
+    rank computes with ``cores / world`` threads, so that N ranks share the machine as one process does."""
     import torch.distributed as dist
 
     from .engine.parallel import enable_context_parallel
     from .forward_check import random_model
 
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     model = random_model(dims, getattr(torch, dtype), device, seed=0)
+    if backend:
+        model.set_attention_backend(backend)
     if world > 1:
         enable_context_parallel(model, anything=case.anything)
     inputs = random_inputs(model, case.speakers, case.frames, case.height, case.width, model.dtype, device, case.seed)
@@ -116,7 +138,12 @@ def rank_timing(rank: int, world: int, dims: WanDims, case: Case, dtype: str, re
         sync()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return {"seconds": times, "output": out.float().cpu() if rank == 0 else None, "peak_bytes": peak}
+    return {
+        "seconds": times,
+        "output": out.float().cpu() if rank == 0 else None,
+        "peak_bytes": peak,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def generate_frames(pipe, image, audio: list, options) -> torch.Tensor:

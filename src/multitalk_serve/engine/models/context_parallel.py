@@ -90,7 +90,7 @@ class ShardLayout:
                 break
             mine = src == self.rank
             part = x[:, :held].contiguous() if mine else x.new_empty((x.shape[0], held, *x.shape[2:]))
-            dist.broadcast(part, group=self.group, group_src=src)
+            dist.broadcast(part, src=dist.get_global_rank(self.group, src), group=self.group)
             parts.append(part)
         return torch.cat(parts, dim=1)
 
