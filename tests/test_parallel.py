@@ -4,7 +4,7 @@ The ranks are forked (CPU only; they share this process's imported modules, savi
 small machine); one test spawns fresh interpreters, the launcher's default and the only choice with GPUs. Every run
 is bounded by the launcher's timeout: a hang fails the test instead of blocking CI.
 
-The pipeline test runs the tiny model itself (2 heads) on 2 ranks: every rank runs the whole job, the transformer's
+The pipeline test runs the tiny model itself (2 heads, MultiTalk and InfiniteTalk adapters) on 2 ranks: every rank runs the whole job, the transformer's
 forward is split (``engine/parallel/pipeline.py``).
 
 The transformer tests: the tiny model has 2 heads; Ulysses splits heads across ranks, so these tests use the tiny dims with 4 heads (64
@@ -87,21 +87,29 @@ def test_spawned_ranks_form_a_group():
     assert run_on_ranks(group_check, 2, timeout_s=TIMEOUT_S) == [3, 3]
 
 
-def test_a_job_on_two_ranks_gives_the_same_frames_as_one_process(tiny_pipeline, tmp_path):
+def test_a_job_on_two_ranks_gives_the_same_frames_as_one_process(tiny_root, tmp_path):
     from PIL import Image
 
+    from multitalk_serve.engine import MultiTalkPipeline
+
+    pipe = MultiTalkPipeline.from_pretrained(
+        tiny_root, dtype=torch.float32, adapters=["multitalk", "infinitetalk-single"]
+    )
     image = tmp_path / "ref.png"
     Image.fromarray(stubs.scenario_image()).save(image)
-    # streaming over two 21-frame windows (5 motion frames) at 64 x 96 (96 tokens a window: 48 a rank)
+    # streaming over two 21-frame windows (5 motion frames) at 64 x 96 (96 tokens a window: 48 a rank); one speaker
+    # with InfiniteTalk, two with MultiTalk (the ranks switch adapters between the jobs as one process does)
     small = {"size": (64, 96), "steps": 2, "seed": 11, "frames_per_clip": 21, "motion_frames": 5}
+    two = [stubs.speech_like(0.8, 1), stubs.speech_like(0.8, 2)]
     jobs = [
-        (image, [stubs.speech_like(1.2, 1)], GenerateOptions(**small)),
-        (image, [stubs.speech_like(0.8, 1), stubs.speech_like(0.8, 2)], GenerateOptions(**small, audio_type="add")),
+        (image, [stubs.speech_like(1.2, 1)], GenerateOptions(**small, model="infinitetalk")),
+        (image, two, GenerateOptions(**small, model="multitalk", audio_type="add")),
     ]
-    expected = [generate_frames(tiny_pipeline, *job) for job in jobs]
+    expected = [generate_frames(pipe, *job) for job in jobs]
     assert [e.shape[1] for e in expected] == [30, 40]  # two windows each
-    results = run_on_ranks(rank_generate, 2, (tiny_pipeline, jobs), timeout_s=TIMEOUT_S, start_method="fork")
+    pipe.use_adapter("multitalk")  # the ranks start from the state the pipeline had before the reference run
+    results = run_on_ranks(rank_generate, 2, (pipe, jobs), timeout_s=TIMEOUT_S, start_method="fork")
     for rank, frames in enumerate(results):
         for got, want in zip(frames, expected, strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"rank {rank}")
-    assert tiny_pipeline.transformer._parallel_config is None  # the ranks' copies were split, not the caller's
+    assert pipe.transformer._parallel_config is None  # the ranks' copies were split, not the caller's
