@@ -1176,7 +1176,8 @@ class MultiTalkPipeline:
             try:
                 out = self.transformer(*args, **kwargs)
             except Exception as exc:
-                if self.attention_backend == NATIVE or not is_kernel_failure(exc):
+                parallel = getattr(self.transformer, "_parallel_config", None) is not None  # a retry on one rank
+                if self.attention_backend == NATIVE or parallel or not is_kernel_failure(exc):  # would desync
                     raise
                 failed = self.attention_backend
                 choose_attention_backend(self.transformer, self.device, dtype, NATIVE)
