@@ -9,6 +9,7 @@ A model root may hold any mix of the published layouts (``multitalk-serve downlo
     ROOT/MeiGen-MultiTalk/multitalk.safetensors
     ROOT/InfiniteTalk/single/infinitetalk.safetensors, ROOT/InfiniteTalk/multi/infinitetalk.safetensors
     ROOT/chinese-wav2vec2-base/
+    ROOT/Kokoro-82M/                      optional, text input only: config.json, kokoro-v1_0.pth, voices/*.pt
     ROOT/.multitalk/manifest.json         written by ``download``: which profile, and which file is which component
 
 The audio weights are the audio adapters (``loading/adapters.py``): MultiTalk's, InfiniteTalk's single and multi.
@@ -47,6 +48,7 @@ ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"
 MULTITALK_DIR = "MeiGen-MultiTalk"
 INFINITETALK_DIR = "InfiniteTalk"  # MeiGen-AI/InfiniteTalk as its README downloads it: single/ multi/ quant_models/
 WAV2VEC_DIR = "chinese-wav2vec2-base"
+KOKORO_DIR = "Kokoro-82M"  # text to speech (hexgrad/Kokoro-82M): config.json, kokoro-v1_0.pth, voices/*.pt
 MANIFEST = Path(".multitalk") / "manifest.json"
 RUNPOD_HF_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 
