@@ -115,6 +115,7 @@ _EXPORTS: dict[str, str] = {
     "SpeakerTagError": ".errors",
     "UnreadableTextError": ".errors",
     "LanguageError": ".errors",
+    "SpeechOptionError": ".errors",
     # text to speech (Kokoro-82M): a request, the synthesiser, its result
     "SpeechSynthesizer": ".pipeline.speech",
     "SpeechRequest": ".pipeline.speech",
@@ -191,6 +192,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "SpeakerTagError",
     "Speech",
     "SpeechInputError",
+    "SpeechOptionError",
     "SpeechRequest",
     "SpeechSynthesizer",
     "SpeechTooLongError",

@@ -79,3 +79,7 @@ class UnreadableTextError(SpeechInputError):
 
 class LanguageError(SpeechInputError):
     code = "E_LANGUAGE"
+
+
+class SpeechOptionError(SpeechInputError):
+    code = "E_SPEECH_OPTION"

@@ -31,8 +31,9 @@ Limits (``errors.SpeechInputError`` subclasses, each with a stable ``code``): em
 ``MAX_TEXT_CHARS`` characters ``E_TEXT_TOO_LONG``, speech longer than the cap ``E_SPEECH_TOO_LONG`` (found while
 synthesising, turn by turn), a voice that is not there ``E_UNKNOWN_VOICE`` (the message lists the voices), a voice file
 that is not a Kokoro voice tensor ``E_VOICE_FILE``, a tag for a speaker without a voice or a misplaced tag
-``E_SPEAKER_TAG``, characters the G2P cannot read (other scripts, emoji, control characters) or a turn with nothing to
-say ``E_UNREADABLE_TEXT``, a language Kokoro cannot speak here ``E_LANGUAGE``.
+``E_SPEAKER_TAG``, a speed outside 0.5-2 ``E_SPEECH_OPTION``, characters the G2P cannot read (other scripts, emoji,
+control characters) or a turn with nothing to say ``E_UNREADABLE_TEXT``, a language Kokoro cannot speak here
+``E_LANGUAGE``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from ..errors import (
     CheckpointError,
     LanguageError,
     SpeakerTagError,
+    SpeechOptionError,
     SpeechTooLongError,
     TextEmptyError,
     TextTooLongError,
@@ -216,7 +218,7 @@ class SpeechRequest:
         if self.characters > MAX_TEXT_CHARS:
             raise TextTooLongError(f"text: {self.characters} characters, over the {MAX_TEXT_CHARS} limit")
         if not isinstance(self.speed, int | float) or isinstance(self.speed, bool) or not 0.5 <= self.speed <= 2.0:
-            raise SpeakerTagError(f"speed: a number from 0.5 to 2.0, got {self.speed!r}")
+            raise SpeechOptionError(f"speed: a number from 0.5 to 2.0, got {self.speed!r}")
         for turn in self.turns:
             if turn.speaker >= len(self.voices):
                 raise SpeakerTagError(f"(s{turn.speaker + 1}) has no voice: {len(self.voices)} voice(s) given")
