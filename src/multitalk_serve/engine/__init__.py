@@ -95,6 +95,9 @@ _EXPORTS: dict[str, str] = {
     "AdapterBank": ".loading.adapters",
     "SwitchReport": ".loading.adapters",
     "adapter_spec": ".loading.adapters",
+    # whole models with their own audio layers (FlashTalk): one per process, never with an adapter
+    "FULL_MODELS": ".loading.adapters",
+    "check_model_set": ".loading.adapters",
     # errors
     "EngineError": ".errors",
     "CheckpointError": ".errors",
@@ -142,6 +145,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "DTYPES",
     "FAL_VOICES",
     "FPS",
+    "FULL_MODELS",
     "IMAGE_FORMATS",
     "KOKORO_DIR",
     "LIBRARY_INPUT_NAMES",
@@ -210,6 +214,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "adapter_spec",
     "check_inputs",
     "check_loaded",
+    "check_model_set",
     "check_output_path",
     "choose_preset",
     "composite",
@@ -263,10 +268,12 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .loading.adapters import (
         AUDIO_ADAPTERS,
         DEFAULT_ADAPTER,
+        FULL_MODELS,
         AdapterBank,
         AdapterSpec,
         SwitchReport,
         adapter_spec,
+        check_model_set,
     )
     from .loading.inventory import Inventory, inspect_model_dir
     from .loading.paths import find_components
