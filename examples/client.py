@@ -11,6 +11,8 @@ As a command:
         --segments live/ --job-key talk-42      # segments as they come: ffplay live/index.m3u8 plays while it is made
     python examples/client.py --endpoint ... --image face.png --audio talk.wav --preset realtime --segments live/ \\
         --out talk.mp4                          # FlashTalk (a worker with MULTITALK_ADAPTERS=flashtalk): one speaker
+    python examples/client.py --endpoint ... --image face.png --audio long_talk.wav --out talk.mp4 \
+        --parallel 4            # one long video made by 4 workers at once: the audio cut at pauses (fanout.py)
 
 As a library:
 
@@ -23,7 +25,8 @@ As a library:
     saver = SegmentSaver("live")                    # or stream: the segments of a long video as they are made
     output = client.stream(client.submit({...}), on_item=saver)
 
-Only ``requests`` is needed. Jobs go through ``/run`` and are polled on ``/status`` (progress is printed), or through
+Only ``requests`` is needed (``--parallel`` / ``--segment-seconds`` also need numpy and PyAV: ``fanout.py``).
+Jobs go through ``/run`` and are polled on ``/status`` (progress is printed), or through
 ``/runsync`` with ``--sync``, or through ``/stream`` with ``--stream``: then every finished segment (a few seconds of
 video, an MPEG-TS file) is reported as it is made, and ``--segments DIR`` saves them with an HLS playlist that a player
 can open before the job ends. The video comes back as a presigned URL, a path on the network volume, or inline base64,
@@ -89,7 +92,8 @@ def job_result(output: dict | list, job_id: str = "") -> dict:
 class MultiTalkClient:
     def __init__(self, endpoint: str, api_key: str | None = None, timeout: float = 60.0):
         self.endpoint = endpoint.rstrip("/")
-        self.local = "api.runpod.ai" not in self.endpoint
+        # the local API server (--rp_serve_api) serves /run at its root; RunPod's API (or one like it) under /v2/<id>
+        self.local = "api.runpod.ai" not in self.endpoint and "/v2/" not in self.endpoint
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -405,6 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     delivery.add_argument("--sync", action="store_true", help="use /runsync instead of /run + /status")
     delivery.add_argument("--stream", action="store_true", help="use /stream: report each segment as it is made")
     delivery.add_argument("--segments", metavar="DIR", help="--stream, and save the segments + DIR/index.m3u8 to DIR")
+    fan = parser.add_mutually_exclusive_group()
+    fan.add_argument("--parallel", type=int, metavar="N",
+                     help="one long video made by N workers at once: the audio (local files) cut at pauses into about "
+                          "N equal parts, each a job, joined into --out (needs numpy and PyAV)")  # fmt: skip
+    fan.add_argument("--segment-seconds", type=float, metavar="S",
+                     help="like --parallel, with parts of about S seconds (as many jobs as that makes)")  # fmt: skip
+    parser.add_argument("--retries", type=int, default=2, help="--parallel: times a failed or lost part is sent again")
+    parser.add_argument("--lost-after", type=float, default=600.0, metavar="S",
+                        help="--parallel: a part running with no news on /status for S seconds is lost (its worker "
+                             "died) and sent again")  # fmt: skip
     return parser
 
 
@@ -433,10 +447,43 @@ def job_input(args: argparse.Namespace) -> dict:
     return {**job, **args.extra}
 
 
+def fan_out_main(args: argparse.Namespace, client: MultiTalkClient) -> int:
+    """``--parallel N`` / ``--segment-seconds S``: the parts made at once by the endpoint's workers, joined."""
+    import fanout  # numpy + PyAV: only for a fan-out
+
+    if args.stream or args.segments or args.sync:
+        print("--parallel / --segment-seconds poll /status: not with --stream, --segments or --sync", file=sys.stderr)
+        return 2
+    job = job_input(args)
+    del job["audio"]
+    if args.video is not None:
+        job["video"] = args.video  # a local file: cut into the parts' pieces by fan_out
+    job.pop("job_key", None)
+    started = time.monotonic()
+    try:
+        summary = fanout.fan_out(
+            client, job, args.audio, args.out, parts=args.parallel, segment_seconds=args.segment_seconds,
+            audio_type=args.audio_type, key=args.job_key, retries=args.retries, lost_after_s=args.lost_after,
+            on_progress=fanout.print_bar,
+        )  # fmt: skip
+    except (fanout.FanOutError, JobFailed, ValueError) as exc:
+        print(f"fan-out failed: {exc}", file=sys.stderr)
+        return 1
+    how = "video packets copied" if summary["copied"] else "video encoded again"
+    print(f"saved {args.out}: {summary['seconds']:.2f} s, {summary['frames']} frames, {summary['parts']} parts "
+          f"({how}, the input audio as its soundtrack), {summary['retries']} retried, "
+          f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    job = job_input(args)
     client = MultiTalkClient(args.endpoint, args.api_key)
+    if args.parallel is not None or args.segment_seconds is not None:
+        return fan_out_main(args, client)
+    job = job_input(args)
     started = time.monotonic()
     try:
         if args.stream or args.segments:

@@ -239,3 +239,38 @@ def write_source_video(path) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+# --- FlashTalk scenarios: the official ``FlashTalkPipeline`` driven by ``generate_video.py --audio_encode_mode stream``
+# (make_flashtalk_pipeline_fixtures.py) and ours (tests/test_flashtalk_pipeline_parity.py). Real window sizes: 33
+# frames, 5 motion frames, 28 new frames (1.12 s, 17920 samples) a window; one speaker; the image of
+# ``scenario_image()``; the realtime preset's shift 5 and colour correction 1.0. ``FT_SIZE`` replaces the official
+# 768 x 448 (height x width; portrait, as the official, so the 300 x 500 image is cropped at the sides).
+FT_FRAME_NUM, FT_MOTION_FRAMES = 33, 5
+FT_SIZE = (96, 64)
+FT_SHIFT = 5.0
+FT_PROMPT = "A person is talking. Only the foreground characters are moving, the background remains static."
+FT_SCENARIOS = {
+    # the realtime preset: 4 steps; 4 whole windows plus 0.32 s (8 frames) that the official loop drops
+    "four_steps": {"seconds": 4.8, "steps": 4, "seed": 42},
+    # 2 steps, 9 whole windows (10.08 s): from window 7 on (ending at 8.96 s) the 8 s audio buffer holds no zeros
+    "two_steps_rolling": {"seconds": 10.08, "steps": 2, "seed": 7},
+}
+FT_COLOR_INPUT_SEED = 21  # the random clip and reference given to the colour correction alone
+
+
+def ft_color_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip ``[1, 3, 6, 16, 24]`` and a reference ``[1, 3, 1, 16, 24]`` in [-1, 1] for the colour correction on
+    its own. Frames: random, saturated (tanh), bright and low in contrast, dark and low in contrast, the corners of
+    the RGB cube, random; the reference's blue is all or nothing. The low-contrast frames are stretched to the
+    reference's spread, out of the sRGB gamut, where Lab recipes that agree on ordinary frames part (FlashTalk's torch
+    constants against scikit-image's differ by up to 4e-4 here, by 8e-6 on uniform noise)."""
+    rng = np.random.RandomState(FT_COLOR_INPUT_SEED)
+    clip = rng.uniform(-1, 1, (1, 3, 6, 16, 24)).astype(np.float32)
+    clip[:, :, 1] = np.tanh(3 * clip[:, :, 1])
+    clip[:, :, 2] = 0.15 * clip[:, :, 2] + 0.3
+    clip[:, :, 3] = 0.1 * clip[:, :, 3] - 0.7
+    clip[:, :, 4] = np.sign(clip[:, :, 4])
+    reference = rng.uniform(-1, 1, (1, 3, 1, 16, 24)).astype(np.float32)
+    reference[:, 2] = np.where(rng.uniform(0, 1, (1, 16, 24)) > 0.5, 1.0, -1.0)
+    return torch.from_numpy(clip), torch.from_numpy(reference)

@@ -156,14 +156,16 @@ def test_the_default_preset_fits_the_model():
 
 @pytest.fixture
 def flashtalk_root(tiny_root, tmp_path) -> Path:
-    """The tiny model folder (linked) with a FlashTalk folder beside it (only what the start-up plan reads)."""
+    """The tiny model folder (linked, without its FlashTalk) with a stand-in FlashTalk folder: only the files that
+    make the loader find it, so the start-up checks before loading can be tested on it."""
     root = tmp_path / "models"
     root.mkdir()
     for entry in tiny_root.iterdir():
         if entry.name != FLASHTALK_DIR:
             (root / entry.name).symlink_to(entry)
     (root / FLASHTALK_DIR).mkdir()
-    (root / FLASHTALK_DIR / "config.json").write_text("{}")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors.index.json"):  # what finds it (headers only)
+        (root / FLASHTALK_DIR / name).write_text("{}")
     return root
 
 

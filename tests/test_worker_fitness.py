@@ -63,7 +63,10 @@ def test_an_infinitetalk_only_folder_passes(tiny_root, tmp_path):
 def test_every_problem_is_reported_at_once(tiny_root, tmp_path):
     """A diffusers-only folder missing its VAE and a text-encoder shard: both named in one message."""
     root = tmp_path / "models"
-    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("Wan2.1-I2V-14B-480P", "*.gguf"))
+    # FlashTalk's folder would lend its .pth VAE: left out with the original layout, so only diffusers remains
+    shutil.copytree(
+        tiny_root, root, ignore=shutil.ignore_patterns("Wan2.1-I2V-14B-480P", "*.gguf", "SoulX-FlashTalk-14B")
+    )
     shutil.rmtree(root / "Wan2.1-I2V-14B-480P-Diffusers/vae")
     (root / "Wan2.1-I2V-14B-480P-Diffusers/text_encoder/model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError) as info:

@@ -19,6 +19,11 @@ A tiny random model generates noise, not faces: it tests plumbing and numerics, 
       wan2.1-i2v-14b-480p-Q8_0.gguf     community GGUF layout (base weights), Q8_0
       wan2.1-i2v-14b-480p-Q4_K_M.gguf   and a K-quant mix
       chinese-wav2vec2-base/            config.json, preprocessor_config.json, model.safetensors
+      SoulX-FlashTalk-14B/              FlashTalk's layout: config.json (the official WanModel's config keys),
+                                        2 shards + index holding the Wan keys AND the audio keys (its own values),
+                                        and the original-layout encoders of Wan2.1-I2V-14B-480P/ (hard links)
+      Kokoro-82M/                       text to speech: config.json, kokoro-v1_0.pth, voices/af_heart.pt, am_adam.pt
+                                        (``tiny_speech``; written when the ``tts`` extra is installed)
       TINY.json                         what was written, with which dimensions and seed
 """
 
@@ -56,7 +61,7 @@ from .engine.loading.original_encoders import (
     vae_key,
     vae_prefixes,
 )
-from .engine.loading.paths import DIFFUSERS_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
+from .engine.loading.paths import DIFFUSERS_DIR, FLASHTALK_DIR, MULTITALK_DIR, ORIGINAL_DIR, WAV2VEC_DIR
 
 # Transformer dims of the tiny model: 256-wide with 128-wide heads (as the real model), so RoPE splits the
 # head exactly as at full size and K-quants have 256-long rows. Audio features: 12 wav2vec2 layers of 64.
@@ -169,6 +174,67 @@ def write_original_layout(root: Path, dims: WanDims, seed: int = 0, shards: int 
     weight_map = base_map | dict.fromkeys(audio, MULTITALK_WEIGHTS_NAME)
     _write_json(mt / WEIGHTS_INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
     write_infinitetalk_layout(root, dims, seed)
+
+
+def flashtalk_config(dims: WanDims) -> dict:
+    """``SoulX-FlashTalk-14B/config.json``: what the official ``WanModel`` (InfiniteTalk's ``multitalk_model.py`` as
+    FlashTalk ships it, a diffusers ``ConfigMixin``) registers: its ``__init__`` arguments except ``ignore_for_config``
+    (``patch_size``, ``cross_attn_norm``, ``qk_norm``, ``text_dim``, ``window_size``), with the audio ones. The keys
+    are checked against the official class in ``tests/fixtures/official/flashtalk_layout.json``."""
+    return {
+        "_class_name": "WanModel",
+        "_diffusers_version": "0.34.0",  # the minimum of its requirements.txt; not read by any loader
+        "audio_window": dims.audio_window,
+        "context_tokens": dims.audio_context_tokens,
+        "dim": dims.dim,
+        "eps": dims.eps,
+        "ffn_dim": dims.ffn_dim,
+        "freq_dim": dims.freq_dim,
+        "in_dim": dims.in_dim,
+        "intermediate_dim": dims.audio_intermediate_dim,
+        "model_type": "i2v",
+        "norm_input_visual": True,
+        "norm_output_audio": True,
+        "num_heads": dims.num_heads,
+        "num_layers": dims.num_layers,
+        "out_dim": dims.out_dim,
+        "output_dim": dims.audio_output_dim,
+        "text_len": dims.text_len,
+        "vae_scale": dims.vae_scale,
+        "weight_init": True,
+    }
+
+
+def flashtalk_tensors(dims: WanDims, seed: int = 0) -> dict[str, torch.Tensor]:
+    """FlashTalk's transformer state dict (official key names: the Wan base keys and the audio keys), float32; its
+    own values (the published model is trained on from InfiniteTalk, every weight differs from the Wan base)."""
+    shapes = original_base_shapes(dims) | multitalk_shapes(dims)
+    return {k: random_tensor(f"flashtalk:{k}", s, seed) for k, s in shapes.items()}
+
+
+def write_flashtalk_transformer(out: Path, dims: WanDims, seed: int = 0, shards: int = 2) -> Path:
+    """FlashTalk's transformer files in ``out``: ``config.json`` and ``shards`` shards + index."""
+    _write_sharded(out, flashtalk_tensors(dims, seed), shards)
+    _write_json(out / "config.json", flashtalk_config(dims))
+    return out
+
+
+def write_flashtalk_layout(root: Path, dims: WanDims, seed: int = 0, shards: int = 2) -> Path:
+    """``SoulX-FlashTalk-14B`` as ``huggingface-cli download Soul-AILab/SoulX-FlashTalk-14B`` lays it out: the
+    transformer in ``shards`` shards + index and the original-layout encoders, hard-linked (copied where links are
+    not possible) from ``Wan2.1-I2V-14B-480P/`` (``write_original_encoders`` first)."""
+    import os
+    import shutil
+
+    out = write_flashtalk_transformer(root / FLASHTALK_DIR, dims, seed, shards)
+    wan = root / ORIGINAL_DIR
+    for name in (T5_CHECKPOINT, CLIP_CHECKPOINT, VAE_CHECKPOINT):
+        try:
+            os.link(wan / name, out / name)
+        except OSError:
+            shutil.copy2(wan / name, out / name)
+    shutil.copytree(wan / T5_TOKENIZER, out / T5_TOKENIZER, copy_function=shutil.copy2, dirs_exist_ok=True)
+    return out
 
 
 def link_multitalk_into_original(root: Path) -> Path:
@@ -565,9 +631,11 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
     write_original_layout(root, dims, seed)
     write_diffusers_layout(root, dims, seed)
     write_original_encoders(root)
+    write_flashtalk_layout(root, dims, seed)
     gguf = write_gguf_layouts(root, dims, seed)
     write_wav2vec2_layout(root, dims, seed)
     write_speed_lora(root, dims, seed)
+    kokoro = _write_kokoro(root, seed)
     manifest = {
         "what": "seeded random-weight MultiTalk / InfiniteTalk models in the published layouts; they generate noise",
         "seed": seed,
@@ -581,9 +649,22 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
         "gguf": {k: p.name for k, p in gguf.items()},
         "wav2vec2": WAV2VEC_DIR,
         "speed_lora": SPEED_LORA_NAME,
+        "flashtalk": FLASHTALK_DIR,
+        "kokoro": kokoro,
     }
     _write_json(root / "TINY.json", manifest)
     return manifest
+
+
+def _write_kokoro(root: Path, seed: int) -> str | None:
+    """Tiny Kokoro-82M (``tiny_speech``) if the ``kokoro`` package (the ``tts`` extra) is installed, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("kokoro") is None:
+        return None
+    from .tiny_speech import write_kokoro_layout
+
+    return write_kokoro_layout(root, seed).name
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> float:

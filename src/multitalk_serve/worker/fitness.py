@@ -18,6 +18,7 @@ import torch
 from ..engine import (
     AUDIO_ADAPTERS,
     DEFAULT_PRESET,
+    FULL_MODELS,
     MODEL_CHOICES,
     PRESETS,
     T5_BYTES,
@@ -49,26 +50,23 @@ INFINITETALK = ("infinitetalk-single", "infinitetalk-multi")
 # SoulX-FlashTalk: a whole transformer of its own (InfiniteTalk's, distilled), not audio layers on the shared base, so
 # a process that holds it holds nothing else. Its folder under MODEL_PATH (the engine's loader reads it there).
 FLASHTALK, REALTIME = "flashtalk", "realtime"  # the model and the one preset it runs
-FLASHTALK_DIR = "SoulX-FlashTalk-14B"
+FLASHTALK_DIR = FULL_MODELS[FLASHTALK].folder  # SoulX-FlashTalk-14B, as its README downloads it
+MODEL_SPECS = {**AUDIO_ADAPTERS, **FULL_MODELS}  # what MULTITALK_ADAPTERS may name
 
 
 def adapters_found(config: WorkerConfig) -> dict[str, str]:
-    """The audio adapters the model folder holds: name -> file (``multitalk``, ``infinitetalk-single``, ...), and
-    ``flashtalk`` -> its folder when ``MODEL_PATH/SoulX-FlashTalk-14B`` has a transformer config."""
+    """The audio adapters the model folder holds: name -> file (``multitalk``, ``infinitetalk-single``, ...), and the
+    whole models (``flashtalk`` -> its folder), as the loader finds them."""
     located, _ = find_components(config.model_path, transformer=config.transformer)
-    keys = {name: name.replace("-", "_") for name in AUDIO_ADAPTERS if name != FLASHTALK}  # ModelPaths' field names
-    found = {name: str(located[key]) for name, key in keys.items() if located.get(key) is not None}
-    flashtalk = config.model_path / FLASHTALK_DIR
-    if (flashtalk / "config.json").is_file():
-        found[FLASHTALK] = str(flashtalk)
-    return found
+    keys = {name: name.replace("-", "_") for name in MODEL_SPECS}  # ModelPaths' field names
+    return {name: str(located[key]) for name, key in keys.items() if located.get(key) is not None}
 
 
 def _expected(name: str, root) -> str:
     """Where the weights of ``name`` are expected under a model root, for messages."""
-    if name == FLASHTALK:
-        return f"{root}/{FLASHTALK_DIR}/ (config.json and the transformer's safetensors)"
-    return str(AUDIO_ADAPTERS[name].local_path(root))
+    if MODEL_SPECS[name].full_transformer:
+        return f"{root}/{MODEL_SPECS[name].folder}/ (config.json and the transformer's safetensors)"
+    return str(MODEL_SPECS[name].local_path(root))
 
 
 def serves(model: str, held: list[str] | tuple[str, ...]) -> bool:
@@ -88,11 +86,11 @@ def plan_models(config: WorkerConfig) -> tuple[list[str] | None, str]:
     if adapters is None and config.model == FLASHTALK:
         adapters = (FLASHTALK,)  # FlashTalk is never held beside others: asking for it by default is asking for it
     if adapters is not None:
-        choices = [*(n for n in AUDIO_ADAPTERS if n != FLASHTALK), FLASHTALK]
-        unknown = [n for n in adapters if n not in choices]
+        unknown = [n for n in adapters if n not in MODEL_SPECS]
         if unknown:
             raise ConfigError(
-                f"MULTITALK_ADAPTERS: {', '.join(unknown)} is not an audio adapter; choose from {', '.join(choices)}"
+                f"MULTITALK_ADAPTERS: {', '.join(unknown)} is not an audio adapter; choose from "
+                f"{', '.join(MODEL_SPECS)}"
             )
         held: list[str] | None = list(dict.fromkeys(adapters))
         if FLASHTALK in held and len(held) > 1:

@@ -13,6 +13,10 @@ about 15% of the model); only the audio weights and one numerical detail differ 
   into the model's audio parameters in place (the base is never touched or reloaded) and sets the model's
   ``audio_norm_fp32``. Its cost is one copy of the audio layers: ``bench/bench_adapter_switch.py`` measures it.
 
+FlashTalk (``FULL_MODELS``: ``flashtalk``, Soul-AILab/SoulX-FlashTalk-14B) has the same audio layers but is not an
+adapter: its whole transformer is distilled (InfiniteTalk's, trained on), so it is loaded as the transformer itself
+(``load_transformer`` of its folder, audio weights inside) and can share a process with no other model.
+
 In-place copies keep every parameter object, so whatever holds references to them (offload hooks, compiled graphs,
 a fused speed LoRA on the base layers) stays valid. Linears stored in fp8 (torchao) are re-quantized from the
 adapter's tensors.
@@ -28,7 +32,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from .layouts import INFINITETALK_WEIGHTS_NAME, MULTITALK_WEIGHTS_NAME, is_audio_key
-from .paths import INFINITETALK_DIR, MULTITALK_DIR
+from .paths import FLASHTALK_DIR, INFINITETALK_DIR, MULTITALK_DIR
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,10 @@ class AdapterSpec:
     audio_norm_fp32: bool  # the audio projection's LayerNorm computes in float32 (InfiniteTalk)
     speakers: int  # speakers it was trained for
     title: str
+    full_transformer: bool = False  # a whole transformer with its audio layers (FlashTalk), not audio layers alone
 
     def local_path(self, root: str | Path) -> Path:
-        """Where the weights lie under a model root: ``ROOT/<folder>/<repo_file>``."""
+        """Where the weights lie under a model root: ``ROOT/<folder>/<repo_file>`` (a full transformer: its folder)."""
         return Path(root) / self.folder / self.repo_file
 
 
@@ -74,15 +79,46 @@ AUDIO_ADAPTERS: dict[str, AdapterSpec] = {
         ),
     )
 }
+# Models published as a whole transformer with its audio layers (ModelPaths field: ``paths.FULL_MODEL_FIELDS``).
+# FlashTalk's weights: ROOT/SoulX-FlashTalk-14B/ holds the original-layout transformer (config.json, sharded
+# ``diffusion_pytorch_model*.safetensors`` + index; Wan key names plus the audio keys) and the Wan encoders.
+FULL_MODELS: dict[str, AdapterSpec] = {
+    "flashtalk": AdapterSpec(
+        "flashtalk",
+        "Soul-AILab/SoulX-FlashTalk-14B",
+        "",
+        FLASHTALK_DIR,
+        True,  # InfiniteTalk's model code: the audio projection's LayerNorm in float32
+        1,
+        "SoulX-FlashTalk (one speaker, real time)",
+        full_transformer=True,
+    ),
+}
 DEFAULT_ADAPTER = "multitalk"
 
 
 def adapter_spec(name: str) -> AdapterSpec:
-    """The adapter called ``name``; ``ConfigError`` naming the known ones otherwise."""
-    spec = AUDIO_ADAPTERS.get(name.strip().lower()) if isinstance(name, str) else None
+    """The adapter (or full model, ``FULL_MODELS``) called ``name``; ``ConfigError`` naming the known ones otherwise."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    spec = AUDIO_ADAPTERS.get(key) or FULL_MODELS.get(key) if key is not None else None
     if spec is None:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(AUDIO_ADAPTERS)}")
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join((*AUDIO_ADAPTERS, *FULL_MODELS))}")
     return spec
+
+
+def check_model_set(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The canonical names of the models one process is to hold; ``ConfigError`` when a full-transformer model
+    (FlashTalk) is named with any other: a process holds one transformer, and only audio adapters share it."""
+    specs = list(dict.fromkeys(adapter_spec(n).name for n in names))
+    full = [n for n in specs if adapter_spec(n).full_transformer]
+    if full and len(specs) > 1:
+        others = ", ".join(n for n in specs if n != full[0])
+        raise ConfigError(
+            f"{full[0]} cannot be loaded together with {others}: {full[0]} is a whole transformer of its own "
+            f"({adapter_spec(full[0]).repo}), not audio layers for the Wan base, and one process holds one "
+            f"transformer; run {full[0]} in a worker of its own"
+        )
+    return specs
 
 
 def adapter_for_file(path: str | Path) -> AdapterSpec | None:
@@ -166,6 +202,8 @@ def read_adapter(
     """
     from .transformer import _dequantize, _fmt_keys, _multitalk_refs, _to_model_names
 
+    if name in FULL_MODELS:
+        raise ConfigError(f"{name} is a whole transformer, not an audio adapter: load it with load_transformer")
     spec = adapter_spec(name) if name in AUDIO_ADAPTERS else None
     refs, file = _multitalk_refs(Path(path))
     spec = spec or adapter_for_file(file)

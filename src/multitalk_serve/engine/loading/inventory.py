@@ -73,14 +73,42 @@ def _no_audio_message(root: Path, transformer: Path) -> str:
     )
 
 
+def _flashtalk(path: Path, report: ComponentReport) -> tuple[dict, int]:
+    """FlashTalk's folder checked as the whole transformer it is (its own audio layers, its config's audio numbers);
+    the report gets its files and bytes. Returns (widths, bytes of its audio layers)."""
+    from .transformer import _check_keys_and_shapes, build_empty_model, resolve_transformer
+
+    source = resolve_transformer(path, own_audio=True)
+    _check_keys_and_shapes(build_empty_model(source.dims), source)
+    report.files = [str(f) for f in source.files]
+    report.bytes = sum(r.nbytes for r in source.refs.values())
+    audio = sum(r.nbytes for k, r in source.refs.items() if is_audio_key(k))
+    return {"text": source.dims.text_dim, "image": source.dims.image_dim, "audio": source.dims}, audio
+
+
 def _transformer(located: dict, root: Path, reports: list[ComponentReport], problems: list[str]) -> dict:
     """The transformer with the first audio adapter found (MultiTalk's, else InfiniteTalk single's, else multi's:
     what the pipeline loads it with by default); every other adapter found is checked against the same model (into
-    ``problems``, so one bad adapter does not hide the others). ``reports``: the transformer's, then one per adapter."""
+    ``problems``, so one bad adapter does not hide the others). ``reports``: the transformer's, then one per adapter.
+    When the only transformer is FlashTalk's (``located["flashtalk"]``), it is checked with its own audio layers and
+    the adapters, which need the Wan base, are problems."""
     from .transformer import _check_keys_and_shapes, build_empty_model, resolve_transformer
 
     report = reports[0]
     adapters = _adapters(located)
+    flashtalk = located.get("flashtalk")
+    if flashtalk is not None and located["transformer"] == flashtalk:
+        found, audio = _flashtalk(flashtalk, report)
+        report.layout = "original"
+        reports.append(ComponentReport("flashtalk", str(flashtalk), "audio: flashtalk", bytes=audio))
+        for name, path in adapters.items():
+            problem = (
+                f"{ADAPTER_FIELDS[name]}: {path} needs the Wan2.1-I2V-14B base transformer, which this folder does "
+                f"not have ({flashtalk} is FlashTalk's own transformer)"
+            )
+            reports.append(ComponentReport(ADAPTER_FIELDS[name], str(path), f"audio: {name}", [str(path)], 0, problem))
+            problems.append(problem)
+        return found
     first = next(iter(adapters.values()), None)
     try:
         source = resolve_transformer(located["transformer"], first)
@@ -110,6 +138,21 @@ def _transformer(located: dict, root: Path, reports: list[ComponentReport], prob
         if path != first:
             report.files.append(str(path))
     return {"text": source.dims.text_dim, "image": source.dims.image_dim, "audio": source.dims}
+
+
+def _flashtalk_beside(located: dict, reports: list[ComponentReport], problems: list[str]) -> dict | None:
+    """FlashTalk's folder next to a Wan transformer: checked on its own (a report of its own, ``flashtalk``)."""
+    flashtalk = located.get("flashtalk")
+    if flashtalk is None or located.get("transformer") == flashtalk:
+        return None
+    report = ComponentReport("flashtalk", str(flashtalk), layout="audio: flashtalk")
+    reports.append(report)
+    try:
+        return _flashtalk(flashtalk, report)[0]
+    except CheckpointError as exc:
+        report.problem = f"flashtalk: {exc}"
+        problems.append(report.problem)
+        return None
 
 
 def _encoder(kind: str, path: Path, report: ComponentReport) -> dict:
@@ -211,6 +254,7 @@ def inspect_model_dir(
                 reports = [report]
                 try:
                     found[name] = _transformer(located, Path(root), reports, inventory.problems)
+                    found["flashtalk"] = _flashtalk_beside(located, reports, inventory.problems)
                 finally:
                     inventory.components.extend(reports[1:])
             elif name in ("text_encoder", "image_encoder", "vae"):
@@ -229,9 +273,16 @@ def inspect_model_dir(
 
 
 def _mismatches(found: dict) -> list[str]:
-    """Widths that must agree between components (only for components that passed their own checks)."""
-    problems = []
-    t = found.get("transformer")
+    """Widths that must agree between components (only for components that passed their own checks); FlashTalk's
+    transformer, when it is there beside a Wan one, is fed by the same encoders."""
+    problems = _widths(found, found.get("transformer"))
+    if found.get("flashtalk"):
+        problems += [f"flashtalk: {p}" for p in _widths(found, found["flashtalk"])]
+    return problems
+
+
+def _widths(found: dict, t: dict | None) -> list[str]:
+    problems: list[str] = []
     if not t:
         return problems
     text, clip, vae, speech = (found.get(k) for k in ("text_encoder", "image_encoder", "vae", "wav2vec"))

@@ -8,18 +8,27 @@ A model root may hold any mix of the published layouts (``multitalk-serve downlo
     ROOT/*.gguf                           a GGUF transformer
     ROOT/MeiGen-MultiTalk/multitalk.safetensors
     ROOT/InfiniteTalk/single/infinitetalk.safetensors, ROOT/InfiniteTalk/multi/infinitetalk.safetensors
+    ROOT/SoulX-FlashTalk-14B/             FlashTalk: a whole transformer (original Wan layout, its shards hold the audio
+                                          layers too) and the Wan encoders (models_t5_*.pth, ... google/umt5-xxl/)
     ROOT/chinese-wav2vec2-base/
+    ROOT/Kokoro-82M/                      optional, text input only: config.json, kokoro-v1_0.pth, voices/*.pt
     ROOT/.multitalk/manifest.json         written by ``download``: which profile, and which file is which component
 
 The audio weights are the audio adapters (``loading/adapters.py``): MultiTalk's, InfiniteTalk's single and multi.
 A folder needs at least one of them (or a transformer that holds its audio weights); any mix is a valid folder, an
 InfiniteTalk-only one (no ``MeiGen-MultiTalk/``) included. ``ModelPaths.adapters()`` lists those found.
 
+FlashTalk (``Soul-AILab/SoulX-FlashTalk-14B``) is not an adapter: it is a transformer of its own (InfiniteTalk's,
+distilled), audio layers inside, which the Wan base cannot share. ``ModelPaths.flashtalk`` is its folder (never
+listed by ``adapters()``); it is also where the encoders are taken from when no Wan folder has them, and the
+transformer when there is no Wan transformer (a folder holding only FlashTalk and the wav2vec2 is complete).
+
 ROOT may also itself be a ``-Diffusers`` or original folder. A component not found under ROOT is looked up in the
 Hugging Face caches (``HF_HUB_CACHE``, ``HF_HOME/hub`` and RunPod's cached models under
 ``/runpod-volume/huggingface-cache/hub``), in place: nothing is copied. Order for each component: an explicit
 argument, the manifest, then discovery (diffusers layout before the original one; for the transformer the
-diffusers ``transformer/`` if it holds weights, then the original shards, then a GGUF file if there is one only).
+diffusers ``transformer/`` if it holds weights, then the original shards, then a GGUF file if there is one only,
+then FlashTalk's folder).
 """
 
 from __future__ import annotations
@@ -46,7 +55,9 @@ DIFFUSERS_DIR = "Wan2.1-I2V-14B-480P-Diffusers"
 ORIGINAL_DIR = "Wan2.1-I2V-14B-480P"
 MULTITALK_DIR = "MeiGen-MultiTalk"
 INFINITETALK_DIR = "InfiniteTalk"  # MeiGen-AI/InfiniteTalk as its README downloads it: single/ multi/ quant_models/
+FLASHTALK_DIR = "SoulX-FlashTalk-14B"  # Soul-AILab/SoulX-FlashTalk-14B as its README downloads it
 WAV2VEC_DIR = "chinese-wav2vec2-base"
+KOKORO_DIR = "Kokoro-82M"  # text to speech (hexgrad/Kokoro-82M): config.json, kokoro-v1_0.pth, voices/*.pt
 MANIFEST = Path(".multitalk") / "manifest.json"
 RUNPOD_HF_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 
@@ -63,6 +74,9 @@ ADAPTER_FILES = {
     "infinitetalk-single": f"{INFINITETALK_DIR}/single/{INFINITETALK_WEIGHTS_NAME} (MeiGen-AI/InfiniteTalk)",
     "infinitetalk-multi": f"{INFINITETALK_DIR}/multi/{INFINITETALK_WEIGHTS_NAME} (MeiGen-AI/InfiniteTalk)",
 }
+# Models that are whole transformers with their audio layers (``adapters.FULL_MODELS``) -> their ``ModelPaths`` field.
+FULL_MODEL_FIELDS = {"flashtalk": "flashtalk"}
+FULL_MODEL_FILES = {"flashtalk": f"{FLASHTALK_DIR}/ (Soul-AILab/SoulX-FlashTalk-14B)"}
 
 # Hugging Face repositories each folder comes from (for cache lookups).
 REPOS = {
@@ -70,6 +84,7 @@ REPOS = {
     "original": ("Wan-AI/Wan2.1-I2V-14B-480P", "Wan-AI/Wan2.1-I2V-14B-720P"),
     "multitalk": ("MeiGen-AI/MeiGen-MultiTalk",),
     "infinitetalk": ("MeiGen-AI/InfiniteTalk",),
+    "flashtalk": ("Soul-AILab/SoulX-FlashTalk-14B",),
     "wav2vec": ("TencentGameMate/chinese-wav2vec2-base",),
 }
 
@@ -86,6 +101,7 @@ class ModelPaths:
     wav2vec: Path
     infinitetalk_single: Path | None = None  # InfiniteTalk's audio weights, if present (loading/adapters.py)
     infinitetalk_multi: Path | None = None
+    flashtalk: Path | None = None  # FlashTalk's folder (a transformer with its audio layers, and encoders), if present
 
     def adapters(self) -> dict[str, Path]:
         """The audio adapters found, by name, in the order ``multitalk``, ``infinitetalk-single``,
@@ -148,8 +164,28 @@ def _has_transformer(folder: Path) -> bool:
     return (folder / CONFIG_NAME).is_file() and weights
 
 
+def _is_flashtalk(folder: Path) -> bool:
+    """A FlashTalk folder: a transformer whose config states the audio layers (the official ``WanModel`` of
+    InfiniteTalk / FlashTalk registers ``audio_window``, ``output_dim``, ...), or one in a folder named as published."""
+    if not _has_transformer(folder):
+        return False
+    if folder.name == FLASHTALK_DIR:
+        return True
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "audio_window" in config and "dim" in config
+
+
 def _find_folder(root: Path, kind: str, cache_dirs: list[Path]) -> Path | None:
-    test = _is_diffusers if kind == "diffusers" else _is_original
+    """A Wan folder of ``kind`` (``diffusers`` or ``original``); FlashTalk's folder, although in the original layout,
+    is not one (its transformer is FlashTalk's own; ``_find_flashtalk``)."""
+    base = _is_diffusers if kind == "diffusers" else _is_original
+
+    def test(p: Path) -> bool:
+        return base(p) and not (kind == "original" and _is_flashtalk(p))
+
     if test(root):
         return root
     preferred = root / (DIFFUSERS_DIR if kind == "diffusers" else ORIGINAL_DIR)
@@ -215,9 +251,9 @@ def find_components(
 ) -> tuple[dict[str, Path | None], list[str]]:
     """What ``resolve_model_paths`` finds, without raising: (component -> path or None, problems)."""
     root = Path(root)
-    unknown = [a for a in adapters or () if a not in ADAPTER_FIELDS]
+    unknown = [a for a in adapters or () if a not in ADAPTER_FIELDS and a not in FULL_MODEL_FIELDS]
     if unknown:
-        known = ", ".join(ADAPTER_FIELDS)
+        known = ", ".join((*ADAPTER_FIELDS, *FULL_MODEL_FIELDS))
         return dict.fromkeys(f.name for f in fields(ModelPaths)), [
             f"unknown audio model {a!r}: choose from {known}" for a in unknown
         ]
@@ -239,18 +275,42 @@ def find_components(
     def sub(folder: Path | None, name: str) -> Path | None:
         return folder / name if folder is not None and (folder / name).exists() else None
 
-    text_encoder = pick("text_encoder", None, sub(diffusers, "text_encoder"), sub(original, T5_CHECKPOINT))
-    tokenizer = pick("tokenizer", None, sub(diffusers, "tokenizer"), sub(original, T5_TOKENIZER))
-    image_encoder = pick("image_encoder", None, sub(diffusers, "image_encoder"), sub(original, CLIP_CHECKPOINT))
+    flashtalk = pick(
+        "flashtalk",
+        None,
+        root if _is_flashtalk(root) else _find_named(root, FLASHTALK_DIR, "flashtalk", caches, _has_transformer),
+    )
+    text_encoder = pick(
+        "text_encoder",
+        None,
+        sub(diffusers, "text_encoder"),
+        sub(original, T5_CHECKPOINT),
+        sub(flashtalk, T5_CHECKPOINT),
+    )
+    tokenizer = pick(
+        "tokenizer", None, sub(diffusers, "tokenizer"), sub(original, T5_TOKENIZER), sub(flashtalk, T5_TOKENIZER)
+    )
+    image_encoder = pick(
+        "image_encoder",
+        None,
+        sub(diffusers, "image_encoder"),
+        sub(original, CLIP_CHECKPOINT),
+        sub(flashtalk, CLIP_CHECKPOINT),
+    )
     image_processor = pick("image_processor", None, sub(diffusers, "image_processor"))
-    vae = pick("vae", None, sub(diffusers, "vae"), sub(original, VAE_CHECKPOINT))
+    vae = pick("vae", None, sub(diffusers, "vae"), sub(original, VAE_CHECKPOINT), sub(flashtalk, VAE_CHECKPOINT))
     diffusers_transformer = sub(diffusers, "transformer")
     if diffusers_transformer is not None and not _has_transformer(diffusers_transformer):
         diffusers_transformer = None  # encoders-only download (a GGUF profile)
     original_transformer = original if original is not None and _has_transformer(original) else None
     ggufs = sorted(p for p in root.glob("*") if p.is_file() and format_of(p) is GGUF)
     chosen = pick(
-        "transformer", transformer, diffusers_transformer, original_transformer, ggufs[0] if len(ggufs) == 1 else None
+        "transformer",
+        transformer,
+        diffusers_transformer,
+        original_transformer,
+        ggufs[0] if len(ggufs) == 1 else None,
+        None if len(ggufs) > 1 else flashtalk,  # no Wan transformer: FlashTalk's is the one there is
     )
     if chosen is None and len(ggufs) > 1:
         problems.append(
@@ -280,7 +340,7 @@ def find_components(
     )
 
     wanted = {
-        "transformer": (chosen, "a transformer (Wan2.1-I2V-14B-480P[-Diffusers] or a GGUF file)"),
+        "transformer": (chosen, f"a transformer (Wan2.1-I2V-14B-480P[-Diffusers], a GGUF file or {FLASHTALK_DIR})"),
         "text_encoder": (text_encoder, f"the T5 text encoder (text_encoder/ or {T5_CHECKPOINT})"),
         "tokenizer": (tokenizer, f"the T5 tokenizer (tokenizer/ or {T5_TOKENIZER}/)"),
         "image_encoder": (image_encoder, f"the CLIP image encoder (image_encoder/ or {CLIP_CHECKPOINT})"),
@@ -299,12 +359,18 @@ def find_components(
         "multitalk": audio,
         "infinitetalk_single": infinitetalk["single"],
         "infinitetalk_multi": infinitetalk["multi"],
+        "flashtalk": flashtalk,
     }
     for field_name, path in located.items():
         if path is not None and not path.exists():  # named explicitly or by the manifest, and gone
             problems.append(f"{field_name}: {path} does not exist")
     for name in dict.fromkeys(adapters or ()):
-        if located[ADAPTER_FIELDS[name]] is None:
+        if name in FULL_MODEL_FIELDS:
+            if located[FULL_MODEL_FIELDS[name]] is None:
+                problems.append(
+                    f"{FULL_MODEL_FIELDS[name]}: the {name} model is missing, expected {root}/{FULL_MODEL_FILES[name]}"
+                )
+        elif located[ADAPTER_FIELDS[name]] is None:
             problems.append(
                 f"{ADAPTER_FIELDS[name]}: the {name} audio weights are not there, expected {root}/{ADAPTER_FILES[name]}"
             )
@@ -319,5 +385,6 @@ def find_components(
         "wav2vec": speech,
         "infinitetalk_single": infinitetalk["single"],
         "infinitetalk_multi": infinitetalk["multi"],
+        "flashtalk": flashtalk,
     }
     return {k: (v if v is None or v.exists() else None) for k, v in found.items()}, problems

@@ -184,11 +184,47 @@ def _multitalk_refs(path: Path) -> tuple[dict[str, TensorRef], Path]:
     return refs, path
 
 
-def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -> TransformerSource:
-    """Find the layout of ``path`` and index every tensor the model needs (no tensor data is read)."""
+# Audio numbers the official InfiniteTalk / FlashTalk ``WanModel`` registers in its config.json (WanDims field ->
+# config key), checked against the audio weights; and switches whose other value we do not compute.
+ORIGINAL_AUDIO_CONFIG_KEYS = {
+    "audio_window": "audio_window",
+    "vae_scale": "vae_scale",
+    "audio_intermediate_dim": "intermediate_dim",
+    "audio_output_dim": "output_dim",
+    "audio_context_tokens": "context_tokens",
+}
+REQUIRED_CONFIG_SWITCHES = {"norm_input_visual": True, "norm_output_audio": True}
+
+
+def _check_audio_config(config: dict, dims: WanDims, where: Path) -> None:
+    """A config that states the audio layers (FlashTalk's) must describe the audio weights it comes with."""
+    wrong = [
+        f"{key}={config[key]} but the weights have {getattr(dims, name)}"
+        for name, key in ORIGINAL_AUDIO_CONFIG_KEYS.items()
+        if key in config and config[key] != getattr(dims, name)
+    ]
+    wrong += [
+        f"{key}={config[key]!r} is not supported (this transformer computes {key}={value})"
+        for key, value in REQUIRED_CONFIG_SWITCHES.items()
+        if key in config and config[key] != value
+    ]
+    if wrong:
+        raise CheckpointError(f"{where}: config does not match the audio weights: " + "; ".join(wrong))
+
+
+def resolve_transformer(
+    path: str | Path, multitalk: str | Path | None = None, *, own_audio: bool = False
+) -> TransformerSource:
+    """Find the layout of ``path`` and index every tensor the model needs (no tensor data is read).
+
+    ``own_audio``: the checkpoint must hold its audio layers itself (FlashTalk's folder); no separate file is
+    looked for or accepted."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"model path does not exist: {path}")
+    if own_audio and multitalk is not None:
+        raise CheckpointError(f"{path} holds its own audio layers: no separate audio weights ({multitalk}) apply")
+    config: dict = {}
 
     fmt = format_of(path) if path.is_file() else None
     if fmt is not None and fmt.transformer:
@@ -233,6 +269,11 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
         source.refs = {k: v for k, v in source.refs.items() if not is_audio_key(k)} | _to_model_names(audio)
         source.files.append(audio_path)
         source.audio_file = audio_path
+    elif own_audio and not any(is_audio_key(k) for k in source.refs):
+        raise CheckpointError(
+            f"{path}: no audio layers (audio_proj.*, blocks.N.audio_cross_attn.*, blocks.N.norm_x.*) in its "
+            "weights, so it is not a FlashTalk checkpoint (Soul-AILab/SoulX-FlashTalk-14B)"
+        )
     elif not any(is_audio_key(k) for k in source.refs):
         beside = (path if path.is_dir() else path.parent) / MULTITALK_WEIGHTS_NAME
         if not beside.is_file():
@@ -244,6 +285,8 @@ def resolve_transformer(path: str | Path, multitalk: str | Path | None = None) -
 
     shapes = {k: r.shape for k, r in source.refs.items() if is_audio_key(k)}
     source.dims = audio_dims_from_shapes(shapes, source.dims)
+    if source.audio_file is None and source.layout == "original":
+        _check_audio_config(config, source.dims, path / CONFIG_NAME)
     return source
 
 
@@ -341,7 +384,8 @@ def load_transformer(
         fused_lora: weight deltas (``lora.lora_deltas``) added before quantisation (a speed LoRA with fp8).
         audio_adapter: which published adapter the audio weights are (``adapters.AUDIO_ADAPTERS``); by default it
             is read off the audio file's name (``multitalk.safetensors``, ``single|multi/infinitetalk.safetensors``).
-            It sets ``model.audio_adapter`` and the adapter's numerics (``audio_norm_fp32``).
+            It sets ``model.audio_adapter`` and the adapter's numerics (``audio_norm_fp32``). A full model
+            (``adapters.FULL_MODELS``: ``flashtalk``) names ``path`` itself, which must hold its audio layers.
 
     Returns the model; ``model.load_report`` says what was read (layout, files, tensors, bytes, seconds).
 
@@ -353,7 +397,7 @@ def load_transformer(
     start = time.perf_counter()
     device = torch.device(device)
     spec = adapter_spec(audio_adapter) if audio_adapter is not None else None
-    source = resolve_transformer(path, multitalk)
+    source = resolve_transformer(path, multitalk, own_audio=bool(spec and spec.full_transformer))
     if spec is None and source.audio_file is not None:
         spec = adapter_for_file(source.audio_file)
     if fp8 and source.quantized:

@@ -14,6 +14,8 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttention
 
+from .context_parallel import ShardLayout
+
 # Label-RoPE constants of the official model (class_range 24, class_interval 4): queries of person 1 get
 # positions in [0, 4], of person 2 in [20, 24], background tokens 12; the audio keys of person 1 sit at the
 # centre of their range (2) and those of person 2 at 22.
@@ -63,15 +65,18 @@ def reference_attention_map(
     return region_mean.transpose(1, 2)
 
 
-def label_positions(ref_map: torch.Tensor) -> torch.Tensor:
+def label_positions(ref_map: torch.Tensor, shard: ShardLayout | None = None) -> torch.Tensor:
     """Label-RoPE positions of the visual tokens from the reference map ``[B, 3, N]`` -> ``[B, N]`` (float32).
 
     Each person's row is min-max normalised over all tokens into that person's range; every token takes the
     position of the region it attends to most (argmax over the raw rows), background tokens a fixed position.
+    Under context parallelism (``shard``) ``N`` is this rank's tokens and the min/max are taken over all ranks.
     """
     ref_map = ref_map.float()
     lo = ref_map.amin(dim=-1, keepdim=True)
     hi = ref_map.amax(dim=-1, keepdim=True)
+    if shard is not None:
+        lo, hi = shard.global_min_max(lo, hi)
     normalised = (ref_map - lo) / (hi - lo + 1e-8)
     (lo1, hi1), (lo2, hi2) = PERSON_RANGES
     person1 = lo1 + (hi1 - lo1) * normalised[:, 0]
@@ -119,6 +124,10 @@ class MultiTalkSelfAttnProcessor:
 
     Numerically identical to diffusers' ``WanAttnProcessor`` for self-attention. When ``ref_masks`` is given
     it returns ``(output, map)`` with ``map`` from :func:`reference_attention_map`.
+
+    Under context parallelism (``shard``, with ``_parallel_config`` set by ``enable_parallelism``) the hidden
+    states are this rank's tokens: the attention itself is diffusers' Ulysses/ring, and the map's reference keys
+    (latent frame 0) come from the ranks that hold them.
     """
 
     _attention_backend = None
@@ -132,6 +141,7 @@ class MultiTalkSelfAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         ref_masks: torch.Tensor | None = None,
+        shard: ShardLayout | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if encoder_hidden_states is not None:
             raise ValueError("MultiTalkSelfAttnProcessor is for self-attention only")
@@ -155,7 +165,9 @@ class MultiTalkSelfAttnProcessor:
         out = attn.to_out[1](attn.to_out[0](out))
         if ref_masks is None:
             return out
-        ref_map = reference_attention_map(query, key[:, : ref_masks.shape[1]], ref_masks, self._attention_backend)
+        ref_tokens = ref_masks.shape[1]
+        ref_key = key[:, :ref_tokens] if shard is None else shard.first_tokens(key, ref_tokens)
+        ref_map = reference_attention_map(query, ref_key, ref_masks, self._attention_backend)
         return out, ref_map
 
 
@@ -165,6 +177,10 @@ class MultiTalkAudioAttnProcessor:
     With two speakers, label RoPE routes each voice to its person: queries are rotated to their label
     positions and the audio keys of speaker 1 / 2 to the centres of their ranges. One speaker, and every
     null-audio pass, use no positional encoding at all.
+
+    Under context parallelism (``shard``) the hidden states are this rank's tokens, which may start and end inside
+    a latent frame: the queries are padded out to whole frames, attend frame by frame as in one process, and the
+    padding is dropped. The audio tokens are whole on every rank; no communication.
     """
 
     _attention_backend = None
@@ -177,9 +193,16 @@ class MultiTalkAudioAttnProcessor:
         audio_tokens: torch.Tensor,
         num_frames: int,
         query_positions: torch.Tensor | None = None,
+        shard: ShardLayout | None = None,
     ) -> torch.Tensor:
         batch, tokens, _ = hidden_states.shape
-        frame_tokens = tokens // num_frames
+        total, offset = (tokens, 0) if shard is None else (shard.total, shard.offset)
+        frame_tokens = total // num_frames
+        first, last = offset // frame_tokens, (offset + tokens - 1) // frame_tokens
+        frames = last - first + 1  # the latent frames this rank's tokens touch
+        lead = offset - first * frame_tokens
+        trail = frames * frame_tokens - lead - tokens
+        audio_tokens = audio_tokens[:, first : last + 1]
         audio_per_frame = audio_tokens.shape[2]
 
         query = attn.q_linear(hidden_states).unflatten(2, (attn.heads, -1))  # [B, N, H, D]
@@ -193,12 +216,14 @@ class MultiTalkAudioAttnProcessor:
             key = apply_rope_1d(key, key_positions)
 
         head_dim = query.shape[-1]
-        query = query.reshape(batch * num_frames, frame_tokens, attn.heads, head_dim)
-        key = key.reshape(batch * num_frames, audio_per_frame, attn.heads, head_dim)
-        value = value.reshape(batch * num_frames, audio_per_frame, attn.heads, head_dim)
+        if lead or trail:
+            query = F.pad(query, (0, 0, 0, 0, lead, trail))
+        query = query.reshape(batch * frames, frame_tokens, attn.heads, head_dim)
+        key = key.reshape(batch * frames, audio_per_frame, attn.heads, head_dim)
+        value = value.reshape(batch * frames, audio_per_frame, attn.heads, head_dim)
         out = dispatch_attention_fn(query, key, value, backend=self._attention_backend)
-        out = out.reshape(batch, tokens, attn.heads * head_dim).type_as(hidden_states)
-        return attn.proj(out)
+        out = out.reshape(batch, frames * frame_tokens, attn.heads * head_dim)[:, lead : lead + tokens]
+        return attn.proj(out.type_as(hidden_states))
 
 
 class MultiTalkAudioAttention(torch.nn.Module, AttentionModuleMixin):
@@ -223,5 +248,6 @@ class MultiTalkAudioAttention(torch.nn.Module, AttentionModuleMixin):
         audio_tokens: torch.Tensor,
         num_frames: int,
         query_positions: torch.Tensor | None = None,
+        shard: ShardLayout | None = None,
     ) -> torch.Tensor:
-        return self.processor(self, hidden_states, audio_tokens, num_frames, query_positions)
+        return self.processor(self, hidden_states, audio_tokens, num_frames, query_positions, shard=shard)

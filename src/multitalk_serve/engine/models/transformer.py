@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.models._modeling_parallel import ContextParallelInput
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
@@ -37,6 +38,7 @@ from .attention import (
     MultiTalkSelfAttnProcessor,
     label_positions,
 )
+from .context_parallel import ShardLayout, shard_layout
 
 TEXT_TOKENS = 512  # diffusers' Wan attention processor splits image/text context at 512 text tokens
 
@@ -172,6 +174,7 @@ class MultiTalkTransformerBlock(WanTransformerBlock):
         audio_tokens: torch.Tensor | None = None,
         num_frames: int = 1,
         ref_masks: torch.Tensor | None = None,
+        shard: ShardLayout | None = None,
     ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table + temb.float()
@@ -182,8 +185,10 @@ class MultiTalkTransformerBlock(WanTransformerBlock):
         if ref_masks is None:
             attn_output, positions = self.attn1(norm_hidden_states, None, None, rotary_emb), None
         else:
-            attn_output, ref_map = self.attn1(norm_hidden_states, None, None, rotary_emb, ref_masks=ref_masks)
-            positions = label_positions(ref_map)
+            attn_output, ref_map = self.attn1(
+                norm_hidden_states, None, None, rotary_emb, ref_masks=ref_masks, shard=shard
+            )
+            positions = label_positions(ref_map, shard)
         hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
 
         # 2. Text + image cross-attention
@@ -194,7 +199,7 @@ class MultiTalkTransformerBlock(WanTransformerBlock):
         if audio_tokens is not None:
             norm_hidden_states = self.norm_x(hidden_states.float()).type_as(hidden_states)
             hidden_states = hidden_states + self.audio_cross_attn(
-                norm_hidden_states, audio_tokens, num_frames, positions
+                norm_hidden_states, audio_tokens, num_frames, positions, shard=shard
             )
 
         # 4. Feed-forward
@@ -225,8 +230,17 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
     _repeated_blocks = ["MultiTalkTransformerBlock"]
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm", "audio_proj"]
     _keep_in_fp32_modules = ["rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3", "norm_x"]
-    # The audio attention is per latent frame; diffusers' token-equal split across ranks would cut frames.
-    _cp_plan = None
+    # Context parallelism (``engine/parallel``; ``models/context_parallel.py`` for what MultiTalk adds): the plan
+    # splits the RoPE tables like the tokens. The tokens themselves are split in ``forward`` right after the patch
+    # embedding (not by a hook on ``blocks.0`` as Wan's plan does), so that the step cache stores and reuses this
+    # rank's residual and each block is told where its tokens sit; the output head's tokens are gathered there too
+    # (not by a hook on ``proj_out``), so that shards of unequal length gather on gloo as well.
+    _cp_plan = {
+        "rope": {
+            0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+            1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+        },
+    }
 
     @register_to_config
     def __init__(
@@ -369,8 +383,11 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
             raise ValueError(f"at most {TEXT_TOKENS} text tokens, got {text_len}")
         encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_TOKENS - text_len))
 
-        rotary_emb = self.rope(hidden_states)
+        shard = shard_layout(self._parallel_config, frames * grid[0] * grid[1])
+        rotary_emb = self.rope(hidden_states)  # context parallel: split by the "rope" entry of _cp_plan
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        if shard is not None:
+            hidden_states = shard.shard(hidden_states).contiguous()
         # diffusers' condition embedder would cast the time embedding to the text's dtype (bf16) before the
         # projection; the official keeps both in float32.
         embedder = self.condition_embedder
@@ -394,6 +411,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
                     audio_tokens=audio_tokens,
                     num_frames=frames,
                     ref_masks=token_ref_masks,
+                    shard=shard,
                 )
             if step_cache is not None:
                 step_cache.store(blocks_input, hidden_states)
@@ -401,6 +419,8 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         # Output head in float32 (the official autocast): a float32 velocity whatever the model's dtype.
         shift, scale = (self.scale_shift_table.to(temb.device).float() + temb.unsqueeze(1)).chunk(2, dim=1)
         hidden_states = self.proj_out(self.norm_out(hidden_states.float()) * (1 + scale) + shift)
+        if shard is not None:
+            hidden_states = shard.gather(hidden_states)  # every rank returns the whole output
         hidden_states = hidden_states.reshape(batch_size, frames, *grid, p_t, p_h, p_w, -1)
         output = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if not return_dict:

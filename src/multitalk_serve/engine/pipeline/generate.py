@@ -495,17 +495,22 @@ class MultiTalkPipeline:
         ``torch.compile`` of the blocks. ``adapters``: the audio adapters (models) to hold, e.g.
         ``["infinitetalk-single", "multitalk"]``: the transformer loads with the first, the others wait in host memory
         (``AdapterBank``) and a job switches to the one it needs; ``None``: the first the folder has (MultiTalk,
-        InfiniteTalk single, multi)."""
+        InfiniteTalk single, multi; FlashTalk when its transformer is the only one). ``["flashtalk"]``: FlashTalk's
+        folder (``ROOT/SoulX-FlashTalk-14B``) is the transformer, audio layers inside; it shares the process with
+        no other model (``ConfigError``), and the memory plan is made for its windows (``plan_resolution``
+        ``"flashtalk"``)."""
         from concurrent.futures import ThreadPoolExecutor
+        from dataclasses import replace
 
-        from ..loading.adapters import adapter_spec
+        from ..errors import ConfigError
+        from ..loading.adapters import adapter_spec, check_model_set
         from ..loading.paths import resolve_model_paths
         from ..loading.weights import prefetch
 
         if speed is not None:
             speed_lora, speed_lora_scale, fuse_speed_lora = speed.speed_lora, speed.scale, speed.fuse
         # InfiniteTalk files must be there when named (MultiTalk's weights may sit in the transformer's own files)
-        needed = [adapter_spec(a).name for a in adapters or ()]
+        needed = check_model_set(adapters or ())  # FlashTalk with another model: ConfigError
         paths = resolve_model_paths(
             model_dir,
             transformer=transformer,
@@ -515,6 +520,10 @@ class MultiTalkPipeline:
         )
         held = _adapter_files(paths, adapters)
         first, first_file = next(iter(held.items())) if held else (None, paths.multitalk)
+        if first is not None and adapter_spec(first).full_transformer:  # FlashTalk: its own folder is the transformer
+            if transformer is not None or multitalk is not None:
+                raise ConfigError(f"{first} loads its own transformer and audio layers: pass no transformer/multitalk")
+            paths, first_file, plan_resolution = replace(paths, transformer=held[first], multitalk=None), None, first
         device = torch.device(device)
         plan = _resolve_plan(memory_plan, device, paths.transformer, plan_resolution)
         dit_device = torch.device("cpu") if plan and plan.group_offload else device
@@ -1167,7 +1176,8 @@ class MultiTalkPipeline:
             try:
                 out = self.transformer(*args, **kwargs)
             except Exception as exc:
-                if self.attention_backend == NATIVE or not is_kernel_failure(exc):
+                parallel = getattr(self.transformer, "_parallel_config", None) is not None  # a retry on one rank
+                if self.attention_backend == NATIVE or parallel or not is_kernel_failure(exc):  # would desync
                     raise
                 failed = self.attention_backend
                 choose_attention_backend(self.transformer, self.device, dtype, NATIVE)
@@ -1187,18 +1197,33 @@ class MultiTalkPipeline:
 
 
 def _adapter_files(paths, adapters: list[str] | None) -> dict[str, Path | None]:
-    """{adapter: its weights file} for the adapters to hold, in order (``None``: the first the folder has). A
-    MultiTalk file ``None`` means the transformer's own files hold MultiTalk's audio weights."""
+    """{adapter: its weights file} for the adapters to hold, in order (``None``: the first the folder has, FlashTalk
+    when its transformer is the folder's only one). A MultiTalk file ``None`` means the transformer's own files hold
+    MultiTalk's audio weights. FlashTalk: {"flashtalk": its folder}; an adapter when the folder's only transformer is
+    FlashTalk's: ``ConfigError`` (adapters need the Wan base)."""
     from ..errors import ConfigError
     from ..loading.adapters import adapter_spec
 
     found = paths.adapters()
+    flashtalk = getattr(paths, "flashtalk", None)
+    only_flashtalk = flashtalk is not None and paths.transformer == flashtalk
     if adapters is None:
+        if only_flashtalk:
+            return {"flashtalk": flashtalk}
         return dict([next(iter(found.items()))]) if found else {}
     held: dict[str, Path | None] = {}
     for requested in adapters:
         name = adapter_spec(requested).name
-        if name in found:
+        if adapter_spec(name).full_transformer:
+            if flashtalk is None:
+                raise ConfigError(f"model {name} is not in the model folder (expected {adapter_spec(name).folder}/)")
+            held[name] = flashtalk
+        elif only_flashtalk:
+            raise ConfigError(
+                f"model {name} needs the Wan2.1-I2V-14B base transformer; this model folder has only FlashTalk's "
+                f"({flashtalk}), a different model"
+            )
+        elif name in found:
             held[name] = found[name]
         elif name == "multitalk" and not held:
             held[name] = None  # in the transformer's own files (diffusers or single-file layouts)

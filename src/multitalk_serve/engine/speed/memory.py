@@ -17,6 +17,17 @@ block copied on a side CUDA stream while the current one computes).
 
 The planner's figures are estimates from parameter counts plus an activation allowance per resolution; they were
 not measured on a GPU here (docs/benchmarks.md).
+
+FlashTalk (``plan_resolution="flashtalk"``, what ``MultiTalkPipeline.from_pretrained(adapters=["flashtalk"])``
+plans for): the same 14B transformer with the audio layers (same parameter count, so the same weight formats),
+smaller jobs: a window is 33 frames at 768x448 (9 latent frames of 48x28 tokens = 12,096 tokens, against 32,760
+for an 81-frame 480p clip), one forward per step, one speaker. Its workspace is the 480p allowance scaled by the
+tokens (3.7 GB), rounded up to 5 GB for the allocator's slack and the streaming audio buffers: bf16 56.3 GB,
+bf16+t5-offload 52.3 GB, fp8 37.7 GB, fp8+t5-offload 33.7 GB, fp8+t5-offload+group-offload 16.5 GB (estimates,
+not measured). Its authors state "more than 64G of VRAM" on one GPU and 40 GB with their ``--cpu_offload`` (README
+of Soul-AILab/SoulX-FlashTalk): their process also holds CLIP's text tower (fp16, 1.1 GB more), compiles the model
+and the VAE with ``torch.compile``, and their offload moves the whole transformer onto the GPU for the sampling
+loop and everything else off it (a plan we do not have: 37.8 GB of bf16 weights + the window's activations).
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ TRANSFORMER_PARAMS = 16_394_878_784 + 2_487_168_000
 BLOCK_LINEAR_PARAMS = 40 * (10 * 5120 * 5120 + 2 * 5120 * 13824 + 5120 * 5120 * 2 + 768 * 2 * 5120)
 T5_BYTES = 5_680_910_336 * 2
 OTHER_BYTES = 632_076_800 * 2 + 126_892_531 * 4 + 95_044_608 * 4  # CLIP vision bf16, VAE and wav2vec2 fp32
-# Activations, the VAE decode of one 81-frame clip and the allocator's slack, beyond the weights (GB).
-WORKSPACE_GB = {"480p": 10.0, "720p": 22.0}
+# Activations, the VAE decode of one 81-frame clip and the allocator's slack, beyond the weights (GB). "flashtalk": one
+# 33-frame 768x448 window (12,096 tokens: 0.37x a 480p clip's 32,760, so 3.7 GB scaled) rounded up to 5 GB.
+WORKSPACE_GB = {"480p": 10.0, "720p": 22.0, "flashtalk": 5.0}
+PLAN_RESOLUTIONS = tuple(WORKSPACE_GB)  # what ``plan_memory`` / ``parse_plan`` plan for
 GROUP_OFFLOAD_RESIDENT_GB = 2.0  # two blocks in flight + the non-block layers
 
 
@@ -74,7 +87,8 @@ class MemoryPlan:
 def estimate_gb(
     weights: str, offload_text_encoder: bool, group_offload: bool, resolution: str, gguf_bytes: int | None = None
 ) -> float:
-    """Peak GPU memory of one job (weights resident + the T5 visiting if offloaded + the workspace)."""
+    """Peak GPU memory of one job (weights resident + the T5 visiting if offloaded + the workspace). ``resolution``:
+    ``480p``, ``720p`` or ``flashtalk`` (a FlashTalk window; others are planned as 720p)."""
     dit = transformer_bytes(weights, gguf_bytes) / GB
     resident = GROUP_OFFLOAD_RESIDENT_GB if group_offload else dit
     workspace = WORKSPACE_GB.get(resolution, WORKSPACE_GB["720p"])
@@ -89,7 +103,8 @@ def plan_memory(
     gpu_bytes: int, resolution: str = "480p", weights: str | None = None, gguf_bytes: int | None = None
 ) -> MemoryPlan:
     """The fastest plan that fits ``gpu_bytes`` (95 % usable), trying in order: everything resident; the T5 offloaded;
-    fp8 weights (unless ``weights`` fixes the format); fp8 (or the fixed format) with group offload."""
+    fp8 weights (unless ``weights`` fixes the format); fp8 (or the fixed format) with group offload. ``resolution``:
+    the largest job planned for, ``480p``, ``720p`` or ``flashtalk`` (FlashTalk's windows)."""
     formats = [weights] if weights else ["bf16", "fp8"]
     options = [(w, t5, False) for w in formats for t5 in (False, True)]
     options += [(formats[-1], True, True)]
