@@ -169,7 +169,7 @@ def flashtalk_root(tiny_root, tmp_path) -> Path:
     return root
 
 
-def test_plan_models_holds_flashtalk_alone(flashtalk_root, tiny_root):
+def test_plan_models_holds_flashtalk_alone(flashtalk_root):
     def plan(root=flashtalk_root, **kw):
         return plan_models(WorkerConfig(model_path=root, s3=None, **{"model": None, "adapters": None, **kw}))
 
@@ -185,9 +185,15 @@ def test_plan_models_holds_flashtalk_alone(flashtalk_root, tiny_root):
         ConfigError, match=r"MULTITALK_ADAPTERS: flash is not an audio adapter; choose from .*flashtalk"
     ):
         plan(adapters=("flash",))
-    if not (tiny_root / FLASHTALK_DIR).exists():
-        with pytest.raises(CheckpointError, match=rf"names flashtalk, whose weights are not in .*{FLASHTALK_DIR}/"):
-            plan(root=tiny_root, adapters=("flashtalk",))
+    without = flashtalk_root.parent / "without"
+    without.mkdir()
+    for entry in flashtalk_root.iterdir():
+        if entry.name != FLASHTALK_DIR:
+            (without / entry.name).symlink_to(entry.resolve())
+    with pytest.raises(
+        CheckpointError, match=rf"names flashtalk, whose weights are not in .*{FLASHTALK_DIR}/ \(config"
+    ):
+        plan(root=without, adapters=("flashtalk",))
 
 
 def test_a_preset_that_does_not_fit_fails_the_start_before_loading(tiny_root, tmp_path):
