@@ -104,9 +104,11 @@ def _default_dest() -> str:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from .provision.profiles import PROFILES, profile
+    from .provision.profiles import PROFILES, profile, realtime_table
 
     print(profiles_table())
+    print()
+    print(realtime_table())
     if args.verbose:
         for default in PROFILES.values():
             print(f"\n{default.name}: {default.summary}")
@@ -799,10 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also list each profile's repositories and files")
     p.set_defaults(func=_cmd_profiles)
 
-    from .provision.profiles import PROFILES
+    from .provision.profiles import profile_names
 
     p = sub.add_parser("download", help="fetch a profile into a model directory, verified and resumable")
-    p.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    p.add_argument("--profile", required=True, choices=profile_names())
     p.add_argument(
         "--dest", default=_default_dest(), help="model directory (default: $MODEL_PATH or /runpod-volume/models)"
     )
@@ -810,10 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models",
         type=_parse_models,
-        default="multitalk",
+        default=None,
         metavar="MODELS",
         help="the audio models to fetch, comma-separated: multitalk (the default), infinitetalk-single, "
-        "infinitetalk-multi; infinitetalk = both InfiniteTalk files, all = the three",
+        "infinitetalk-multi; infinitetalk = both InfiniteTalk files, all = the three (not with --profile realtime, "
+        "which fetches FlashTalk)",
     )
     p.add_argument(
         "--speed-lora",
