@@ -16,6 +16,16 @@
 | E_MODEL | the model files are missing or inconsistent | operator |
 | E_BUSY | another run of the same job (same job_key or job id) is still in progress | later: it continues the job |
 | E_INTERNAL | anything else (a bug): the message names the exception | maybe |
+| E_TTS_UNAVAILABLE | text on a worker without Kokoro-82M (``download --tts``) or the tts extra | operator |
+| E_TEXT_EMPTY | text to speak: missing or only spaces | no |
+| E_TEXT_TOO_LONG | text to speak: over 5000 characters | no |
+| E_SPEECH_TOO_LONG | the speech passes MAX_DURATION_SECONDS (found while speaking, turn by turn) | no, shorter text |
+| E_UNKNOWN_VOICE | a voice name the worker's Kokoro-82M/voices lacks (the message lists them) | no |
+| E_VOICE_FILE | a voice file that is not a Kokoro voice tensor [510, 1, 256] | no |
+| E_SPEAKER_TAG | (s3), a tag without a voice, text before the first tag, an empty turn, two voices without tags | no |
+| E_UNREADABLE_TEXT | characters the G2P cannot read (other scripts, emoji, control characters), nothing to say | no |
+| E_LANGUAGE | a language Kokoro cannot speak here | no |
+| E_SPEECH_OPTION | speech_speed outside 0.5-2 | no |
 """
 
 from __future__ import annotations
@@ -35,6 +45,17 @@ CODES = (
     "E_MODEL",
     "E_BUSY",
     "E_INTERNAL",
+    # text to speech: the engine's SpeechInputError codes, and a worker without Kokoro
+    "E_TTS_UNAVAILABLE",
+    "E_TEXT_EMPTY",
+    "E_TEXT_TOO_LONG",
+    "E_SPEECH_TOO_LONG",
+    "E_UNKNOWN_VOICE",
+    "E_VOICE_FILE",
+    "E_SPEAKER_TAG",
+    "E_UNREADABLE_TEXT",
+    "E_LANGUAGE",
+    "E_SPEECH_OPTION",
 )
 
 
@@ -64,6 +85,7 @@ def classify(exc: BaseException) -> WorkerError:
         EngineError,
         GenerationCancelled,
         ImageInputError,
+        SpeechInputError,
         VideoInputError,
     )
 
@@ -71,6 +93,9 @@ def classify(exc: BaseException) -> WorkerError:
         return exc
     if isinstance(exc, GenerationCancelled):
         return WorkerError("E_CANCELLED", "the job was cancelled between sampling steps")
+    if isinstance(exc, SpeechInputError):
+        code = exc.code if exc.code in CODES else "E_INPUT"
+        return WorkerError(code, str(exc))
     if isinstance(exc, VideoInputError):
         return WorkerError("E_VIDEO", str(exc))
     if isinstance(exc, AudioError):

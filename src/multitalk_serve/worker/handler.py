@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,8 +55,8 @@ from .jobstate import LOCK, JobFolders, JobLock
 from .legacy import LegacyRequest, old_probe_facts
 from .logs import install as install_log_scrubbing
 from .media import MediaFetcher
-from .response import JobOutput, JobParams, VideoInfo, WorkerInfo
-from .schema import REALTIME, JobInput, describe_errors
+from .response import JobOutput, JobParams, SpeechInfo, VideoInfo, WorkerInfo
+from .schema import REALTIME, JobInput, MediaObject, describe_errors
 from .storage import Storage
 
 log = logging.getLogger("multitalk_serve.worker")
@@ -108,6 +109,39 @@ def _is_image(data: bytes) -> bool:
     """Whether fetched bytes are a picture (the official JSON's ``cond_video`` may name one) rather than a video:
     from the file's signature (``sniff_media``), nothing decoded."""
     return sniff_media(data) == "image"
+
+
+def load_speech(config: WorkerConfig, device: str):
+    """Kokoro-82M for text requests, loaded once at start when ``MODEL_PATH/Kokoro-82M`` is there and the ``tts``
+    extra imports: (synthesiser, None), else (None, why: the message of a text request's ``E_TTS_UNAVAILABLE``).
+    A folder that is there but broken fails the start (``E_MODEL``), as any other component."""
+    from ..engine import KOKORO_DIR
+
+    folder = config.model_path / KOKORO_DIR
+    if not folder.is_dir():
+        return None, (
+            f"text to speech is not available on this worker: {folder} is missing (Kokoro-82M, hexgrad/Kokoro-82M; "
+            "provision it with `multitalk-serve download --tts`); send audio instead"
+        )
+    try:
+        import kokoro  # noqa: F401  (the tts extra)
+    except ImportError as exc:
+        log.warning("%s is there but the tts extra is not installed (%s): text requests are refused", folder, exc)
+        return None, (
+            "text to speech is not available on this worker: the tts extra is not installed "
+            "(pip install 'multitalk-serve[tts]'); send audio instead"
+        )
+    from ..engine import SpeechSynthesizer
+
+    start = time.perf_counter()
+    synth = SpeechSynthesizer.from_pretrained(config.model_path, device=device)
+    log.info(
+        "Kokoro-82M loaded from %s in %.1f s: text requests (voices %s)",
+        folder,
+        time.perf_counter() - start,
+        ", ".join(synth.voices),
+    )
+    return synth, None
 
 
 LOCAL_TEST_ID = "local_test"  # the RunPod SDK's id for every ``--test_input`` run
@@ -212,9 +246,14 @@ class Worker:
         config: WorkerConfig,
         load_seconds: float = 0.0,
         default_model: str | None = None,
+        speech=None,
+        speech_missing: str | None = None,
     ):
         self.pipeline = pipeline
         self.config = config
+        # text to speech: Kokoro-82M (a SpeechSynthesizer) loaded once, or None and why (for E_TTS_UNAVAILABLE)
+        self.speech = speech
+        self.speech_missing = speech_missing
         # the adapters the pipeline holds, and the model a request gets when it names none
         self.held = list(getattr(pipeline, "adapters", None) or [_adapter_of(pipeline)])
         fallback = "multitalk" if "multitalk" in self.held else FLASHTALK if FLASHTALK in self.held else "infinitetalk"
@@ -286,7 +325,8 @@ class Worker:
         )
         if config.warmup:
             log.info("warm-up generation done in %.1f s (MULTITALK_WARMUP)", pipeline.warm_up())
-        return cls(pipeline, config, seconds, default_model)
+        speech, missing = load_speech(config, device)
+        return cls(pipeline, config, seconds, default_model, speech=speech, speech_missing=missing)
 
     # --- RunPod entry points -----------------------------------------------------------------------------------
     async def handle_stream(self, job: dict):
@@ -381,6 +421,25 @@ class Worker:
                 torch.cuda.empty_cache()
 
     # --- one generation ---------------------------------------------------------------------------------------
+    def _speak(self, request: JobInput, fetcher: MediaFetcher, reporter, timings: dict) -> tuple[list[bytes], object]:
+        """Text instead of audio: the voices (names, or voice files fetched like any media), then the speech
+        (Kokoro-82M), before any other download. Returns one WAV a speaker (``audio_type`` para) and the speech."""
+        if self.speech is None:
+            raise WorkerError("E_TTS_UNAVAILABLE", f"{request.speech_field}: {self.speech_missing}")
+        t = time.perf_counter()
+        voices = [
+            fetcher.fetch(v, request.voice_field(i), "voice") if isinstance(v, MediaObject) else v
+            for i, v in enumerate(request.speech.voices)
+        ]
+        timings["download"] = time.perf_counter() - t
+        reporter(Progress(stage="speech"))
+        t = time.perf_counter()
+        speech = self.speech.synthesize(
+            dataclasses.replace(request.speech, voices=tuple(voices)), max_seconds=self.config.max_duration_s
+        )
+        timings["speech"] = time.perf_counter() - t
+        return speech.track_wavs(), speech
+
     def _generate(
         self, job, job_id, request: JobInput, request_s3, workdir: Path, cancel, started, emit=None
     ) -> JobOutput:
@@ -389,9 +448,14 @@ class Worker:
         cold = self.jobs_done == 0
 
         options, preset = self._options(request, warnings)  # every check of the request comes before any fetch
+        reporter = ProgressReporter(job, cancel, self.config.progress_interval_s, emit=emit)
+        fetcher = MediaFetcher(self.config, request_s3 or self.config.s3, cancel)  # bounded in time, cancellable
+        speech = None
+        if request.speech is not None:  # text: spoken first (its errors come before the other downloads)
+            audio, speech = self._speak(request, fetcher, reporter, timings)
+            options = dataclasses.replace(options, audio_type=speech.audio_type)
 
         t = time.perf_counter()
-        fetcher = MediaFetcher(self.config, request_s3 or self.config.s3, cancel)  # bounded in time, cancellable
         image = source_video = mask = None
         if request.video_field is None:
             image = fetcher.fetch(request.image, request.image_field, "image")
@@ -402,11 +466,12 @@ class Worker:
             source_video = fetcher.fetch(request.video, request.video_field, "video")
         if request.mask_image is not None:
             mask = fetcher.fetch(request.mask_image, "mask_image", "image")
-        audio = [
-            None if a is None else fetcher.fetch(a, request.audio_field(i), "audio")
-            for i, a in enumerate(request.audio)
-        ]
-        timings["download"] = time.perf_counter() - t
+        if speech is None:
+            audio = [
+                None if a is None else fetcher.fetch(a, request.audio_field(i), "audio")
+                for i, a in enumerate(request.audio)
+            ]
+        timings["download"] = timings.get("download", 0.0) + time.perf_counter() - t
 
         boxes = None
         if request.boxes is not None:
@@ -427,7 +492,6 @@ class Worker:
         if mask is not None:
             extra["mask"] = mask
 
-        reporter = ProgressReporter(job, cancel, self.config.progress_interval_s, emit=emit)
         video = workdir / "video.mp4"
         thumbnail = workdir / "thumbnail.jpg" if request.output.thumbnail else None
         # the job folder: segments and the loop's state, kept on the volume under the job's key (resume)
@@ -482,8 +546,12 @@ class Worker:
                 if stage != "total":
                     timings[stage] = seconds
 
+            speech_file = None
+            if speech is not None:  # the speech goes where the video goes (the video's name with .wav)
+                speech_file = workdir / "speech.wav"
+                speech_file.write_bytes(speech.wav())
             t = time.perf_counter()
-            stored = Storage(self.config, request_s3).store(job_id, video, thumbnail, request.output)
+            stored = Storage(self.config, request_s3).store(job_id, video, thumbnail, request.output, speech_file)
             timings["upload"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - started
             warnings += stored.warnings
@@ -505,6 +573,7 @@ class Worker:
             thumbnails = {k: v for k, v in thumbnails.items() if v or k == "thumbnail_url"}
         output = JobOutput(
             **{k: v for k, v in where.items() if v},
+            **self._speech_fields(request, speech, speech_file, stored),
             video=VideoInfo(
                 storage=stored.storage,
                 url=stored.url,
@@ -552,6 +621,30 @@ class Worker:
             stored.storage,
         )
         return output
+
+    @staticmethod
+    def _speech_fields(request: JobInput, speech, speech_file: Path | None, stored) -> dict:
+        """The result's speech fields of a text request (where the WAV went, its duration); {} for audio."""
+        if speech is None:
+            return {}
+        where = {"speech_url": stored.speech_url, "speech_s3_key": stored.speech_key}
+        where |= {"speech_path": stored.speech_path, "speech_base64": stored.speech_base64}
+        storage = "none"
+        if stored.speech_url or stored.speech_base64 or stored.speech_path:
+            storage = "s3" if stored.speech_url else "volume" if stored.speech_path else "inline"
+        voices = [v if isinstance(v, str) else "file" for v in request.speech.voices]
+        info = SpeechInfo(
+            storage=storage,
+            url=stored.speech_url,
+            path=stored.speech_path,
+            bytes=speech_file.stat().st_size,
+            seconds=round(speech.seconds, 3),
+            sample_rate=speech.rate,
+            speakers=len(speech.tracks),
+            turns=len(speech.turns),
+            voices=[Path(v).name.removesuffix(".pt") for v in voices],
+        )
+        return {**{k: v for k, v in where.items() if v}, "speech": info, "speech_seconds": round(speech.seconds, 3)}
 
     def _preset(self, request: JobInput, model: str, warnings: list[str]) -> tuple[str, dict]:
         """The preset this job starts from, and its values (the engine's preset policy): the request's, else
@@ -640,9 +733,9 @@ class Worker:
                 asked, how = "infinitetalk", f"model (not given; {request.video_field} needs InfiniteTalk)"
         adapter = asked
         if asked == "infinitetalk":
-            adapter = INFINITETALK[0] if len(request.audio) == 1 else INFINITETALK[1]
+            adapter = INFINITETALK[0] if request.speakers == 1 else INFINITETALK[1]
         if adapter not in held:
-            chosen = asked if adapter == asked else f"{asked} with {len(request.audio)} speaker(s) ({adapter})"
+            chosen = asked if adapter == asked else f"{asked} with {request.speakers} speaker(s) ({adapter})"
             raise WorkerError(
                 "E_INPUT",
                 f"{how}: {chosen} is not held by this worker; it holds {', '.join(held)} (MULTITALK_ADAPTERS)",
@@ -664,7 +757,10 @@ class Worker:
             raise WorkerError(
                 "E_INPUT", f"{field}: {asked} is over this worker's {cap:g} s limit (MAX_DURATION_SECONDS)"
             )
-        if request.audio_type == "para" and sum(track is not None for track in request.audio) == 1:
+        if request.speech is not None:
+            if request.speakers == 2 and "audio_type" in request.model_fields_set and request.audio_type == "add":
+                warnings.append("audio_type: a dialogue's tracks are laid out turn by turn already; it runs as para")
+        elif request.audio_type == "para" and sum(track is not None for track in request.audio) == 1:
             warnings.append("audio_type: para arranges two voices at once; with one audio track it has no effect")
 
     def _allocated(self) -> int:
@@ -720,6 +816,7 @@ class Worker:
             "default_preset": self.default_preset,
             "models": list(self.held),
             "default_model": self.default_model,
+            "tts": self.speech is not None,
         }
 
     def health(self) -> dict:

@@ -36,6 +36,7 @@ EXPECTED_TYPES = {
     "audio": ("audio/", "video/", "application/octet-stream"),
     "video": ("video/", "application/octet-stream"),
     "source": ("image/", "video/", "application/octet-stream"),  # the official JSON's cond_video: either
+    "voice": ("application/",),  # a Kokoro voice file (a torch .pt)
 }
 VIDEO_KINDS = ("video", "source")  # fetched under MAX_VIDEO_MB instead of MAX_INPUT_MB
 CHUNK = 1 << 16

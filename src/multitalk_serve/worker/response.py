@@ -68,6 +68,23 @@ class VideoInfo(_Model):
     has_audio: bool = True
 
 
+class SpeechInfo(_Model):
+    """The speech a text request was spoken as (Kokoro-82M): the video's soundtrack, also returned apart (a WAV)."""
+
+    storage: Literal["s3", "volume", "inline", "none"] = Field(
+        description="where the WAV is (none: it could not be returned apart; warnings say why)"
+    )
+    url: str | None = Field(description="presigned GET URL (S3)")
+    path: str | None = Field(description="file on the network volume")
+    content_type: Literal["audio/wav"] = "audio/wav"
+    bytes: int = Field(description="size of the WAV")
+    seconds: float = Field(description="its duration: the video's duration")
+    sample_rate: int = Field(description="24000 (Kokoro's rate; 16-bit mono)")
+    speakers: int
+    turns: int = Field(description="turns spoken (a dialogue's (s1) ... (s2) ... parts)")
+    voices: list[str] = Field(description="the Kokoro voice of each speaker ('file' for an uploaded voice file)")
+
+
 class JobParams(_Model):
     """The effective settings (``GenerateOptions`` under the API's names) and what the job found."""
 
@@ -125,6 +142,7 @@ class WorkerInfo(_Model):
     default_preset: str
     models: list[str] = Field(description="the audio adapters this worker holds (MULTITALK_ADAPTERS)")
     default_model: str = Field(description="the model of a job that names none (MULTITALK_MODEL)")
+    tts: bool = Field(False, description="text instead of audio is available (Kokoro-82M loaded)")
 
 
 class EstimateInfo(_Model):
@@ -153,6 +171,12 @@ class JobOutput(_Model):
     thumbnail_url: str | None = Field(None, description="first frame, JPEG (S3), when output.thumbnail")
     thumbnail_path: str | None = Field(None, description="first frame on the volume, when output.thumbnail")
     thumbnail_base64: str | None = Field(None, description="first frame inline, when output.thumbnail")
+    speech_url: str | None = Field(None, description="text requests: the speech, WAV (S3)")
+    speech_s3_key: str | None = Field(None, description="text requests: the speech's object key (S3)")
+    speech_path: str | None = Field(None, description="text requests: the speech on the network volume")
+    speech_base64: str | None = Field(None, description="text requests: the speech inline, WAV base64")
+    speech: SpeechInfo | None = Field(None, description="text requests: the synthesised speech")
+    speech_seconds: float | None = Field(None, description="text requests: seconds of speech (= the video's)")
     seed: int
     params: JobParams
     timings: dict[str, float] = Field(description="seconds per stage (download, audio, ..., upload, total)")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ..engine import MAX_SPEAKERS, MAX_STEPS
+from ..engine import MAX_SPEAKERS, MAX_STEPS, SpeechRequest, tagged_speakers
 from .config import MAX_JOB_SECONDS
 
 MODELS = ("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi", "flashtalk")  # MODEL_CHOICES (test)
@@ -27,6 +27,21 @@ VIDEO_FIELDS = ("video", "video_url", "cond_video")
 DEFAULT_PROMPT = "A person is talking naturally, facing the camera, with natural facial expressions."
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._\-/]*$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
+DEFAULT_VOICES = ("af_heart", "am_adam")  # text without voice: the official examples' voices for person 1 and 2
+TEXT_FIELDS = ("text", "tts_audio", "text_input", "first_text_input", "second_text_input")  # give the speech as text
+AUDIO_FIELDS = (
+    "audio",
+    "audio_url",
+    "audio_s3_key",
+    "audio_1",
+    "audio_2",
+    "first_audio_url",
+    "second_audio_url",
+    "left_audio",
+    "right_audio",
+    "cond_audio",
+)
+FAL_TEXT_FIELDS = ("text_input", "first_text_input", "second_text_input", "voice1", "voice2")
 
 
 class MediaObject(BaseModel):
@@ -117,6 +132,24 @@ class JobInput(BaseModel):
         None, description=f"one track per speaker (1 or 2; null = silent speaker): {MEDIA_DOC}"
     )
     audio_type: Literal["add", "para"] = Field("add", description="two speakers: add = in turn, para = at once")
+    text: str | None = Field(
+        None,
+        description="instead of audio: the speech as text, spoken by Kokoro-82M (a worker with MODEL/Kokoro-82M): "
+        "plain text for one speaker, or a dialogue '(s1) ... (s2) ...' for two (each silent while the other talks); "
+        "at most 5000 characters",
+    )
+    voice: str | MediaObject | list[str | MediaObject] | None = Field(
+        None,
+        description="with text: one voice per speaker, a name (af_heart, am_adam, bf_emma, ...: the worker's "
+        "Kokoro-82M/voices) or a voice file as an object {url | base64 | path | s3_key} (a Kokoro voice tensor "
+        "[510, 1, 256], .pt); default af_heart, and am_adam for a second speaker. With text_input: fal's voice name",
+    )
+    speech_speed: float | None = Field(None, description="with text: speaking rate, 0.5 to 2 (default 1)")
+    language: str | None = Field(
+        None,
+        description="with text: Kokoro's language code (a, b, e, f, h, i, p) or en-us, en-gb, es, fr, hi, it, "
+        "pt-br (default: the voice's)",
+    )
     boxes: list[list[float]] | None = Field(
         None,
         description="two speakers: [[x_min, y_min, x_max, y_max], ...] in source pixels (x = column); one speaker "
@@ -200,6 +233,15 @@ class JobInput(BaseModel):
     cond_audio: dict[str, Media | None] | None = Field(
         None, description="official JSON: {person1, person2}; 'None' = silent"
     )
+    tts_audio: dict[str, Any] | None = Field(
+        None,
+        description="official JSON: {text, human1_voice, human2_voice?} (with cond_audio {}): text instead of audio",
+    )
+    text_input: str | None = Field(None, description="fal text-to-speech avatar: the text of one speaker (+ voice)")
+    first_text_input: str | None = Field(None, description="fal multi-text: speaker 1's text (spoken first)")
+    second_text_input: str | None = Field(None, description="fal multi-text: speaker 2's text (spoken second)")
+    voice1: str | None = Field(None, description="fal multi-text: speaker 1's voice (ElevenLabs name, default Sarah)")
+    voice2: str | None = Field(None, description="fal multi-text: speaker 2's voice (ElevenLabs name, default Roger)")
     sample_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="alias of sampling_steps")
     sample_text_guide_scale: float | None = Field(None, ge=0, le=20, description="alias of text_guide_scale")
     sample_audio_guide_scale: float | None = Field(None, ge=0, le=20, description="alias of audio_guide_scale")
@@ -211,6 +253,9 @@ class JobInput(BaseModel):
     _image_field: str = PrivateAttr("image")
     _video_field: str | None = PrivateAttr(None)
     _audio_fields: list[str] = PrivateAttr(default_factory=list)
+    _speech: SpeechRequest | None = PrivateAttr(None)  # text instead of audio
+    _speech_field: str | None = PrivateAttr(None)
+    _voice_fields: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _resolve(self) -> JobInput:
@@ -257,7 +302,7 @@ class JobInput(BaseModel):
             self._image_field = field
             self.image = MediaObject(s3_key=self.image_s3_key) if field == "image_s3_key" else getattr(self, field)
 
-        self.audio = self._resolve_audio()
+        self.audio = self._resolve_speech_or_audio()
         if self.output_format is not None:
             if "output" in fields_set and self.output.format != "auto":
                 raise ValueError("output_format and output.format mean the same thing: give one")
@@ -267,7 +312,7 @@ class JobInput(BaseModel):
         if self.boxes is not None and self.bbox is not None:
             raise ValueError("boxes and bbox both give the person boxes: give one")
         self._resolve_keep_background(fields_set)
-        one = len(self.audio) == 1
+        one = self.speakers == 1
         if (self.boxes is not None or self.bbox is not None) and one and not self.keep_background:
             raise ValueError(
                 "person boxes are for two speakers; this job has one audio track (one box is the region kept "
@@ -286,9 +331,9 @@ class JobInput(BaseModel):
         if one and self.mask_image is not None and (self.boxes is not None or self.bbox is not None):
             box = "boxes" if self.boxes is not None else "bbox"
             raise ValueError(f"mask_image and {box} both give the region to regenerate: give one")
-        if self.model == "infinitetalk-single" and len(self.audio) == 2:
+        if self.model == "infinitetalk-single" and self.speakers == 2:
             raise ValueError(
-                "model: infinitetalk-single was trained for one speaker and this job has two audio tracks; use "
+                "model: infinitetalk-single was trained for one speaker and this job has two speakers; use "
                 "infinitetalk-multi (or infinitetalk, which picks it)"
             )
         if (self.width is None) != (self.height is None):
@@ -319,10 +364,11 @@ class JobInput(BaseModel):
                 f"{self._video_field}: FlashTalk animates an image; a video needs model infinitetalk (a worker that "
                 "holds it)"
             )
-        if len(self.audio) > 1:
+        if self.speakers > 1:
+            what = "speakers" if self._speech is not None else "audio tracks"
             problems.append(
-                f"{self.audio_field(1)}: FlashTalk animates one speaker and this job has {len(self.audio)} audio "
-                "tracks; two speakers need model multitalk or infinitetalk (a worker that holds it)"
+                f"{self.audio_field(1)}: FlashTalk animates one speaker and this job has {self.speakers} {what}; "
+                "two speakers need model multitalk or infinitetalk (a worker that holds it)"
             )
         if self.resolution == "720p":
             problems.append("resolution: FlashTalk makes about 768x448 (the 480p class); 720p is not available")
@@ -373,8 +419,91 @@ class JobInput(BaseModel):
         return self._video_field or self._image_field
 
     def audio_field(self, i: int) -> str:
-        """The field that gave speaker ``i``'s audio, as the request spelt it (``audio[0]``, ``cond_audio.person2``)."""
+        """The field that gave speaker ``i``'s audio, as the request spelt it (``audio[0]``, ``cond_audio.person2``;
+        for text: the field of that speaker's voice)."""
+        if self._speech is not None:
+            return self._voice_fields[i] if i < len(self._voice_fields) else f"{self._speech_field} (speaker {i + 1})"
         return self._audio_fields[i] if i < len(self._audio_fields) else f"audio[{i}]"
+
+    @property
+    def speech(self) -> SpeechRequest | None:
+        """Text instead of audio (``text``, ``tts_audio``, fal's ``text_input`` ...): what to say, by whom; the
+        voices are names, or ``MediaObject`` voice files the worker fetches. None for an audio request."""
+        return self._speech
+
+    @property
+    def speech_field(self) -> str | None:
+        """The field that gave the text, as the request spelt it."""
+        return self._speech_field
+
+    def voice_field(self, i: int) -> str:
+        return self._voice_fields[i] if i < len(self._voice_fields) else f"voice[{i}]"
+
+    @property
+    def speakers(self) -> int:
+        """1 or 2: the audio tracks, or the voices of the text."""
+        return self._speech.speakers if self._speech is not None else len(self.audio)
+
+    def _resolve_speech_or_audio(self) -> list[Media | None]:
+        """Exactly one of audio (any of its names) or text (``text``, ``tts_audio``, fal's ``text_input`` /
+        ``first_text_input`` ...); the official JSON's ``cond_audio: {}`` beside ``tts_audio`` counts as no audio."""
+        texts = [n for n in TEXT_FIELDS if getattr(self, n) is not None]
+        audio_given = [n for n in AUDIO_FIELDS if getattr(self, n) is not None and getattr(self, n) != {}]
+        for name in ("voice", "speech_speed", "language"):
+            if getattr(self, name) is not None and not texts:
+                raise ValueError(
+                    f"{name} goes with text (the speech as text instead of audio): add text or drop {name}"
+                )
+        for name in ("voice1", "voice2"):
+            if getattr(self, name) is not None and "first_text_input" not in texts:
+                raise ValueError(f"{name}: a voice of fal's first_text_input / second_text_input: add them")
+        if not texts:
+            return self._resolve_audio()
+        if audio_given:
+            raise ValueError(
+                f"{' and '.join(audio_given)} and {' and '.join(texts)} both give the speech: give one (audio, or text "
+                "to speak)"
+            )
+        if len(texts) > 1 and set(texts) != {"first_text_input", "second_text_input"}:
+            raise ValueError(f"{' and '.join(texts)} all give the text to speak: give one")
+        self._speech_field = texts[0]
+        self._speech = self._speech_request(texts[0])
+        return []
+
+    def _speech_request(self, field: str) -> SpeechRequest:
+        """The engine's checks on the text (``SpeechInputError``s with their codes propagate: the worker reports
+        them under those codes)."""
+        import dataclasses
+
+        options = {}
+        if self.speech_speed is not None:
+            options["speed"] = self.speech_speed
+        if self.language is not None:
+            options["language"] = self.language
+        if field == "tts_audio":
+            request = SpeechRequest.from_official(self.tts_audio)
+            voices = [f"tts_audio.human{i + 1}_voice" for i in range(request.speakers)]
+        elif field == "text":
+            voices = self.voice if isinstance(self.voice, list) else [] if self.voice is None else [self.voice]
+            if not voices:
+                voices = list(DEFAULT_VOICES[: min(2, max(1, tagged_speakers(self.text or "")))])
+                self._voice_fields = ["text"] * len(voices)
+            else:
+                self._voice_fields = (
+                    [f"voice[{i}]" for i in range(len(voices))] if isinstance(self.voice, list) else ["voice"]
+                )
+            request = SpeechRequest.from_text(self.text, voices, field="text", **options)
+            return request
+        else:
+            if isinstance(self.voice, list | MediaObject):
+                raise ValueError("voice: with text_input, fal's voice is a name (Aria, Roger, Sarah, ...)")
+            if field == "text_input" and "second_text_input" in self.model_fields_set:
+                raise ValueError("text_input and second_text_input: one speaker's text_input, or first_ and second_")
+            data = {n: getattr(self, n) for n in (*FAL_TEXT_FIELDS, "voice") if getattr(self, n) is not None}
+            request = SpeechRequest.from_fal(data)
+            voices = ["voice"] if field == "text_input" else ["voice1", "voice2"]
+        self._voice_fields = voices
+        return dataclasses.replace(request, **options).checked() if options else request
 
     def _resolve_audio(self) -> list[Media | None]:
         forms: dict[str, list[Media | None]] = {}
@@ -405,7 +534,10 @@ class JobInput(BaseModel):
         if len(forms) > 1:
             raise ValueError(f"{' and '.join(forms)} all give the audio: give one")
         if not forms:
-            raise ValueError("audio is required: one track per speaker (or audio_url / cond_audio / audio_1 ...)")
+            raise ValueError(
+                "audio is required: one track per speaker (or audio_url / cond_audio / audio_1 ...), or the speech "
+                "as text (text + voice, tts_audio, text_input)"
+            )
         form, tracks = next(iter(forms.items()))
         names = {
             "audio": [f"audio[{i}]" for i in range(len(tracks))] if isinstance(self.audio, list) else ["audio"],
@@ -423,6 +555,8 @@ class JobInput(BaseModel):
 
 
 MEDIA_FIELDS = {
+    "voice",
+    "tts_audio",
     "image",
     "audio",
     "image_url",

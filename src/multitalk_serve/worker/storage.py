@@ -126,6 +126,10 @@ class Stored:
     thumbnail_url: str | None = None
     thumbnail_path: str | None = None
     thumbnail_base64: str | None = None
+    speech_url: str | None = None  # the synthesised speech (text requests), stored beside the video
+    speech_key: str | None = None
+    speech_path: str | None = None
+    speech_base64: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -149,7 +153,11 @@ class Storage:
         """``OUTPUT_PREFIX / request prefix / job id / name``: a request cannot leave the configured prefix."""
         return output_key(self.config, job_id, name, options)
 
-    def store(self, job_id: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
+    def store(
+        self, job_id: str, video: Path, thumbnail: Path | None, options: OutputOptions, speech: Path | None = None
+    ) -> Stored:
+        """The video where ``options.format`` asks (with fallbacks); the thumbnail and the speech (a WAV, for text
+        requests) go beside it, under the same name with ``.jpg`` / ``.wav``."""
         name = options.filename or f"{_safe_segment(job_id)}.mp4"
         if not name.endswith(".mp4"):
             name += ".mp4"
@@ -158,11 +166,11 @@ class Storage:
         for target in order:
             try:
                 if target == "s3":
-                    stored = self._to_s3(job_id, name, video, thumbnail, options)
+                    stored = self._to_s3(job_id, name, video, thumbnail, options, speech)
                 elif target == "volume":
-                    stored = self._to_volume(job_id, name, video, thumbnail, options)
+                    stored = self._to_volume(job_id, name, video, thumbnail, options, speech)
                 else:
-                    stored = self._inline(video, thumbnail)
+                    stored = self._inline(video, thumbnail, speech)
                 where = FALLBACK_NOTE[stored.storage]
                 stored.warnings = [f"{w}; {where}" for w in warnings] + stored.warnings
                 return stored
@@ -177,7 +185,9 @@ class Storage:
     def _order(self, wanted: str) -> list[str]:
         return destinations(self.config, self.s3, wanted)
 
-    def _to_s3(self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
+    def _to_s3(
+        self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions, speech=None
+    ) -> Stored:
         settings = self.s3
         client = s3_client(settings)
         key = self.key_for(job_id, name, options)
@@ -190,6 +200,13 @@ class Storage:
                 stored.thumbnail_url = self._presign(client, settings.bucket, thumb_key)
             except WorkerError as exc:
                 stored.warnings.append(f"thumbnail not uploaded: {exc.message}")
+        if speech is not None:
+            speech_key = key.removesuffix(".mp4") + ".wav"
+            try:
+                self._upload(client, settings.bucket, speech_key, speech, "audio/wav")
+                stored.speech_key, stored.speech_url = speech_key, self._presign(client, settings.bucket, speech_key)
+            except WorkerError as exc:  # the speech is in the video's soundtrack too; say it is not apart
+                stored.warnings.append(f"speech not uploaded (it is the video's soundtrack): {exc.message}")
         return stored
 
     def _upload(self, client, bucket: str, key: str, path: Path, content_type: str) -> None:
@@ -208,7 +225,9 @@ class Storage:
     def _presign(self, client, bucket: str, key: str) -> str:
         return presign(client, bucket, key, self.config.presign_expiry_s)
 
-    def _to_volume(self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions) -> Stored:
+    def _to_volume(
+        self, job_id: str, name: str, video: Path, thumbnail: Path | None, options: OutputOptions, speech=None
+    ) -> Stored:
         rel = self.key_for(job_id, name, options)
         target = self.config.volume_path / "outputs" / rel
         try:
@@ -219,11 +238,15 @@ class Storage:
                 thumb = target.with_suffix(".jpg")
                 shutil.copyfile(thumbnail, thumb)
                 stored.thumbnail_path = str(thumb)
+            if speech is not None:
+                wav = target.with_suffix(".wav")
+                shutil.copyfile(speech, wav)
+                stored.speech_path = str(wav)
             return stored
         except OSError as exc:
             raise WorkerError("E_UPLOAD", f"cannot write {target} ({exc.strerror or exc})") from None
 
-    def _inline(self, video: Path, thumbnail: Path | None) -> Stored:
+    def _inline(self, video: Path, thumbnail: Path | None, speech: Path | None = None) -> Stored:
         size = video.stat().st_size
         if size > self.config.inline_max_bytes:
             raise WorkerError(
@@ -234,4 +257,14 @@ class Storage:
         stored = Stored("inline", base64=base64.b64encode(video.read_bytes()).decode("ascii"))
         if thumbnail is not None:
             stored.thumbnail_base64 = base64.b64encode(thumbnail.read_bytes()).decode("ascii")
+        if speech is not None:
+            total = size + speech.stat().st_size
+            if total > self.config.inline_max_bytes:
+                stored.warnings.append(
+                    f"speech not returned: with the video it is {total / 1e6:.1f} MB, over the "
+                    f"{self.config.inline_max_bytes / 1e6:.0f} MB that fit in a job result (it is the video's "
+                    "soundtrack); configure s3Config / BUCKET_* or mount a network volume to get it apart"
+                )
+            else:
+                stored.speech_base64 = base64.b64encode(speech.read_bytes()).decode("ascii")
         return stored
