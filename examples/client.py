@@ -13,6 +13,8 @@ As a command:
         --out talk.mp4                          # FlashTalk (a worker with MULTITALK_ADAPTERS=flashtalk): one speaker
     python examples/client.py --endpoint ... --image face.png --audio long_talk.wav --out talk.mp4 \
         --parallel 4            # one long video made by 4 workers at once: the audio cut at pauses (fanout.py)
+    python examples/client.py --endpoint ... --image two.png --text "(s1) Hi! (s2) Hello." --voice af_heart \
+        --voice-2 am_adam --out talk.mp4       # text instead of audio (Kokoro-82M); the speech saved as talk.wav
 
 As a library:
 
@@ -215,6 +217,21 @@ class MultiTalkClient:
             with path.open("wb") as f:
                 shutil.copyfileobj(response.raw, f)
 
+    def save_speech(self, output: dict | list, path: str | Path) -> Path | None:
+        """Write the speech of a text job (a WAV) to ``path``; None when the output holds none (an audio job, or
+        the speech could not be returned apart: the warnings say why)."""
+        output = job_result(output)
+        path = Path(path)
+        if output.get("speech_url"):
+            self.download(output["speech_url"], path)
+        elif output.get("speech_base64"):
+            path.write_bytes(base64.b64decode(output["speech_base64"]))
+        elif output.get("speech_path") and Path(output["speech_path"]).exists():
+            shutil.copyfile(output["speech_path"], path)
+        else:
+            return None
+        return path
+
     # --- helpers ------------------------------------------------------------------------------------------------
     @staticmethod
     def _body(job_input, s3_config, webhook, execution_timeout_s) -> dict:
@@ -383,7 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="a file, a URL, or a path on the worker's volume")
     source.add_argument("--video", help="instead of --image: a video to dub (InfiniteTalk); a file, URL or path")
-    parser.add_argument("--audio", required=True, action="append", help="one per speaker (twice for two)")
+    speech = parser.add_mutually_exclusive_group(required=True)
+    speech.add_argument("--audio", action="append", help="one per speaker (twice for two)")
+    speech.add_argument("--text", help="instead of --audio: the speech as text (Kokoro-82M on the worker); a "
+                                       "dialogue '(s1) ... (s2) ...' for two speakers")  # fmt: skip
+    parser.add_argument("--voice", help="--text: speaker 1's voice, a name (af_heart, am_adam, ...) or a local .pt "
+                                        "voice file (sent inline)")  # fmt: skip
+    parser.add_argument("--voice-2", help="--text: speaker 2's voice (a dialogue)")
+    parser.add_argument("--speech-speed", type=float, help="--text: speaking rate, 0.5 to 2")
+    parser.add_argument("--language", help="--text: Kokoro's language (a, b, e, f, h, i, p; default: the voice's)")
     parser.add_argument("--prompt", default="A person is talking.")
     parser.add_argument("--model", choices=("multitalk", "infinitetalk", "infinitetalk-single", "infinitetalk-multi",
                                             "flashtalk"),
@@ -428,8 +453,17 @@ def job_input(args: argparse.Namespace) -> dict:
     def source(value: str) -> str:
         return media(value) if Path(value).is_file() else value
 
-    job: dict = {"audio": [source(a) for a in args.audio], "prompt": args.prompt, "audio_type": args.audio_type,
-                 "resolution": args.resolution}  # fmt: skip
+    job: dict = {"prompt": args.prompt, "audio_type": args.audio_type, "resolution": args.resolution}
+    if args.text is not None:
+        job["text"] = args.text
+        voices = [v for v in (args.voice, args.voice_2) if v is not None]
+        if voices:  # a local voice file goes inline; a name as it is
+            job["voice"] = [{"base64": media(v).split(",", 1)[1]} if Path(v).is_file() else v for v in voices]
+        for key, value in (("speech_speed", args.speech_speed), ("language", args.language)):
+            if value is not None:
+                job[key] = value
+    else:
+        job["audio"] = [source(a) for a in args.audio]
     if args.video is not None:
         job["video"] = source(args.video)
     else:
@@ -453,6 +487,9 @@ def fan_out_main(args: argparse.Namespace, client: MultiTalkClient) -> int:
 
     if args.stream or args.segments or args.sync:
         print("--parallel / --segment-seconds poll /status: not with --stream, --segments or --sync", file=sys.stderr)
+        return 2
+    if args.text is not None:
+        print("--parallel / --segment-seconds cut audio files: send --text as one job", file=sys.stderr)
         return 2
     job = job_input(args)
     del job["audio"]
@@ -479,7 +516,10 @@ def fan_out_main(args: argparse.Namespace, client: MultiTalkClient) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.text is None and (args.voice or args.voice_2 or args.speech_speed or args.language):
+        parser.error("--voice, --voice-2, --speech-speed and --language go with --text")
     client = MultiTalkClient(args.endpoint, args.api_key)
     if args.parallel is not None or args.segment_seconds is not None:
         return fan_out_main(args, client)
@@ -503,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.monotonic() - started:.1f} s")  # fmt: skip
     if output.get("first_segment_s") is not None:
         print(f"first segment after {output['first_segment_s']:.1f} s")
+    if output.get("speech_seconds") is not None:
+        speech = client.save_speech(output, Path(args.out).with_suffix(".wav"))
+        where = f"saved {speech}" if speech else "not returned apart (see the warnings)"
+        print(f"speech: {output['speech_seconds']:.2f} s, {where}")
     for warning in output.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

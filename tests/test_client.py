@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+import wave
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -165,6 +166,18 @@ def test_client_against_the_local_worker_api(tiny_root, tmp_path):
         info = probe(tmp_path / "o.mp4")
         assert (info.frames, info.width, info.height, info.audio_codec) == (25, 96, 64, "aac")
         assert media(image).startswith("data:image/png;base64,")
+        # text instead of audio: the worker loaded the tiny Kokoro at start; the speech is saved beside the video
+        voice = tmp_path / "my voice.pt"
+        voice.write_bytes((tiny_root / "Kokoro-82M/voices/am_adam.pt").read_bytes())  # a local voice file, inline
+        common = ["--endpoint", f"http://127.0.0.1:{port}", "--image", str(image), "--width", "96", "--height", "64"]
+        code = main(
+            [*common, "--steps", "2", "--text", "Hello there.", "--voice", str(voice), "--out", str(tmp_path / "t.mp4")]
+        )
+        assert code == 0
+        info = probe(tmp_path / "t.mp4")
+        with wave.open(str(tmp_path / "t.wav")) as speech:
+            seconds = speech.getnframes() / speech.getframerate()
+        assert speech.getframerate() == 24000 and info.frames == int(seconds * 25) > 0
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import io
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_official_tts_dialogue_to_the_volume(worker, monkeypatch, config):
     assert out["video"]["frames"] == int(speech.seconds * FPS)
     path = out["speech_path"]
     assert path == out["video_path"].removesuffix(".mp4") + ".wav" and path.startswith(str(config.volume_path))
-    mixed, rate = read_wav(open(path, "rb").read())
+    mixed, rate = read_wav(Path(path).read_bytes())
     assert rate == 24000 and np.allclose(mixed, first + second, atol=2 / 32767)
     assert out["speech"]["storage"] == "volume" and out["speech"]["voices"] == ["af_heart", "am_adam"]
 
