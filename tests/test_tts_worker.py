@@ -215,3 +215,23 @@ def test_text_on_a_worker_without_kokoro(tiny_pipeline, config, tmp_path, monkey
     assert str(tmp_path / "Kokoro-82M") in out["error"] and bare.health()["tts"] is False
     audio = bare.run({"id": "audio", "input": {"image": UNREACHABLE, "audio": wav_b64(tmp_path)}})
     assert audio["error"].startswith("E_DOWNLOAD: image"), audio  # audio requests are unaffected
+
+
+def test_the_speech_goes_where_the_video_goes(tmp_path, bucket):
+    import requests
+
+    from multitalk_serve.worker.schema import OutputOptions
+    from multitalk_serve.worker.storage import Storage
+
+    video, speech = tmp_path / "video.mp4", tmp_path / "speech.wav"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    speech.write_bytes(b"RIFF" + bytes(3000))
+    settings = WorkerConfig(model_path=tmp_path, volume_path=tmp_path / "none", s3=bucket, output_prefix="mt")
+    stored = Storage(settings).store("job-1", video, None, OutputOptions(), speech)
+    assert stored.storage == "s3" and stored.speech_key == "mt/job-1/job-1.wav"
+    response = requests.get(stored.speech_url, timeout=10)
+    assert response.content == speech.read_bytes() and response.headers["Content-Type"] == "audio/wav"
+    small = dataclasses.replace(settings, s3=None, inline_max_bytes=2000)  # the video fits, not with the speech
+    stored = Storage(small).store("job-2", video, None, OutputOptions(), speech)
+    assert stored.storage == "inline" and stored.speech_base64 is None
+    assert any("speech not returned" in w and "it is the video's soundtrack" in w for w in stored.warnings)
