@@ -249,6 +249,7 @@ class ParallelGroup:
     def close(self) -> None:
         """The worker stops (RunPod's SIGTERM, the end of a local run): the followers end too."""
         self.closing = True
+        log.info("parallel: stopping ranks 1-%d", self.world - 1)
         for conn in self.conns:
             with contextlib.suppress(Exception):
                 conn.send(None)
