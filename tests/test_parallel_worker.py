@@ -1,8 +1,10 @@
 """The worker on 2 processes (``MULTITALK_GPUS=2``; gloo on CPU): the real worker process against the fake RunPod.
 
 Rank 0 takes the jobs, rank 1 follows; a job's frames equal one process's (crf 0: lossless, so the decoded frames are
-the generated ones). Then rank 1 is killed (SIGKILL) in the middle of a job: the job fails with E_PARALLEL and the
-worker exits with status 1, within a bounded time, for RunPod to replace it. Every wait is bounded.
+the generated ones); a cancelled job and a bad input end on both ranks and the group goes on. Then rank 1 is killed
+(SIGKILL) in the middle of a job: the job fails with E_PARALLEL and the worker exits with status 1, within a bounded
+time, for RunPod to replace it. Rank 0 killed: rank 1 exits. The handler wrappers (a job thread stuck in a collective
+answers anyway; RunPod's stop reaches the worker's handler) are tested without processes. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import pytest
 from fake_runpod import FakeRunPod, start_worker
 from media import write_audio
 from test_worker_api import png_b64
-
-pytestmark = pytest.mark.slow
 
 # 9-frame windows with 1 motion frame: 8 new frames a window
 WINDOWS = {"MULTITALK_WINDOW_FRAMES": "9", "MULTITALK_MOTION_FRAMES": "1"}
@@ -59,6 +59,7 @@ def one_process_frames(tiny_root: Path, volume: Path, job: dict) -> np.ndarray:
     return frames_of(output["video_path"])
 
 
+@pytest.mark.slow
 def test_two_processes_serve_a_job_like_one_and_a_killed_rank_fails_the_job_and_the_worker(tiny_root, tmp_path):
     fake = FakeRunPod()
     volume = tmp_path / "volume"
@@ -158,6 +159,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_the_followers_exit_when_rank_0_dies(tiny_root, tmp_path):
     fake = FakeRunPod()
     env = {
@@ -205,3 +207,76 @@ def test_the_number_of_processes_comes_from_multitalk_gpus():
     for wrong in ("0", "two"):
         with pytest.raises(ConfigError, match="MULTITALK_GPUS"):
             parallel_size(WorkerConfig(gpus=wrong, **cpu))
+
+
+@pytest.fixture
+def group(tmp_path):
+    """Rank 0's group object without processes: only its handler wrappers are used."""
+    from multitalk_serve.worker.config import WorkerConfig
+    from multitalk_serve.worker.parallel import ParallelGroup
+
+    group = ParallelGroup(2, WorkerConfig(device="cpu", s3=None))
+    yield group
+    group.close()
+
+
+def _break_later(group, delay: float) -> None:
+    import threading
+
+    def later():
+        time.sleep(delay)
+        group.reason = "rank 1 (process 1) exited with code -9"
+        group.broken.set()  # as the watch does (without its exit of this process)
+
+    threading.Thread(target=later, daemon=True).start()
+
+
+def test_a_job_stuck_in_a_collective_fails_at_once_when_the_group_breaks(group):
+    """NCCL: a dead peer's collective would keep the job's thread waiting; the handler answers anyway."""
+    import asyncio
+
+    async def stuck(job):
+        await asyncio.sleep(3600)
+
+    async def items(job):
+        yield {"type": "progress"}
+        await asyncio.sleep(3600)
+
+    async def main():
+        _break_later(group, 0.3)
+        started = time.monotonic()
+        answer = await group.wrap(stuck)({"id": "j"})
+        assert answer["error"].startswith("E_PARALLEL: rank 1 (process 1) exited with code -9")
+        assert answer["refresh_worker"] is True and time.monotonic() - started < 5
+        streamed = [item async for item in group.wrap_stream(items)({"id": "j"})]  # broken already: refused
+        assert streamed == [answer]
+        group.broken.clear()
+        _break_later(group, 0.3)
+        streamed = [item async for item in group.wrap_stream(items)({"id": "j"})]
+        assert streamed[0] == {"type": "progress"} and streamed[1]["error"].startswith("E_PARALLEL")
+        assert group.active == 0
+
+    asyncio.run(main())
+
+
+def test_a_stop_of_the_job_reaches_the_worker_handler(group):
+    import asyncio
+
+    stopped = []
+
+    async def handler(job):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.append(job["id"])  # the worker's handler sets its cancel flag here
+            raise
+
+    async def main():
+        task = asyncio.ensure_future(group.wrap(handler)({"id": "j"}))
+        await asyncio.sleep(0.3)
+        task.cancel()  # RunPod's stop
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert stopped == ["j"] and group.active == 0
