@@ -296,11 +296,14 @@ def test_official_json_errors_name_the_field_as_written(media, tmp_path, capsys,
     assert code == 2 and "bbox.person2:" in err and "read x first it would fit" in err
 
 
-def test_official_tts_json_says_text_to_speech_is_not_supported_yet(media, tmp_path, capsys, no_load, monkeypatch):
+def test_official_tts_json_with_a_second_speaker_but_one_voice_is_refused(
+    media, tmp_path, capsys, no_load, monkeypatch
+):
+    # text to speech runs (tests/test_tts.py); here the dialogue tags (s2) but only human1_voice is given
     _official_tree(media, tmp_path / "MultiTalk")
     monkeypatch.chdir(tmp_path / "MultiTalk")
     code, _, err = run(capsys, "--model", media["model"], "--input-json", "examples/multitalk_example_tts_1.json")
-    assert code == 2 and "tts_audio: text to speech is not supported yet (issue 16)" in err
+    assert code == 2 and "tts_audio.text: (s2) names speaker 2; with 1 voice(s) use (s1)" in err
 
 
 def test_input_json_and_the_same_option_conflict(media, tmp_path, capsys, no_load, monkeypatch):

@@ -416,7 +416,7 @@ def test_official_infinitetalk_json_reads_as_the_official_script_does(tmp_path):
     files["multi_example_image"].write_text(
         json.dumps({"prompt": "x", "tts_audio": {"text": "hi"}, "cond_video": data["cond_video"]})
     )
-    with pytest.raises(InputError, match=r"^tts_audio: text to speech is not supported yet \(issue 16\)"):
+    with pytest.raises(InputError, match=r"^tts_audio.human1_voice: missing"):
         read_input_json(files["multi_example_image"], cwd=tmp_path)
 
 

@@ -158,13 +158,14 @@ def profiles_table() -> str:
 def _cmd_download(args: argparse.Namespace) -> int:
     from .provision.download import Downloader, DownloadError
     from .provision.profiles import profile as make_profile
-    from .provision.profiles import with_speed_lora
+    from .provision.profiles import with_speed_lora, with_tts
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     chosen = make_profile(args.profile, args.models)
     profile = with_speed_lora(chosen) if args.speed_lora else chosen
+    profile = with_tts(profile) if args.tts else profile
     downloader = Downloader(
         args.dest,
         profile,
@@ -184,7 +185,13 @@ def _cmd_download(args: argparse.Namespace) -> int:
         return 0
     return _cmd_verify(
         argparse.Namespace(
-            dest=args.dest, hashes=False, transformer=None, json=False, quiet=True, models=",".join(chosen.models)
+            dest=args.dest,
+            hashes=False,
+            transformer=None,
+            json=False,
+            quiet=True,
+            models=",".join(chosen.models),
+            tts=args.tts or None,
         )
     )
 
@@ -193,7 +200,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .provision.verify import verify_model_dir
 
     models = getattr(args, "models", None)
-    result = verify_model_dir(args.dest, hashes=args.hashes, transformer=args.transformer, adapters=models)
+    tts = getattr(args, "tts", None)
+    result = verify_model_dir(args.dest, hashes=args.hashes, transformer=args.transformer, adapters=models, tts=tts)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0 if result.ok else 1
@@ -273,7 +281,7 @@ def _job_inputs(args: argparse.Namespace):
 
     names = InputNames(**CLI_INPUT_NAMES_KW)
     image, prompt, boxes, audio_type, out = args.image, args.prompt, args.box, args.audio_type, args.out
-    video, json_model = args.video, None
+    video, json_model, json_speech = args.video, None, None
     if image is not None and video is not None:
         raise InputError("--image and --video both give the source: give one (an image to animate, a video to dub)")
     audio = None if args.audio is None else [None if a.lower() == "none" else a for a in args.audio]
@@ -293,7 +301,7 @@ def _job_inputs(args: argparse.Namespace):
             if value is not None and field is not None:
                 raise InputError(f"{option} and {field} in {args.input_json} both give the same input: give one")
         image, video, audio = job.image, job.video, job.audio
-        json_model = "infinitetalk" if job.infinitetalk else None
+        json_model, json_speech = ("infinitetalk" if job.infinitetalk else None), job.speech
         prompt = prompt if job.prompt is None else job.prompt
         boxes = boxes if job.boxes is None else job.boxes
         audio_type = audio_type if job.audio_type is None else job.audio_type
@@ -305,11 +313,16 @@ def _job_inputs(args: argparse.Namespace):
                 field_names[key] = option
         names = InputNames(**field_names)
     source = image if video is None else video
-    missing = [f for f, v in (("--image", source), ("--audio", audio), ("--prompt", prompt), ("--out", out)) if not v]
+    from .cli_speech import speech_request
+
+    speech = speech_request(args, json_speech)  # --text or tts_audio: the audio comes from the text
+    audio = audio if speech is None else []
+    given = (("--image", source), ("--audio", audio or speech), ("--prompt", prompt), ("--out", out))
+    missing = [f for f, v in given if not v]
     if missing:
         missing = [m if m != "--image" else "--image (or --video)" for m in missing]
         raise EngineError(f"{', '.join(missing)} required (or --input-json FILE, the official JSON)")
-    return image, video, audio, prompt, boxes, audio_type or "add", out, names, json_model
+    return image, video, audio, prompt, boxes, audio_type or "add", out, names, json_model, speech
 
 
 def _place(made: Path, final: Path, option: str = "--out", what: str = "finished video") -> Path:
@@ -364,7 +377,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         plan_speed_setup,
     )
 
-    image, source_video, audio, prompt, boxes, audio_type, out, names, json_model = _job_inputs(args)
+    image, source_video, audio, prompt, boxes, audio_type, out, names, json_model, speech = _job_inputs(args)
     if not Path(args.model).is_dir():
         if args.model.strip().lower() in MODEL_NAMES:
             raise InputError(
@@ -372,6 +385,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"{args.model.strip().lower()}"
             )
         raise InputError(f"--model: no such folder: {args.model}")
+    speech_fields = {}
+    if speech is not None:  # text in: synthesise first (a few seconds), then the job runs on the speech as audio
+        from .cli_speech import synthesize
+
+        bases = [Path.cwd()] + ([Path(args.input_json).parent] if args.input_json else [])
+        audio, audio_type, speech_fields = synthesize(args, speech, out, bases)
     model = args.model_name or json_model or ("infinitetalk" if source_video is not None else "multitalk")
     if source_video is not None and model == "multitalk":
         raise InputError(
@@ -503,6 +522,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "source": "image" if source_video is None else "video",
         "options": {k: result.options[k] for k in ("steps", "text_scale", "audio_scale", "shift", "cache_threshold")},
         "timings": result.timings,
+        **speech_fields,
     }
     if args.size is None:
         summary["resolution"] = args.resolution
@@ -652,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--feather", type=float, help="--keep-background's edge width in output pixels (default: automatic)")
     p.add_argument("--audio", action="append", help="a speaker's audio (twice for two; 'none' = silent)")
+    from .cli_speech import add_arguments as add_speech_arguments
+
+    add_speech_arguments(p)  # --text, --voice, --speech-speed, --language, --speech-out
     p.add_argument("--prompt", help="what happens in the video")
     p.add_argument("--out", help="output .mp4 (with --input-json: default FILE's name .mp4, here)")
     p.add_argument(
@@ -751,6 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also fetch the lightx2v step-distillation LoRA (1.4 GB) for preset fast, into DEST/Lightx2v/",
     )
+    p.add_argument(
+        "--tts", action="store_true", help="also fetch Kokoro-82M (0.36 GB) for text input, into DEST/Kokoro-82M/"
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would be fetched (exact sizes from the Hub)")
     p.add_argument(
         "--verify-hashes", action="store_true", help="re-hash files already present instead of trusting the manifest"
@@ -770,6 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_parse_models,
         metavar="MODELS",
         help="audio models that must be there, comma-separated (as download --models; default: any one)",
+    )
+    p.add_argument(
+        "--tts", action="store_true", default=None, help="Kokoro-82M must be there (default: checked if present)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_verify)

@@ -5,7 +5,10 @@ Its keys: ``prompt``, ``cond_image`` (MultiTalk) or ``cond_video`` (InfiniteTalk
 animate, told apart by the file's extension as the official ``is_video`` does; such a file runs InfiniteTalk),
 ``cond_audio`` ``{person1, person2}`` (``"None"``: a silent speaker),
 ``audio_type`` (``add`` / ``para``), ``bbox`` ``{person1, person2}`` as ``[y_min, x_min, y_max, x_max]`` (row
-first), and ``tts_audio`` (text to speech, not supported yet). The official script opens relative paths from the
+first), and ``tts_audio`` ``{text, human1_voice, human2_voice}`` (text to speech with Kokoro-82M instead of
+``cond_audio``, which is then ``{}``: the official ``--audio_mode tts``; a voice path such as
+``weights/Kokoro-82M/voices/af_heart.pt`` names the voice by its file name; ``JsonJob.speech``). The official script
+opens relative paths from the
 current folder (its examples are run from the repository root); so do we, then from the JSON file's own folder.
 Every message names the field as the file spells it.
 """
@@ -16,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import Box, InputError, InputNames
+from .engine import Box, InputError, InputNames, SpeechRequest
 
 KEYS = ("prompt", "cond_image", "cond_video", "cond_audio", "audio_type", "bbox", "tts_audio")
 # the official InfiniteTalk's ``is_video``: these extensions are videos, anything else is opened as an image
@@ -35,10 +38,6 @@ JSON_NAMES = InputNames(
     thumbnail="--thumbnail",
     prompt="prompt",
 )
-TTS_MESSAGE = (
-    "tts_audio: text to speech is not supported yet (issue 16); record or synthesise the voices yourself and give "
-    "them as files in cond_audio {person1, person2}"
-)
 
 
 @dataclass
@@ -51,6 +50,7 @@ class JsonJob:
     boxes: list[Box] | None
     video: Path | None = None  # cond_video naming a video
     source_key: str = "cond_image"  # the key that gave the source, for messages
+    speech: SpeechRequest | None = None  # tts_audio: speak this instead of cond_audio (``audio`` is then [])
 
     @property
     def infinitetalk(self) -> bool:
@@ -96,17 +96,21 @@ def read_input_json(path: str | Path, cwd: str | Path | None = None) -> JsonJob:
     audio_in = data.get("cond_audio")
     if audio_in is not None and not isinstance(audio_in, dict):
         raise InputError("cond_audio: must be an object {person1: path, person2: path}")
-    if not audio_in:
-        if "tts_audio" in data:
-            raise InputError(TTS_MESSAGE)
-        raise InputError("cond_audio: missing or empty; give {person1: path} (and person2 for a second speaker)")
-    extra = sorted(set(audio_in) - set(PEOPLE))
-    if extra or "person1" not in audio_in:
-        raise InputError(f"cond_audio: keys are person1 and person2, got {', '.join(map(str, audio_in))}")
+    speech = None
     audio: list[Path | None] = []
-    for person in (p for p in PEOPLE if p in audio_in):
-        value = audio_in[person]
-        audio.append(None if value == "None" else resolve(value, f"cond_audio.{person}"))
+    if "tts_audio" in data:
+        if audio_in:
+            raise InputError("cond_audio and tts_audio both give the speech: give one (cond_audio {} with tts_audio)")
+        speech = SpeechRequest.from_official(data["tts_audio"])
+    elif not audio_in:
+        raise InputError("cond_audio: missing or empty; give {person1: path} (and person2 for a second speaker)")
+    else:
+        extra = sorted(set(audio_in) - set(PEOPLE))
+        if extra or "person1" not in audio_in:
+            raise InputError(f"cond_audio: keys are person1 and person2, got {', '.join(map(str, audio_in))}")
+        for person in (p for p in PEOPLE if p in audio_in):
+            value = audio_in[person]
+            audio.append(None if value == "None" else resolve(value, f"cond_audio.{person}"))
     audio_type = data.get("audio_type")
     if audio_type is not None and audio_type not in ("add", "para"):
         raise InputError(f"audio_type: 'add' (one after the other) or 'para' (at once), got {json.dumps(audio_type)}")
@@ -135,8 +139,10 @@ def read_input_json(path: str | Path, cwd: str | Path | None = None) -> JsonJob:
     if "cond_video" in data:
         source = resolve(data["cond_video"], "cond_video")
         if source.suffix.lower() in VIDEO_EXTENSIONS:
-            return JsonJob(path, prompt, None, audio, audio_type, boxes, video=source, source_key="cond_video")
-        return JsonJob(path, prompt, source, audio, audio_type, boxes, source_key="cond_video")
+            return JsonJob(
+                path, prompt, None, audio, audio_type, boxes, video=source, source_key="cond_video", speech=speech
+            )
+        return JsonJob(path, prompt, source, audio, audio_type, boxes, source_key="cond_video", speech=speech)
     if data.get("cond_image") is None:
         raise InputError("cond_image: missing (MultiTalk's key for the picture; InfiniteTalk's files use cond_video)")
-    return JsonJob(path, prompt, resolve(data["cond_image"], "cond_image"), audio, audio_type, boxes)
+    return JsonJob(path, prompt, resolve(data["cond_image"], "cond_image"), audio, audio_type, boxes, speech=speech)

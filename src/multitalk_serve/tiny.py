@@ -22,6 +22,8 @@ A tiny random model generates noise, not faces: it tests plumbing and numerics, 
       SoulX-FlashTalk-14B/              FlashTalk's layout: config.json (the official WanModel's config keys),
                                         2 shards + index holding the Wan keys AND the audio keys (its own values),
                                         and the original-layout encoders of Wan2.1-I2V-14B-480P/ (hard links)
+      Kokoro-82M/                       text to speech: config.json, kokoro-v1_0.pth, voices/af_heart.pt, am_adam.pt
+                                        (``tiny_speech``; written when the ``tts`` extra is installed)
       TINY.json                         what was written, with which dimensions and seed
 """
 
@@ -633,6 +635,7 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
     gguf = write_gguf_layouts(root, dims, seed)
     write_wav2vec2_layout(root, dims, seed)
     write_speed_lora(root, dims, seed)
+    kokoro = _write_kokoro(root, seed)
     manifest = {
         "what": "seeded random-weight MultiTalk / InfiniteTalk models in the published layouts; they generate noise",
         "seed": seed,
@@ -647,9 +650,21 @@ def write_tiny_models(root: str | Path, seed: int = 0, dims: WanDims = TINY_DIMS
         "wav2vec2": WAV2VEC_DIR,
         "speed_lora": SPEED_LORA_NAME,
         "flashtalk": FLASHTALK_DIR,
+        "kokoro": kokoro,
     }
     _write_json(root / "TINY.json", manifest)
     return manifest
+
+
+def _write_kokoro(root: Path, seed: int) -> str | None:
+    """Tiny Kokoro-82M (``tiny_speech``) if the ``kokoro`` package (the ``tts`` extra) is installed, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("kokoro") is None:
+        return None
+    from .tiny_speech import write_kokoro_layout
+
+    return write_kokoro_layout(root, seed).name
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> float:

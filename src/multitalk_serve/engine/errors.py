@@ -41,3 +41,45 @@ class VideoInputError(InputError):
 
 class MaskInputError(ImageInputError):
     """The keep-the-rest mask cannot be used (unreadable, not the source's size, nothing to regenerate)."""
+
+
+class SpeechInputError(InputError):
+    """Text to speech cannot run on what was given (base class; ``code`` is stable, see ``engine.pipeline.speech``)."""
+
+    code = "E_SPEECH"
+
+
+class TextEmptyError(SpeechInputError):
+    code = "E_TEXT_EMPTY"
+
+
+class TextTooLongError(SpeechInputError):
+    code = "E_TEXT_TOO_LONG"
+
+
+class SpeechTooLongError(SpeechInputError):
+    code = "E_SPEECH_TOO_LONG"
+
+
+class UnknownVoiceError(SpeechInputError):
+    code = "E_UNKNOWN_VOICE"
+
+
+class VoiceFileError(SpeechInputError):
+    code = "E_VOICE_FILE"
+
+
+class SpeakerTagError(SpeechInputError):
+    code = "E_SPEAKER_TAG"
+
+
+class UnreadableTextError(SpeechInputError):
+    code = "E_UNREADABLE_TEXT"
+
+
+class LanguageError(SpeechInputError):
+    code = "E_LANGUAGE"
+
+
+class SpeechOptionError(SpeechInputError):
+    code = "E_SPEECH_OPTION"

@@ -22,6 +22,11 @@ Audio models (``profile(name, models)``, ``download --models``): which audio ada
 (the default, as before) and/or InfiniteTalk's single and multi files (``MeiGen-AI/InfiniteTalk``, into
 ``InfiniteTalk/{single,multi}/``), each stored as the profile stores MultiTalk's (bf16 in ``bf16`` and the GGUF
 profiles, float32 as published in ``official``). Any non-empty set makes a valid model folder.
+
+Text to speech (``with_tts``, ``download --tts``): any profile plus Kokoro-82M (``hexgrad/Kokoro-82M``: config.json,
+kokoro-v1_0.pth, every voice in voices/) into ``Kokoro-82M/``, where the worker and the CLI find it for text input.
+An opt-in switch, as ``--speed-lora``: folders provisioned before stay complete, and text input also needs the
+``tts`` extra (kokoro, misaki, spaCy, espeak-ng) in the image.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..engine.loading.paths import (
     FLASHTALK_DIR,
     FULL_MODEL_FIELDS,
     INFINITETALK_DIR,
+    KOKORO_DIR,
     MULTITALK_DIR,
     ORIGINAL_DIR,
     WAV2VEC_DIR,
@@ -294,6 +300,34 @@ def profile(name: str, models: str | Iterable[str] | None = None) -> Profile:
 PROFILES: dict[str, Profile] = {name: profile(name) for name in _BUILDERS}
 
 
+# Kokoro-82M (Apache-2.0). COMPUTED, not read from the Hub (not reachable from here): kokoro-v1_0.pth holds
+# 81,810,022 float32 values at the published config (the state dict of ``kokoro.KModel``) = 327.2 MB, the size the
+# model card gives; each voice is a [510, 1, 256] float32 tensor (522 KB), 54 voices in v1.0. ``download --dry-run``
+# prints the Hub's exact bytes.
+KOKORO_REPO = "hexgrad/Kokoro-82M"
+KOKORO_WEIGHTS_BYTES = 81_810_022 * 4
+KOKORO_VOICE_BYTES = 510 * 256 * 4
+KOKORO_VOICES = 54
+KOKORO_GB = (KOKORO_WEIGHTS_BYTES + KOKORO_VOICES * KOKORO_VOICE_BYTES) / 1e9
+
+
+def with_tts(profile: Profile) -> Profile:
+    """``profile`` plus Kokoro-82M for text input (``download --tts``)."""
+    kokoro = Fetch(
+        KOKORO_REPO,
+        KOKORO_DIR,
+        include=("config.json", "kokoro-v1_0.pth", "voices/*.pt"),
+        components=(("kokoro", ""),),
+    )
+    return Profile(
+        f"{profile.name}+tts",
+        f"{profile.summary}; + Kokoro-82M (text to speech)",
+        (*profile.fetches, kokoro),
+        profile.models,
+        profile.base or profile.name,
+    )
+
+
 def with_speed_lora(profile: Profile) -> Profile:
     """``profile`` plus the speed LoRA for ``preset: fast`` (``download --speed-lora``); not for ``realtime``
     (FlashTalk is distilled already and refuses the LoRA: ``ValueError``)."""
@@ -382,15 +416,22 @@ def _realtime_estimate(name: str, models: str | Iterable[str] | None) -> Estimat
     return Estimate(name, disk / GB, disk / GB, (base + audio) * 2 / GB, on_gpu_encoders / GB, chosen, disk / GB)
 
 
-def estimate(name: str, models: str | Iterable[str] | None = None, *, speed_lora: bool = False) -> Estimate:
+def estimate(
+    name: str, models: str | Iterable[str] | None = None, *, speed_lora: bool = False, tts: bool = False
+) -> Estimate:
     """Sizes of a profile with the audio models ``models``, from parameter counts (the Hub's exact byte counts:
     ``download --dry-run``). The GPU holds one set of audio layers whatever the number of models (the others wait in
     host memory and are copied in when a job asks for them: ``AdapterBank``). ``realtime``: ``_realtime_estimate``
-    (``models`` ``None`` or ``flashtalk``; no speed LoRA: FlashTalk is distilled already)."""
+    (``models`` ``None`` or ``flashtalk``; no speed LoRA: FlashTalk is distilled already). ``tts``: + Kokoro-82M."""
     if name in REALTIME_PROFILES:
         if speed_lora:
             raise ValueError(f"the {name} profile runs FlashTalk's own 4-step sampler: the speed LoRA does not apply")
-        return _realtime_estimate(name, models)
+        made = _realtime_estimate(name, models)
+        if tts:
+            made.download_gb, made.disk_gb, made.peak_gb = (
+                v + KOKORO_GB for v in (made.download_gb, made.disk_gb, made.peak_gb)
+            )
+        return made
     chosen = parse_models(DEFAULT_MODELS if models is None else models)
     base, _ = transformer_params()
     audio = sum(AUDIO_MODEL_PARAMS[m] for m in chosen)  # every file, as stored
@@ -417,6 +458,8 @@ def estimate(name: str, models: str | Iterable[str] | None = None, *, speed_lora
         raise KeyError(name)
     if speed_lora:
         download, disk = download + SPEED_LORA_GB * GB, disk + SPEED_LORA_GB * GB
+    if tts:
+        download, disk = download + KOKORO_GB * GB, disk + KOKORO_GB * GB
     host = audio * 2 if len(chosen) > 1 else 0
     return Estimate(
         name,

@@ -2,7 +2,9 @@
 
 Two layers: what ``download`` recorded in ``.multitalk/manifest.json`` (every file present, same size; with
 ``hashes=True`` every byte re-hashed against the recorded sha256), then the engine's inventory (every component
-found, its files, tensor names and shapes, configs, and the widths between components; headers only).
+found, its files, tensor names and shapes, configs, and the widths between components; headers only). Kokoro-82M
+(text to speech, optional) is checked when it is there or asked for (``tts=True``): its config, the weights' keys and
+shapes against it, every voice's shape.
 """
 
 from __future__ import annotations
@@ -73,15 +75,17 @@ def verify_model_dir(
     cache_dirs: list[Path] | None = None,
     workers: int = 4,
     adapters: str | Sequence[str] | None = None,
+    tts: bool | None = None,
 ) -> Verification:
     """``adapters``: audio models that must be there (names, or ``"a,b"``; ``None``: any one, see
-    ``inspect_model_dir``)."""
+    ``inspect_model_dir``). ``tts``: Kokoro-82M must be there (``True``), is checked if present (``None``)."""
     root = Path(root)
     manifest = read_manifest(root) if root.is_dir() else None
     if isinstance(adapters, str):
         adapters = [a for a in adapters.split(",") if a]
     inventory = inspect_model_dir(root, transformer=transformer, cache_dirs=cache_dirs, adapters=adapters)
     result = Verification(inventory, None)
+    _check_kokoro(root, tts, result)
     if manifest is None:
         result.notes.append("no .multitalk/manifest.json (not made by `download`): checked the files themselves only")
         return result
@@ -96,3 +100,20 @@ def verify_model_dir(
             result.notes.append(note)
         result.files_hashed += int(hashed)
     return result
+
+
+def _check_kokoro(root: Path, tts: bool | None, result: Verification) -> None:
+    import importlib.util
+
+    from ..engine.loading.paths import KOKORO_DIR
+
+    folder = root / KOKORO_DIR
+    if tts is False or (tts is None and not folder.exists()):
+        return
+    if importlib.util.find_spec("kokoro") is None:
+        message = f"{KOKORO_DIR}: not checked (the tts extra is not installed: pip install 'multitalk-serve[tts]')"
+        (result.problems if tts else result.notes).append(message)
+        return
+    from ..engine.pipeline.speech import inspect_kokoro
+
+    result.problems.extend(inspect_kokoro(folder))

@@ -11,6 +11,7 @@ A model root may hold any mix of the published layouts (``multitalk-serve downlo
     ROOT/SoulX-FlashTalk-14B/             FlashTalk: a whole transformer (original Wan layout, its shards hold the audio
                                           layers too) and the Wan encoders (models_t5_*.pth, ... google/umt5-xxl/)
     ROOT/chinese-wav2vec2-base/
+    ROOT/Kokoro-82M/                      optional, text input only: config.json, kokoro-v1_0.pth, voices/*.pt
     ROOT/.multitalk/manifest.json         written by ``download``: which profile, and which file is which component
 
 The audio weights are the audio adapters (``loading/adapters.py``): MultiTalk's, InfiniteTalk's single and multi.
@@ -56,6 +57,7 @@ MULTITALK_DIR = "MeiGen-MultiTalk"
 INFINITETALK_DIR = "InfiniteTalk"  # MeiGen-AI/InfiniteTalk as its README downloads it: single/ multi/ quant_models/
 FLASHTALK_DIR = "SoulX-FlashTalk-14B"  # Soul-AILab/SoulX-FlashTalk-14B as its README downloads it
 WAV2VEC_DIR = "chinese-wav2vec2-base"
+KOKORO_DIR = "Kokoro-82M"  # text to speech (hexgrad/Kokoro-82M): config.json, kokoro-v1_0.pth, voices/*.pt
 MANIFEST = Path(".multitalk") / "manifest.json"
 RUNPOD_HF_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 
