@@ -214,6 +214,12 @@ class ParallelGroup:
         self.broken.set()
         log.error("E_PARALLEL: %s", reason)
         if not self.serving:  # still starting: the start fails (a rank that died cannot be waited for)
+            for rank, conn in enumerate(self.conns, start=1):  # what the rank said before it exited
+                with contextlib.suppress(Exception):
+                    while conn.poll(0):
+                        kind, detail = conn.recv()
+                        if kind == "error":
+                            log.error("E_PARALLEL: rank %d failed to start: %s", rank, detail)
             log.error("E_PARALLEL: a rank failed while the worker started: exiting")
             self.exit_now()
         if not self._exit_started:
@@ -452,8 +458,11 @@ def follower_main(
         _init_group(rank, world, store, backend, timeout_s)
         pipe = Worker.from_config(_rank_config(config, rank, backend)).pipeline  # the same checks and loading
         conn.send(("loaded", None))
-        if conn.recv()[0] != "enable":
-            raise RuntimeError("expected the order to split the pipeline")
+        order = conn.recv()
+        if order is None:  # rank 0 failed to start: nothing to serve
+            os._exit(0)
+        if order[0] != "enable":
+            raise RuntimeError(f"expected the order to split the pipeline, got {order!r}")
         enable_pipeline_parallel(pipe)
         control = JobControl(pipe.transformer, pipe.device)
         conn.send(("ready", None))
