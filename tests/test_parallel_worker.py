@@ -39,8 +39,8 @@ def voice(tmp_path: Path, seconds: float) -> str:
     return base64.b64encode(write_audio(tmp_path / f"v{seconds}.wav", seconds).read_bytes()).decode()
 
 
-def one_process_frames(tiny_root: Path, volume: Path, job: dict) -> np.ndarray:
-    """The same request through a one-process worker loaded from the same settings (in this process)."""
+def one_process_frames(tiny_root: Path, volume: Path, jobs: list[dict]) -> list[np.ndarray]:
+    """The same requests through a one-process worker loaded from the same settings (in this process)."""
     from multitalk_serve.worker.config import WorkerConfig
     from multitalk_serve.worker.handler import Worker
 
@@ -54,9 +54,13 @@ def one_process_frames(tiny_root: Path, volume: Path, job: dict) -> np.ndarray:
         motion_frames=1,
         gpus="1",
     )
-    output = Worker.from_config(config).run({"id": "one-process", **job})
-    assert "error" not in output, output
-    return frames_of(output["video_path"])
+    worker = Worker.from_config(config)
+    frames = []
+    for n, job in enumerate(jobs):
+        output = worker.run({"id": f"one-process-{n}", **job})
+        assert "error" not in output, output
+        frames.append(frames_of(output["video_path"]))
+    return frames
 
 
 @pytest.mark.slow
@@ -78,10 +82,13 @@ def test_two_processes_serve_a_job_like_one_and_a_killed_rank_fails_the_job_and_
     log_path = tmp_path / "worker.log"
     worker = start_worker(env, log_path)
     try:
-        job = {"input": {"image": png_b64(), "audio": [voice(tmp_path, 2.2)], **FAST}}
-        job["input"]["output"] = {"format": "volume", "crf": 0}
+        lossless = {"output": {"format": "volume", "crf": 0}}
+        job = {"input": {"image": png_b64(), "audio": [voice(tmp_path, 2.2)], **FAST, **lossless}}
+        # 4 s: 13 windows, stopped after some, then continued from its saved state (job_key)
+        resumable = {"input": {"image": png_b64(), "audio": [voice(tmp_path, 4.0)], **FAST, **lossless}}
         (tmp_path / "volume1").mkdir()
-        expected = one_process_frames(tiny_root, tmp_path / "volume1", job)  # while the worker starts
+        expected, expected_resumed = one_process_frames(tiny_root, tmp_path / "volume1", [job, resumable])
+        resumable["input"]["job_key"] = "resume-key"
 
         # long jobs: 12 s of voice is 38 windows
         long_job = {"input": {"image": png_b64(), "audio": [voice(tmp_path, 12.0)], **FAST}}
@@ -95,12 +102,12 @@ def test_two_processes_serve_a_job_like_one_and_a_killed_rank_fails_the_job_and_
             return max(clips, default=0)
 
         # a job stopped mid-way (RunPod's cancel): rank 0 stops between steps, rank 1 at its next forward
-        fake.jobs.put({"id": "cancelled", **long_job})
+        fake.jobs.put({"id": "cancelled", **resumable})
         fake.wait_for(lambda: windows_started("cancelled") >= 2, 300, "two windows of the job to cancel")
         fake.stops.put("cancelled")
         fake.wait_for(lambda: "rank 1: job ended (rank 0 ended it)" in log_path.read_text(), 60, "rank 1 to stop")
         assert fake.final("cancelled") is None  # a stopped job posts no result: the platform marks it cancelled
-        assert windows_started("cancelled") < 38
+        assert windows_started("cancelled") < 13
 
         # unreadable audio: every rank fails the same way before any forward; the group goes on
         bad = {"input": {"image": png_b64(), "audio": [base64.b64encode(b"RIFF" + bytes(400)).decode()], **FAST}}
@@ -115,6 +122,15 @@ def test_two_processes_serve_a_job_like_one_and_a_killed_rank_fails_the_job_and_
         frames = frames_of(output["video_path"])
         assert frames.shape == expected.shape == (55, 64, 64, 3)
         assert np.array_equal(frames, expected), np.abs(frames.astype(int) - expected).max()
+
+        # the stopped job sent again: every rank continues from the saved window (rank 1 from a copy of the folder)
+        fake.jobs.put({"id": "resumed", **resumable})
+        final = fake.wait_for(lambda: fake.final("resumed"), 300, "the resumed job")
+        assert "error" not in final, final
+        assert any("resumed after window" in w for w in final["output"]["warnings"]), final["output"]["warnings"]
+        assert np.array_equal(frames_of(final["output"]["video_path"]), expected_resumed)
+        # rank 1 ran its own loop to the end from the same window (not stopped early by rank 0: its forwards matched)
+        assert log_path.read_text().count("rank 1: job ended") == 1  # the cancelled job only
 
         text = log_path.read_text()
         assert "parallel: 2 ranks (gloo) serve each job together" in text
