@@ -133,6 +133,9 @@ _EXPORTS: dict[str, str] = {
     "inspect_kokoro": ".pipeline.speech",
     "wav_bytes": ".pipeline.speech",
     "tagged_speakers": ".pipeline.speech",
+    # one job on several GPUs (context parallel; docs/parallel.md): the worker's ranks
+    "enable_pipeline_parallel": ".parallel.pipeline",
+    "JobControl": ".parallel.control",
 }
 
 __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
@@ -182,6 +185,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "InputError",
     "InputNames",
     "Inventory",
+    "JobControl",
     "JobPlan",
     "LanguageError",
     "LoopState",
@@ -219,6 +223,7 @@ __all__ = [  # the same names as _EXPORTS (a test keeps them equal)
     "choose_preset",
     "composite",
     "default_dtype",
+    "enable_pipeline_parallel",
     "find_components",
     "find_speed_lora",
     "inspect_kokoro",
@@ -277,6 +282,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .loading.inventory import Inventory, inspect_model_dir
     from .loading.paths import find_components
+    from .parallel.control import JobControl
+    from .parallel.pipeline import enable_pipeline_parallel
     from .pipeline.audio import SAMPLE_RATE
     from .pipeline.composite import composite, psnr, region_mask
     from .pipeline.conditioning import Box

@@ -32,13 +32,21 @@ def main() -> None:
     from .config import WorkerConfig
     from .fitness import check_gpu_headroom, check_model_folder, plan_models
     from .handler import Worker
+    from .parallel import parallel_size
 
+    group, world = None, 1
     try:
         config = WorkerConfig()  # a bad MAX_DURATION_SECONDS (or any number setting) is E_CONFIG, not a traceback
         adapters, _ = plan_models(config)  # MULTITALK_ADAPTERS / MULTITALK_MODEL: E_CONFIG or E_MODEL naming them
         files = check_model_folder(config, adapters=adapters)
         logging.getLogger("multitalk_serve.worker").info("model folder complete: %d transformer files", len(files))
-        worker = Worker.from_config(config)
+        world = parallel_size(config)  # MULTITALK_GPUS: one process per GPU, each job split across them
+        if world > 1:
+            from . import parallel
+
+            worker, group = parallel.start(config, world)
+        else:
+            worker = Worker.from_config(config)
     except CheckpointError as exc:
         logging.getLogger("multitalk_serve.worker").error(
             "E_MODEL: %s (fill the volume once with `multitalk-serve download --profile bf16 --dest %s`, "
@@ -50,16 +58,30 @@ def main() -> None:
     except (EngineError, ValueError) as exc:  # inconsistent settings (MULTITALK_PRESET, MULTITALK_MEMORY_PLAN, ...)
         logging.getLogger("multitalk_serve.worker").error("E_CONFIG: %s", exc)
         sys.exit(1)
+    except (RuntimeError, TimeoutError) as exc:  # a rank of a multi-GPU worker failed to start
+        if group is None and world <= 1:
+            raise
+        logging.getLogger("multitalk_serve.worker").error("E_PARALLEL: %s", exc)
+        sys.exit(1)
 
     runpod.serverless.register_fitness_check(
         lambda: check_gpu_headroom(worker.pipeline.device, worker.config.max_resolution, worker.pipeline.memory_plan)
     )
-    if config.stream:  # every window streamed to /stream/{id}; the final output is the list of items, result last
-        runpod.serverless.start(
-            {"handler": worker.handle_stream, "return_aggregate_stream": True, "concurrency_modifier": lambda c: 1}
-        )
-    else:
-        runpod.serverless.start({"handler": worker.handle, "concurrency_modifier": lambda current: 1})
+    handle, handle_stream = worker.handle, worker.handle_stream
+    if group is not None:  # a failed rank fails the job at once (E_PARALLEL), then the worker exits
+        handle, handle_stream = group.wrap(handle), group.wrap_stream(handle_stream)
+    try:
+        if config.stream:  # every window streamed to /stream/{id}; the final output is the list of items, result last
+            runpod.serverless.start(
+                {"handler": handle_stream, "return_aggregate_stream": True, "concurrency_modifier": lambda c: 1}
+            )
+        else:
+            runpod.serverless.start({"handler": handle, "concurrency_modifier": lambda current: 1})
+    finally:
+        if group is not None:
+            if group.broken.is_set():
+                group.exit_now()
+            group.close()
 
 
 if __name__ == "__main__":

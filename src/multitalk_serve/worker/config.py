@@ -165,6 +165,10 @@ class WorkerConfig:
     # the window (clip) length and its motion frames (None: the model's, 81 / FlashTalk 33); smaller only for tests
     window_frames: int | None = field(default_factory=lambda: int(_float("MULTITALK_WINDOW_FRAMES", 0)) or None)
     motion_frames: int | None = field(default_factory=lambda: int(_float("MULTITALK_MOTION_FRAMES", 0)) or None)
+    # one job on several GPUs (parallel.py): how many processes (GPUs) share each job, "auto" = every GPU; the
+    # longest a rank may wait for the others inside a job before the job fails (E_PARALLEL)
+    gpus: str = field(default_factory=lambda: (_env("MULTITALK_GPUS", "auto") or "auto").strip().lower())
+    parallel_timeout_s: float = field(default_factory=lambda: _float("MULTITALK_PARALLEL_TIMEOUT_SECONDS", 900.0))
     # the original worker's `action: generate` requests that send no image (legacy.py)
     original_worker_image: str | None = field(default_factory=lambda: _env("ORIGINAL_WORKER_IMAGE"))
 

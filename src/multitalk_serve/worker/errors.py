@@ -15,6 +15,7 @@
 | E_OUTPUT_TOO_LARGE | the video is too large to return inline and no storage is configured | configure S3 |
 | E_MODEL | the model files are missing or inconsistent | operator |
 | E_BUSY | another run of the same job (same job_key or job id) is still in progress | later: it continues the job |
+| E_PARALLEL | a rank of a multi-GPU worker failed or stopped answering; the worker exits to be replaced | yes |
 | E_INTERNAL | anything else (a bug): the message names the exception | maybe |
 | E_TTS_UNAVAILABLE | text on a worker without Kokoro-82M (``download --tts``) or the tts extra | operator |
 | E_TEXT_EMPTY | text to speak: missing or only spaces | no |
@@ -44,6 +45,7 @@ CODES = (
     "E_OUTPUT_TOO_LARGE",
     "E_MODEL",
     "E_BUSY",
+    "E_PARALLEL",
     "E_INTERNAL",
     # text to speech: the engine's SpeechInputError codes, and a worker without Kokoro
     "E_TTS_UNAVAILABLE",
