@@ -17,9 +17,10 @@ WORKDIR /app
 # Dependencies first (pinned in pyproject.toml; the image's torch satisfies torch>=2.6 and is kept).
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN python3 -m pip install ".[worker,fp8]" \
- && python3 -c "import torch, diffusers, transformers, runpod, av; import multitalk_serve.worker.handler; print('torch', torch.__version__)"
+# tts: Kokoro-82M for text requests (about 300 MB installed; the weights come from the volume: download --tts)
+RUN python3 -m pip install ".[worker,fp8,tts]" \
+ && python3 -c "import torch, diffusers, transformers, runpod, av, kokoro, misaki; import multitalk_serve.worker.handler; print('torch', torch.__version__)"
 
 COPY scripts/entrypoint.sh /app/entrypoint.sh
-COPY examples/client.py test_input.json /app/
+COPY examples/client.py examples/fanout.py test_input.json /app/
 CMD ["bash", "/app/entrypoint.sh"]
