@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import pipeline_stubs as stubs
-from multitalk_serve.engine.errors import InputError, SpeakerCountError
+from multitalk_serve.engine.errors import AudioError, InputError, SpeakerCountError
 from multitalk_serve.engine.pipeline.audio import Wav2Vec2Features, cached_window_features, loudness_normalize
 from multitalk_serve.engine.pipeline.color import match_colors, match_colors_flashtalk
 from multitalk_serve.engine.pipeline.generate import GenerateOptions, MultiTalkPipeline, plan_clips
@@ -86,7 +86,7 @@ def test_cached_window_features_read_the_last_eight_seconds(audio_encoder):
     # the last frames' right neighbours are clamped inside the cache: a window never sees later audio
     got = cached_window_features(audio_encoder, wave, 28, 33)
     torch.testing.assert_close(got[0, -1, 3], got[0, -1, 2])
-    with pytest.raises(Exception, match="does not fit"):
+    with pytest.raises(AudioError, match="does not fit"):
         cached_window_features(audio_encoder, wave, 28, 201)
 
 
